@@ -1,0 +1,69 @@
+"""The Celery configuration, derived from the settings in this one place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from config.settings import Settings
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Map taskpool settings onto Celery's, with hardened defaults (each says why)."""
+    redis_timeouts = {
+        # No Redis read, write or connect may block forever on a server that stopped answering.
+        "socket_timeout": settings.socket_timeout,
+        "socket_connect_timeout": settings.broker_timeout,
+    }
+    return {
+        "broker_url": settings.broker_url,
+        "result_backend": settings.result_backend,
+        # JSON only, both ways: a pickle message from the broker would be code execution.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "event_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        # Ack after the task ran, and requeue if its process died: a killed child loses nothing.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # With late acks a lost connection would redeliver running tasks anyway; cancel the doubles.
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # Measured in bench/prefetch.py: enough to keep processes busy without hoarding work.
+        "worker_prefetch_multiplier": settings.prefetch_multiplier,
+        "worker_pool": "prefork",
+        # print() in a task is ordinary output (print_number's line), not a warning.
+        "worker_redirect_stdouts_level": "INFO",
+        # None lets Celery start one process per CPU.
+        "worker_concurrency": settings.concurrency,
+        # A task over its hard limit has its process replaced; the soft limit warns it first.
+        "task_time_limit": settings.task_time_limit,
+        "task_soft_time_limit": settings.task_soft_time_limit,
+        "result_expires": settings.result_expires,
+        # Connecting to the broker gives up after this, instead of Celery's 4 s default.
+        "broker_connection_timeout": settings.broker_timeout,
+        # A worker that starts before Redis keeps retrying, with kombu's bounded back-off.
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {
+            # Unacked messages come back after this; longer than the task time limit (checked).
+            "visibility_timeout": settings.visibility_timeout,
+            **redis_timeouts,
+        },
+        # Publishing retries briefly, then fails, so .delay() cannot spin on a dead broker.
+        "task_publish_retry_policy": {
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.1,
+            "interval_max": 0.2,
+        },
+        "redis_socket_timeout": settings.socket_timeout,
+        "redis_socket_connect_timeout": settings.broker_timeout,
+        "result_backend_transport_options": {
+            # Celery's default retries a dead result store for about 19 s before failing.
+            "retry_policy": {
+                "max_retries": 2,
+                "interval_start": 0,
+                "interval_step": 0.1,
+                "interval_max": 0.2,
+            },
+        },
+    }

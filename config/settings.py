@@ -1,0 +1,197 @@
+"""The one settings object: typed, frozen, read from ``TASKPOOL_*`` environment variables."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from typing import Literal, TypeVar, cast
+
+from celery.app.backends import BACKEND_ALIASES
+from kombu.transport import TRANSPORT_ALIASES
+
+from config.errors import ConfigError
+from config.urls import mask_url, url_scheme
+
+DispatchMode = Literal["auto", "celery", "local"]
+DISPATCH_MODES: tuple[DispatchMode, ...] = ("auto", "celery", "local")
+
+#: Where a laptop's Redis listens; broker and result backend share it by default.
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+#: A refused port answers at once; this bounds a broker that accepts and never answers.
+DEFAULT_BROKER_TIMEOUT = 0.5
+#: How long a broker verdict is trusted: a burst of calls probes once,
+#: and a broker that comes back is used again soon.
+DEFAULT_BROKER_RECHECK = 2.0
+#: Hard limit per task run; the worker child is replaced past it, so nothing runs forever.
+DEFAULT_TASK_TIME_LIMIT = 300.0
+#: Soft limit raises SoftTimeLimitExceeded inside the task first, so it can clean up.
+DEFAULT_TASK_SOFT_TIME_LIMIT = 270.0
+#: Results are kept a day, then Redis drops them.
+DEFAULT_RESULT_EXPIRES = 86_400
+#: An unacknowledged message goes back to the queue after this long: longer than any task may run.
+DEFAULT_VISIBILITY_TIMEOUT = 600
+#: Bounds every Redis read and write, so no call blocks forever on a server that stopped answering.
+DEFAULT_SOCKET_TIMEOUT = 5.0
+#: Messages each worker process reserves ahead; see bench/prefetch.py for the measurement behind it.
+DEFAULT_PREFETCH_MULTIPLIER = 4
+
+#: Every variable taskpool reads, for docs and error messages.
+VARIABLES = (
+    "TASKPOOL_BROKER_URL",
+    "TASKPOOL_RESULT_BACKEND",
+    "TASKPOOL_DISPATCH",
+    "TASKPOOL_CONCURRENCY",
+    "TASKPOOL_BROKER_TIMEOUT",
+    "TASKPOOL_BROKER_RECHECK",
+    "TASKPOOL_TASK_TIME_LIMIT",
+    "TASKPOOL_TASK_SOFT_TIME_LIMIT",
+    "TASKPOOL_RESULT_EXPIRES",
+    "TASKPOOL_VISIBILITY_TIMEOUT",
+    "TASKPOOL_SOCKET_TIMEOUT",
+    "TASKPOOL_PREFETCH_MULTIPLIER",
+)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything taskpool can be told, validated once when read."""
+
+    broker_url: str = DEFAULT_REDIS_URL
+    result_backend: str = DEFAULT_REDIS_URL
+    dispatch: DispatchMode = "auto"
+    concurrency: int | None = None
+    broker_timeout: float = DEFAULT_BROKER_TIMEOUT
+    broker_recheck: float = DEFAULT_BROKER_RECHECK
+    task_time_limit: float = DEFAULT_TASK_TIME_LIMIT
+    task_soft_time_limit: float = DEFAULT_TASK_SOFT_TIME_LIMIT
+    result_expires: int = DEFAULT_RESULT_EXPIRES
+    visibility_timeout: int = DEFAULT_VISIBILITY_TIMEOUT
+    socket_timeout: float = DEFAULT_SOCKET_TIMEOUT
+    prefetch_multiplier: int = DEFAULT_PREFETCH_MULTIPLIER
+
+    @property
+    def processes(self) -> int:
+        """How many processes a pool gets: the configured concurrency, else one per CPU."""
+        return self.concurrency or os.cpu_count() or 1
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Build settings from any mapping of variable names (``os.environ`` or a test's dict)."""
+        read = _Reader(env)
+        broker_url = read.url(
+            "TASKPOOL_BROKER_URL", "CELERY_BROKER_URL", DEFAULT_REDIS_URL, TRANSPORT_ALIASES
+        )
+        settings = cls(
+            broker_url=broker_url,
+            result_backend=read.url(
+                "TASKPOOL_RESULT_BACKEND",
+                "CELERY_RESULT_BACKEND",
+                _default_backend(broker_url),
+                BACKEND_ALIASES,
+            ),
+            dispatch=read.choice("TASKPOOL_DISPATCH", DISPATCH_MODES, "auto"),
+            concurrency=read.number("TASKPOOL_CONCURRENCY", int, None),
+            broker_timeout=read.number("TASKPOOL_BROKER_TIMEOUT", float, DEFAULT_BROKER_TIMEOUT),
+            broker_recheck=read.number("TASKPOOL_BROKER_RECHECK", float, DEFAULT_BROKER_RECHECK),
+            task_time_limit=read.number("TASKPOOL_TASK_TIME_LIMIT", float, DEFAULT_TASK_TIME_LIMIT),
+            task_soft_time_limit=read.number(
+                "TASKPOOL_TASK_SOFT_TIME_LIMIT", float, DEFAULT_TASK_SOFT_TIME_LIMIT
+            ),
+            result_expires=read.number("TASKPOOL_RESULT_EXPIRES", int, DEFAULT_RESULT_EXPIRES),
+            visibility_timeout=read.number(
+                "TASKPOOL_VISIBILITY_TIMEOUT", int, DEFAULT_VISIBILITY_TIMEOUT
+            ),
+            socket_timeout=read.number("TASKPOOL_SOCKET_TIMEOUT", float, DEFAULT_SOCKET_TIMEOUT),
+            prefetch_multiplier=read.number(
+                "TASKPOOL_PREFETCH_MULTIPLIER", int, DEFAULT_PREFETCH_MULTIPLIER
+            ),
+        )
+        settings._check_limits(env)
+        return settings
+
+    def _check_limits(self, env: Mapping[str, str]) -> None:
+        """Reject limits that contradict each other."""
+        if self.task_soft_time_limit >= self.task_time_limit:
+            raise ConfigError(
+                "TASKPOOL_TASK_SOFT_TIME_LIMIT",
+                str(self.task_soft_time_limit),
+                f"must be below TASKPOOL_TASK_TIME_LIMIT ({self.task_time_limit:g} s), "
+                "so a task is warned before it is killed",
+            )
+        if self.visibility_timeout <= self.task_time_limit:
+            raise ConfigError(
+                "TASKPOOL_VISIBILITY_TIMEOUT",
+                str(self.visibility_timeout),
+                f"must exceed TASKPOOL_TASK_TIME_LIMIT ({self.task_time_limit:g} s): "
+                "a shorter one makes Redis hand a healthy running task to another worker",
+            )
+
+
+def _default_backend(broker_url: str) -> str:
+    """A Redis broker stores results too; any other broker uses the laptop Redis for results."""
+    return broker_url if broker_url.startswith(("redis://", "rediss://")) else DEFAULT_REDIS_URL
+
+
+class _Reader:
+    """Reads and validates single variables; empty strings count as unset."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def raw(self, *names: str) -> tuple[str, str] | None:
+        for name in names:
+            value = self.env.get(name, "").strip()
+            if value:
+                return name, value
+        return None
+
+    def url(self, name: str, alias: str, default: str, schemes: Collection[str]) -> str:
+        found = self.raw(name, alias)
+        if found is None:
+            return default
+        variable, value = found
+        try:
+            scheme = url_scheme(value)
+        except ValueError:
+            scheme = ""
+        if scheme not in schemes:
+            raise ConfigError(
+                variable,
+                mask_url(value),
+                "expected a URL such as redis://[:password@]host:6379/0 or "
+                "amqp://user:password@host:5672//, with a scheme among "
+                + ", ".join(sorted(schemes)),
+            )
+        return value
+
+    def choice(self, name: str, allowed: tuple[T, ...], default: T) -> T:
+        found = self.raw(name)
+        if found is None:
+            return default
+        value = found[1].lower()
+        if value not in allowed:
+            raise ConfigError(name, found[1], "expected one of " + ", ".join(map(str, allowed)))
+        return cast(T, value)
+
+    def number(self, name: str, kind: Callable[[str], T], default: T) -> T:
+        found = self.raw(name)
+        if found is None:
+            return default
+        word = "a whole number" if kind is int else "a number"
+        try:
+            value = kind(found[1])
+        except ValueError:
+            raise ConfigError(name, found[1], f"expected {word} greater than 0") from None
+        if not value > 0:  # type: ignore[operator]
+            raise ConfigError(name, found[1], f"expected {word} greater than 0")
+        return value
+
+
+@functools.cache
+def current_settings() -> Settings:
+    """The process's settings, read from ``os.environ`` on first use (never at import)."""
+    return Settings.from_env(os.environ)

@@ -1,0 +1,26 @@
+"""Parsing and password-masking of broker and result-backend URLs."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit
+
+#: ``scheme://user:password@``, with everything up to the password's colon as group 1.
+_CREDENTIALS = re.compile(r"(://[^/@]*?:)[^@/]*@")
+
+
+def mask_url(url: str) -> str:
+    """Return ``url`` with every password replaced by ``**``, safe for messages and logs.
+
+    Works on text, so it also masks URLs too broken to parse and failover lists (``a;b``).
+    """
+    return _CREDENTIALS.sub(r"\1**@", url)
+
+
+def url_scheme(url: str) -> str:
+    """Return the scheme of ``url``, or raise ValueError when it has none or a bad port."""
+    parts = urlsplit(url)
+    if not parts.scheme or "://" not in url:
+        raise ValueError("no scheme")
+    parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    return parts.scheme
