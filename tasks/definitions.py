@@ -1,0 +1,33 @@
+"""The shipped tasks: thin Celery wrappers around the plain functions."""
+
+from __future__ import annotations
+
+import socket
+
+from celery import Task
+
+from tasks import functions
+from tasks.celery_app import app
+
+#: The node name a local-pool run reports, so callers can tell it from a worker's ``name@host``.
+LOCAL_NODE = f"local-pool@{socket.gethostname()}"
+
+
+@app.task(name="tasks.square")
+def square(n: int) -> int:
+    """Return n squared."""
+    return functions.square(n)
+
+
+@app.task(name="tasks.print_number", bind=True)
+def print_number(self: Task, n: int) -> functions.NumberReport:
+    """Print the pid and number, and return who ran it."""
+    return functions.print_number(n, hostname=node_name(self))
+
+
+def node_name(task: Task) -> str:
+    """The Celery node running ``task`` (``-n``), or LOCAL_NODE outside a worker."""
+    request = task.request
+    if request.is_eager or not request.hostname:
+        return LOCAL_NODE
+    return str(request.hostname)

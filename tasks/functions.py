@@ -1,0 +1,34 @@
+"""The task bodies as plain Python: no Celery here, so they test like any function."""
+
+from __future__ import annotations
+
+import os
+from typing import TypedDict
+
+
+class NumberReport(TypedDict):
+    """What ``print_number`` returns: the number and who ran it."""
+
+    number: int
+    pid: int
+    hostname: str
+
+
+def square(n: int) -> int:
+    """Return ``n * n`` for an int; refuse anything else with a TypeError naming its type."""
+    _require_int(n)
+    return n * n
+
+
+def print_number(n: int, hostname: str) -> NumberReport:
+    """Print the classic ``Process ID: <pid> - Number: <n>`` line and say who printed it."""
+    _require_int(n)
+    pid = os.getpid()
+    print(f"Process ID: {pid} - Number: {n}", flush=True)
+    return {"number": n, "pid": pid, "hostname": hostname}
+
+
+def _require_int(value: object) -> None:
+    # bool is a subclass of int, but square(True) is a caller's mistake, not a number.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an int, got {type(value).__name__}: {value!r:.80}")

@@ -1,0 +1,130 @@
+"""Is the broker (and the result store) answering? Asked within a bound, remembered briefly."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+import redis
+from celery import Celery
+
+from config import mask_url
+
+log = logging.getLogger("taskpool.fallback")
+
+#: Result stores that taskpool probes itself; others (rpc://, databases) are not probed.
+REDIS_SCHEMES = ("redis", "rediss")
+
+
+class BrokerHealth:
+    """The remembered verdict on one app's broker and result store.
+
+    A verdict is reused for ``recheck`` seconds, so a burst of calls probes once and a broker
+    that comes back is used again soon. Each switch is logged once, at WARNING.
+    """
+
+    def __init__(
+        self,
+        app: Celery,
+        timeout: float,
+        recheck: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.app = app
+        self.timeout = timeout
+        self.recheck = recheck
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._up: bool | None = None
+        self._checked_at = float("-inf")
+        self.reason = ""
+
+    def is_up(self) -> bool:
+        """Probe unless a fresh verdict exists; True when both broker and result store answer."""
+        with self._lock:
+            if self.clock() - self._checked_at >= self.recheck:
+                self._record(self._probe())
+            return bool(self._up)
+
+    def mark_down(self, error: BaseException) -> None:
+        """Record a failure seen outside a probe (a publish that failed after a good check)."""
+        with self._lock:
+            self._record(self.scrub(f"{type(error).__name__}: {error}"))
+
+    def scrub(self, text: str) -> str:
+        """Remove the broker's and result store's passwords from ``text``."""
+        for url in (self.broker_url, self.backend_url):
+            password = urlsplit(url).password
+            if password:
+                text = text.replace(password, "**")
+        return text
+
+    @property
+    def broker_url(self) -> str:
+        return str(self.app.conf.broker_url)
+
+    @property
+    def backend_url(self) -> str:
+        return str(self.app.conf.result_backend or "")
+
+    def _record(self, failure: str | None) -> None:
+        up = failure is None
+        if up and self._up is False:
+            log.warning(
+                "broker %s answers again: tasks go to the broker", mask_url(self.broker_url)
+            )
+        elif not up and self._up is not False:
+            log.warning("%s; running tasks on the local pool until it answers", failure)
+        self._up, self.reason, self._checked_at = up, failure or "", self.clock()
+
+    def _probe(self) -> str | None:
+        """Return why the broker or result store is unusable, or None when both answer."""
+        try:
+            self._probe_broker()
+        except Exception as exc:
+            return self.scrub(f"broker {mask_url(self.broker_url)} unreachable ({_describe(exc)})")
+        if urlsplit(self.backend_url).scheme in REDIS_SCHEMES:
+            try:
+                self._probe_redis(self.backend_url)
+            except Exception as exc:
+                return self.scrub(
+                    f"result store {mask_url(self.backend_url)} unreachable ({_describe(exc)})"
+                )
+        return None
+
+    def _probe_broker(self) -> None:
+        # The app's own connection settings, with every wait cut to the probe timeout.
+        bounded = {"socket_timeout": self.timeout, "socket_connect_timeout": self.timeout}
+        with self.app.connection_for_write(
+            connect_timeout=self.timeout, transport_options=bounded
+        ) as connection:
+            connection.ensure_connection(max_retries=0, timeout=self.timeout)
+
+    def _probe_redis(self, url: str) -> None:
+        client = redis.Redis.from_url(
+            url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout, retry=None
+        )
+        try:
+            client.ping()
+        finally:
+            client.close()
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+_registry: dict[int, BrokerHealth] = {}
+_registry_lock = threading.Lock()
+
+
+def health_of(app: Celery, timeout: float, recheck: float) -> BrokerHealth:
+    """The one BrokerHealth of ``app`` in this process."""
+    with _registry_lock:
+        health = _registry.get(id(app))
+        if health is None or health.app is not app:
+            health = _registry[id(app)] = BrokerHealth(app, timeout, recheck)
+        return health

@@ -1,0 +1,227 @@
+"""The local runner: a lazily started ``multiprocessing.Pool`` that runs an app's tasks by name.
+
+Start method: ``forkserver``. The caller may already run threads (Celery's result consumer,
+kombu heartbeats, the user's own), and forking a threaded process can copy a lock that some other
+thread holds, deadlocking the child. The fork server is a fresh single-threaded process, so its
+children start clean, and after its one-time start each child costs only a fork.
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib
+import logging
+import multiprocessing
+import multiprocessing.pool
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Iterable
+from typing import Any
+
+from celery import Celery, Task, states
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.result import EagerResult
+from celery.utils import uuid
+from celery.utils.serialization import get_pickleable_exception
+from kombu.serialization import dumps, loads
+
+from config import current_settings
+from workers.errors import LocalPoolError
+from workers.results import LocalResult, Outcome
+
+log = logging.getLogger("taskpool.local_pool")
+
+START_METHOD = "forkserver"
+
+#: (content type, encoding, data) of a serialized ``[args, kwargs]``.
+Payload = tuple[str, str, bytes | str]
+
+
+class LocalRunner:
+    """Runs tasks registered on ``app``, by name or object, in the shared local pool."""
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+
+    def submit(
+        self,
+        task: str | Task,
+        args: Iterable[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        task_id: str | None = None,
+        countdown: float | None = None,
+    ) -> LocalResult | EagerResult:
+        """Start one run and return at once; ``countdown`` delays its start, as on a worker.
+
+        Inside a pool process (a task calling a task) the run happens inline, since pool
+        processes cannot start pools of their own.
+        """
+        found = self._task(task)
+        # __class__ sees through Celery's lazy task proxies to the task's own class and module.
+        if _in_pool_process or _importing_main_in_child():
+            return found.apply(list(args), kwargs, task_id=task_id)
+        payload = dumps([list(args), kwargs or {}], serializer=found.app.conf.task_serializer)
+        task_id = task_id or uuid()
+        job = (found.__class__.__module__, found.name, payload, task_id, countdown or 0.0)
+        return LocalResult(task_id, found.name, _shared_pool.apply_async(_execute, job))
+
+    def map(self, task: str | Task, inputs: Iterable[Any]) -> list[Any]:
+        """Run ``task`` once per input, in parallel, and return the results in input order.
+
+        The first failure is raised, as ``Pool.map`` does.
+        """
+        pending = [self.submit(task, (item,)) for item in inputs]
+        return [result.get() for result in pending]
+
+    def _task(self, task: str | Task) -> Task:
+        if not isinstance(task, str):
+            return task
+        try:
+            return self.app.tasks[task]
+        except KeyError:
+            known = ", ".join(sorted(n for n in self.app.tasks if not n.startswith("celery.")))
+            raise LocalPoolError(
+                f"no task named {task!r} on app {self.app.main!r}; known: {known}"
+            ) from None
+
+
+class _SharedPool:
+    """One pool per process, created on first use, closed at interpreter exit."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pool: multiprocessing.pool.Pool | None = None
+        self._in_flight = 0
+        self._idle = threading.Condition(self._lock)
+
+    def apply_async(self, func: Any, job: tuple[Any, ...]) -> multiprocessing.pool.AsyncResult:
+        with self._lock:
+            pool = self._pool or self._start(preload=job[0])
+            self._in_flight += 1
+        return pool.apply_async(func, job, callback=self._done, error_callback=self._done)
+
+    def shutdown(self, grace: float) -> None:
+        """Let submitted runs finish (up to ``grace`` seconds), then stop every pool process."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+            if pool is None:
+                return
+            if self._in_flight:
+                log.warning(
+                    "waiting up to %gs for %d local task(s) to finish", grace, self._in_flight
+                )
+            finished = self._idle.wait_for(lambda: self._in_flight == 0, timeout=grace)
+        if finished:
+            pool.close()
+        else:
+            log.error("local tasks still running after %gs; stopping the local pool", grace)
+            pool.terminate()
+        pool.join()
+
+    def _start(self, preload: str) -> multiprocessing.pool.Pool:
+        context = multiprocessing.get_context(START_METHOD)
+        modules = ["celery", "kombu"] + ([preload] if preload != "__main__" else [])
+        context.set_forkserver_preload(modules)
+        processes = current_settings().processes
+        self._pool = context.Pool(processes, initializer=_mark_pool_process)
+        atexit.register(self.shutdown, grace=current_settings().task_time_limit)
+        log.debug("started a local pool of %d processes", processes)
+        return self._pool
+
+    def _done(self, _: object) -> None:
+        with self._lock:
+            self._in_flight -= 1
+            self._idle.notify_all()
+
+
+_shared_pool = _SharedPool()
+
+#: Set by the pool's initializer inside each pool process.
+_in_pool_process = False
+
+
+def _mark_pool_process() -> None:
+    global _in_pool_process
+    _in_pool_process = True
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the caller, who stops the pool.
+
+
+def _importing_main_in_child() -> bool:
+    """True while a pool process re-imports the caller's main script as ``__mp_main__``.
+
+    A script that calls tasks at top level, without ``if __name__ == "__main__":``, runs those
+    calls again in every pool process, as with any multiprocessing program. They run inline there
+    (with a warning) instead of starting pools from pool processes without end.
+    """
+    mp_main = sys.modules.get("__mp_main__")
+    if mp_main is None or mp_main is sys.modules.get("__main__"):
+        return False
+    log.warning(
+        "the main script calls tasks at import time, so each local pool process runs them "
+        'again; put those calls under `if __name__ == "__main__":`'
+    )
+    return True
+
+
+def _execute(module: str, name: str, payload: Payload, task_id: str, countdown: float) -> Outcome:
+    """Run one task in a pool process; every failure becomes an Outcome, never a pool error."""
+    try:
+        task = _find_task(module, name)
+        args, kwargs = loads(*_reorder(payload), accept=[payload[0]])
+        if countdown > 0:
+            time.sleep(countdown)
+        with _time_limits(task):
+            run = task.apply(args, kwargs, task_id=task_id, throw=False)
+    except BaseException as exc:  # noqa: BLE001 - reported to the caller, not swallowed
+        return Outcome(states.FAILURE, get_pickleable_exception(exc), traceback.format_exc())
+    if run.state != states.SUCCESS:
+        return Outcome(run.state, get_pickleable_exception(run.result), run.traceback)
+    try:
+        return Outcome(
+            states.SUCCESS, payload=dumps(run.result, serializer=task.app.conf.result_serializer)
+        )
+    except Exception as exc:  # a value the result serializer refuses fails as it would on a worker
+        return Outcome(states.FAILURE, get_pickleable_exception(exc), traceback.format_exc())
+
+
+def _reorder(payload: Payload) -> tuple[bytes | str, str, str]:
+    content_type, encoding, data = payload
+    return data, content_type, encoding
+
+
+def _find_task(module_name: str, name: str) -> Task:
+    """Import the module that defined the task and find the task object by its name."""
+    module = sys.modules.get(module_name) or importlib.import_module(module_name)
+    for value in list(vars(module).values()):
+        if isinstance(value, Task) and value.name == name:  # evaluates Celery's lazy task proxies
+            return value
+    raise LocalPoolError(f"task {name!r} is not defined at the top level of module {module_name!r}")
+
+
+class _time_limits:
+    """Soft then hard time limit for one run, raised inside the task as on a Celery worker."""
+
+    def __init__(self, task: Task) -> None:
+        conf = task.app.conf
+        self.hard = task.time_limit or conf.task_time_limit
+        self.soft = task.soft_time_limit or conf.task_soft_time_limit
+
+    def __enter__(self) -> None:
+        first = self.soft or self.hard
+        if first:
+            signal.signal(signal.SIGALRM, self._expired)
+            signal.setitimer(signal.ITIMER_REAL, first)
+
+    def __exit__(self, *_: object) -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+    def _expired(self, *_: object) -> None:
+        if self.soft and self.hard and self.hard > self.soft:
+            signal.setitimer(signal.ITIMER_REAL, self.hard - self.soft)
+            self.soft = None
+            raise SoftTimeLimitExceeded()
+        raise TimeLimitExceeded(self.hard)

@@ -1,0 +1,132 @@
+"""The result of a task run on the local pool, with the ``AsyncResult`` API scripts use."""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.pool
+import traceback
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from celery import states
+from celery.exceptions import TimeoutError as CeleryTimeoutError
+from kombu.serialization import loads
+
+
+class TaskResult(Protocol):
+    """What a caller may rely on, whichever backend ran the task."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def result(self) -> Any: ...
+    @property
+    def traceback(self) -> str | None: ...
+    def ready(self) -> bool: ...
+    def successful(self) -> bool: ...
+    def failed(self) -> bool: ...
+    def get(self, timeout: float | None = None, propagate: bool = True, **options: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a run ended, as sent back from a pool process.
+
+    A successful value travels serialized (``payload``) with the app's result serializer, as it
+    would through a result backend, so a task behaves the same on both backends.
+    """
+
+    state: str
+    error: BaseException | None = None
+    traceback: str | None = None
+    payload: tuple[str, str, bytes | str] | None = None
+
+    def value(self) -> Any:
+        if self.payload is None:
+            return self.error
+        content_type, encoding, data = self.payload
+        return loads(data, content_type, encoding, accept=[content_type])
+
+
+class LocalResult:
+    """A pending or finished local run; behaves like ``celery.result.AsyncResult``."""
+
+    def __init__(
+        self, task_id: str, task_name: str, pending: multiprocessing.pool.AsyncResult
+    ) -> None:
+        self.id = task_id
+        self.name = task_name
+        self._pending = pending
+        self._outcome: Outcome | None = None
+
+    def __repr__(self) -> str:
+        return f"<LocalResult: {self.id} {self.name} {self.state}>"
+
+    @property
+    def task_id(self) -> str:
+        return self.id
+
+    def ready(self) -> bool:
+        return self._poll() is not None
+
+    def successful(self) -> bool:
+        return self.state == states.SUCCESS
+
+    def failed(self) -> bool:
+        return self.state in states.PROPAGATE_STATES
+
+    @property
+    def state(self) -> str:
+        outcome = self._poll()
+        return outcome.state if outcome else states.PENDING
+
+    status = state
+
+    @property
+    def result(self) -> Any:
+        """The return value, or the exception on failure, or None while pending."""
+        outcome = self._poll()
+        return outcome.value() if outcome else None
+
+    info = result
+
+    @property
+    def traceback(self) -> str | None:
+        outcome = self._poll()
+        return outcome.traceback if outcome else None
+
+    def get(self, timeout: float | None = None, propagate: bool = True, **options: Any) -> Any:
+        """Wait for the result; re-raise the task's exception; Celery's TimeoutError on timeout.
+
+        Other ``AsyncResult.get`` options (``interval``, ``no_ack``, ...) are accepted and have
+        nothing to do here.
+        """
+        try:
+            outcome = self._fetch(timeout)
+        except multiprocessing.TimeoutError:
+            raise CeleryTimeoutError("The operation timed out.") from None
+        if outcome.error is not None and propagate:
+            raise outcome.error
+        return outcome.value()
+
+    wait = get
+
+    def forget(self) -> None:
+        """Nothing is stored outside this process, so there is nothing to forget."""
+
+    def _poll(self) -> Outcome | None:
+        if self._outcome is None and self._pending.ready():
+            return self._fetch(0)
+        return self._outcome
+
+    def _fetch(self, timeout: float | None) -> Outcome:
+        if self._outcome is None:
+            try:
+                self._outcome = self._pending.get(timeout)
+            except multiprocessing.TimeoutError:
+                raise
+            except Exception as exc:  # the pool itself failed, e.g. a value it could not send
+                self._outcome = Outcome(states.FAILURE, exc, traceback.format_exc())
+        return self._outcome
