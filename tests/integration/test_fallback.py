@@ -1,0 +1,155 @@
+"""With no broker, .delay() runs on the local pool instead of hanging; mode celery raises."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import pytest
+from celery import Celery
+from celery.result import AsyncResult
+from kombu.exceptions import OperationalError
+
+from tasks import LOCAL_NODE
+from tests.conftest import client_app, node_name
+from tests.support.listeners import SilentListener
+from tests.support.redis_server import RedisServer, free_port
+from workers import BrokerUnavailable, FallbackTask, LocalResult
+
+pytestmark = pytest.mark.integration
+
+#: Generous bound for "does not hang" on a shared, noisy machine.
+NO_HANG = 3.0
+
+
+def timed(call: Callable[[], object]) -> tuple[object, float]:
+    started = time.monotonic()
+    value = call()
+    return value, time.monotonic() - started
+
+
+def test_a_closed_port_runs_both_tasks_on_the_local_pool() -> None:
+    app = client_app(f"redis://127.0.0.1:{free_port()}/0")
+    square, print_number = app.tasks["tasks.square"], app.tasks["tasks.print_number"]
+    result, seconds = timed(lambda: square.delay(10))
+    assert isinstance(result, LocalResult)
+    assert result.get(timeout=NO_HANG) == 100
+    assert seconds < NO_HANG
+    report, seconds = timed(lambda: print_number.delay(3).get(timeout=NO_HANG))
+    assert report["hostname"] == LOCAL_NODE and report["number"] == 3
+    assert seconds < NO_HANG
+
+
+def test_a_broker_that_accepts_but_never_answers_falls_back_within_the_bound() -> None:
+    with SilentListener() as silent:
+        app = client_app(silent.url())
+        result, seconds = timed(lambda: app.tasks["tasks.square"].delay(7).get(timeout=NO_HANG))
+        assert silent.accepted, "the probe never reached the silent broker"
+    assert result == 49
+    assert seconds < NO_HANG
+
+
+def test_a_silent_result_store_also_falls_back(redis_server: RedisServer) -> None:
+    with SilentListener() as silent:
+        app = client_app(redis_server.url())
+        app.conf.result_backend = silent.url()
+        result, seconds = timed(lambda: app.tasks["tasks.square"].delay(6))
+        assert isinstance(result, LocalResult)
+        assert result.get(timeout=NO_HANG) == 36
+    assert seconds < NO_HANG
+
+
+def test_mode_celery_raises_the_clear_error_within_a_second_for_a_closed_port() -> None:
+    app = client_app(f"redis://:hunter2@127.0.0.1:{free_port()}/0", dispatch="celery")
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable) as caught:
+        app.tasks["tasks.square"].delay(2)
+    assert time.monotonic() - started < 1.5
+    assert isinstance(caught.value, OperationalError)
+    message = str(caught.value)
+    assert "Connection refused" in message and "TASKPOOL_DISPATCH" in message
+    assert "hunter2" not in message and ":**@127.0.0.1" in message
+
+
+def test_mode_celery_raises_within_the_timeout_for_a_silent_broker() -> None:
+    with SilentListener() as silent:
+        app = client_app(silent.url(), dispatch="celery", broker_timeout=0.5)
+        started = time.monotonic()
+        with pytest.raises(BrokerUnavailable, match="unreachable"):
+            app.tasks["tasks.square"].apply_async((2,))
+        assert time.monotonic() - started < NO_HANG
+
+
+def test_mode_local_never_opens_a_connection() -> None:
+    with SilentListener() as silent:
+        app = client_app(silent.url(), dispatch="local")
+        assert app.tasks["tasks.square"].delay(5).get(timeout=NO_HANG) == 25
+        assert (
+            app.tasks["tasks.square"].apply_async((6,), dispatch="local").get(timeout=NO_HANG) == 36
+        )
+        time.sleep(0.3)  # give a stray connection time to be accepted before counting
+        assert silent.accepted == []
+
+
+def test_a_stopped_broker_sends_calls_local_and_a_restarted_one_gets_them_back(
+    redis_factory: Callable[..., RedisServer],
+    worker_factory: Callable[..., object],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    redis = redis_factory()
+    node = node_name("restart")
+    worker_factory(redis.url(), node)
+    app = client_app(redis.url(), broker_recheck=0.2)
+    print_number = app.tasks["tasks.print_number"]
+    with caplog.at_level(logging.WARNING, logger="taskpool.fallback"):
+        assert print_number.delay(1).get(timeout=10)["hostname"] == node
+
+        redis.stop()
+        time.sleep(0.3)  # past the recheck interval, so the next call probes
+        (report, seconds) = timed(lambda: print_number.delay(2).get(timeout=NO_HANG))
+        assert report["hostname"] == LOCAL_NODE and seconds < NO_HANG
+        assert print_number.delay(3).get(timeout=NO_HANG)["hostname"] == LOCAL_NODE
+
+        redis.start()
+        time.sleep(0.3)
+        back = print_number.delay(4)
+        assert isinstance(back, AsyncResult)
+        assert back.get(timeout=30)["hostname"] == node  # the worker reconnects and runs it
+    switches = [r.getMessage() for r in caplog.records if r.name == "taskpool.fallback"]
+    assert len(switches) == 2, switches
+    assert "local pool" in switches[0] and "answers again" in switches[1]
+
+
+def test_a_publish_that_fails_after_a_good_check_also_falls_back(
+    redis_factory: Callable[..., RedisServer],
+) -> None:
+    redis = redis_factory()
+    app = client_app(redis.url(), broker_recheck=600)  # the good verdict stays fresh
+    square = app.tasks["tasks.square"]
+    assert isinstance(square.delay(1), AsyncResult)  # published; nobody needs to run it
+    redis.kill()
+    result, seconds = timed(lambda: square.delay(9))
+    assert isinstance(result, LocalResult)
+    assert result.get(timeout=NO_HANG) == 81
+    assert seconds < NO_HANG
+
+
+user_app = Celery(
+    "user_app",
+    broker=f"redis://127.0.0.1:{free_port()}/0",
+    backend=f"redis://127.0.0.1:{free_port()}/0",
+    task_cls=FallbackTask,
+)
+
+
+@user_app.task
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+def test_any_celery_app_gets_the_fallback_through_its_task_class() -> None:
+    result, seconds = timed(lambda: add.delay(2, 3))
+    assert isinstance(result, LocalResult)
+    assert result.get(timeout=NO_HANG) == 5
+    assert seconds < NO_HANG

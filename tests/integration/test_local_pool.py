@@ -1,0 +1,179 @@
+"""The local runner: real pool processes, the AsyncResult API, and a clean exit."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from celery import Celery, states
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import TimeoutError as CeleryTimeoutError
+from kombu.exceptions import EncodeError
+
+import tasks
+from config import current_settings
+from tests.support.celery_worker import REPO_ROOT
+from tests.support.redis_server import free_port
+from workers import FallbackTask, LocalPoolError, LocalResult, LocalRunner
+
+local_app = Celery(
+    "local_app",
+    broker=f"redis://127.0.0.1:{free_port()}/0",
+    backend=f"redis://127.0.0.1:{free_port()}/0",
+    task_cls=FallbackTask,
+)
+
+
+@local_app.task
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@local_app.task(soft_time_limit=0.5, time_limit=5)
+def overrun() -> str:
+    time.sleep(3)
+    return "finished"
+
+
+@local_app.task
+def returns_a_set() -> set[int]:
+    return {1, 2}
+
+
+@local_app.task
+def sum_of_squares(n: int) -> int:
+    """A task that calls another task: inside a pool process the inner calls run inline."""
+    return sum(tasks.square.apply_async((i,), dispatch="local").get() for i in range(n))
+
+
+@pytest.fixture
+def runner() -> LocalRunner:
+    return LocalRunner(tasks.app)
+
+
+def test_mapping_square_by_name_gives_the_squares_in_order(runner: LocalRunner) -> None:
+    assert runner.map("tasks.square", [1, 2, 3, 4, 5]) == [1, 4, 9, 16, 25]
+    assert runner.map(tasks.square, range(20)) == [i * i for i in range(20)]
+
+
+def test_an_unknown_task_name_is_refused_with_the_known_ones(runner: LocalRunner) -> None:
+    with pytest.raises(LocalPoolError, match="no task named 'tasks.cube'.*tasks.square"):
+        runner.submit("tasks.cube", (2,))
+
+
+def test_the_pool_is_created_once_and_reused(runner: LocalRunner) -> None:
+    first = {r["pid"] for r in runner.map("tasks.print_number", range(8))}
+    second = {r["pid"] for r in runner.map("tasks.print_number", range(8))}
+    assert os.getpid() not in first
+    assert len(first | second) <= current_settings().processes  # the same processes both times
+
+
+def test_a_local_result_has_the_async_result_api(runner: LocalRunner) -> None:
+    result = runner.submit("tasks.square", (8,), task_id="fixed-id")
+    assert isinstance(result, LocalResult)
+    assert result.id == result.task_id == "fixed-id"
+    assert result.get(timeout=5) == 64
+    assert result.ready() and result.successful() and not result.failed()
+    assert result.state == result.status == states.SUCCESS
+    assert result.result == 64 and result.traceback is None
+
+
+def test_a_failure_re_raises_the_tasks_own_exception(runner: LocalRunner) -> None:
+    result = runner.submit("tasks.square", ("eight",))
+    with pytest.raises(TypeError, match="expected an int, got str"):
+        result.get(timeout=5)
+    assert result.failed() and not result.successful()
+    assert result.state == states.FAILURE
+    assert isinstance(result.result, TypeError)
+    assert "TypeError" in (result.traceback or "")
+    assert isinstance(result.get(timeout=5, propagate=False), TypeError)
+
+
+def test_get_raises_celerys_timeout_error_and_the_run_still_finishes() -> None:
+    result = nap.apply_async((1.0,), dispatch="local")
+    assert result.state == states.PENDING and not result.ready()
+    with pytest.raises(CeleryTimeoutError):
+        result.get(timeout=0.1)
+    assert result.get(timeout=10) == 1.0
+
+
+def test_arguments_must_survive_json_as_they_would_through_a_broker() -> None:
+    with pytest.raises(EncodeError):
+        tasks.square.apply_async((object(),), dispatch="local")
+    assert tasks.square.apply_async(((3),), dispatch="local").get(timeout=5) == 9
+
+
+def test_a_result_json_cannot_carry_fails_as_it_would_on_a_worker() -> None:
+    result = returns_a_set.apply_async(dispatch="local")
+    with pytest.raises(EncodeError):
+        result.get(timeout=5)
+
+
+def test_the_soft_time_limit_is_raised_inside_a_local_run() -> None:
+    started = time.monotonic()
+    with pytest.raises(SoftTimeLimitExceeded):
+        overrun.apply_async(dispatch="local").get(timeout=10)
+    assert time.monotonic() - started < 2.5
+
+
+def test_a_task_calling_tasks_inside_a_pool_process_runs_them_inline() -> None:
+    assert sum_of_squares.apply_async((5,), dispatch="local").get(timeout=10) == 30
+
+
+def test_a_countdown_delays_a_local_run() -> None:
+    started = time.monotonic()
+    assert tasks.square.apply_async((4,), countdown=0.5, dispatch="local").get(timeout=5) == 16
+    assert time.monotonic() - started >= 0.5
+
+
+def run_script(tmp_path: Path, body: str) -> subprocess.CompletedProcess[str]:
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(body))
+    env = {**os.environ, "TASKPOOL_DISPATCH": "local", "PYTHONPATH": str(REPO_ROOT)}
+    return subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_the_pool_shuts_down_at_exit_leaving_no_process_behind(tmp_path: Path) -> None:
+    done = run_script(
+        tmp_path,
+        """
+        from tasks import print_number, square
+        if __name__ == "__main__":
+            assert square.delay(3).get(timeout=10) == 9
+            print(" ".join(str(print_number.delay(n).get(timeout=10)["pid"]) for n in range(4)))
+            slow = square.apply_async((5,), countdown=1.0)  # still running at exit: must finish
+        """,
+    )
+    assert done.returncode == 0, done.stderr
+    pids = {int(p) for p in done.stdout.split()[-4:]}
+    deadline = time.monotonic() + 5
+    while any(Path(f"/proc/{pid}").exists() for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+    assert "waiting up to" in done.stderr  # the pending run was waited for, not dropped
+
+
+def test_a_script_without_a_main_guard_still_finishes(tmp_path: Path) -> None:
+    done = run_script(
+        tmp_path,
+        """
+        from tasks import square
+        print("result", square.delay(6).get(timeout=10))
+        """,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == "result 36"
+    assert 'if __name__ == "__main__"' in done.stderr

@@ -1,0 +1,77 @@
+"""Both tasks through a real prefork worker and a real Redis."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from celery.result import AsyncResult
+
+from tasks import print_number, square
+from tests.support.celery_worker import CeleryWorker
+
+pytestmark = pytest.mark.integration
+
+
+def test_square_runs_on_the_worker(session_worker: CeleryWorker) -> None:
+    result = square.delay(10)
+    assert isinstance(result, AsyncResult)
+    assert result.get(timeout=10) == 100
+    assert result.successful()
+
+
+def test_print_number_runs_in_a_worker_pool_process(session_worker: CeleryWorker) -> None:
+    report = print_number.delay(3).get(timeout=10)
+    assert report["number"] == 3
+    assert report["hostname"] == session_worker.node
+    assert report["pid"] != os.getpid()
+    assert report["pid"] in session_worker.pool_pids()
+    assert f"Process ID: {report['pid']} - Number: 3" in session_worker.log_tail()
+
+
+def test_calls_on_a_worker_of_concurrency_four_use_more_than_one_process(
+    session_worker: CeleryWorker,
+) -> None:
+    pool = session_worker.pool_pids()
+    assert len(pool) == 4
+    seen: set[int] = set()
+    for _ in range(10):  # tiny tasks may all land on one idle process in a round; a few rounds vary
+        batch = [print_number.delay(n) for n in range(4)]
+        seen |= {result.get(timeout=10)["pid"] for result in batch}
+        if len(seen) > 1:
+            break
+    assert len(seen) > 1
+    assert seen <= pool
+
+
+@pytest.mark.parametrize(
+    ("bad", "type_name"), [("ten", "str"), (2.5, "float"), (None, "NoneType"), (True, "bool")]
+)
+def test_bad_input_comes_back_as_the_tasks_type_error_and_the_worker_keeps_answering(
+    session_worker: CeleryWorker, bad: object, type_name: str
+) -> None:
+    result = square.delay(bad)
+    with pytest.raises(TypeError, match=f"expected an int, got {type_name}"):
+        result.get(timeout=10)
+    assert result.failed()
+    assert "TypeError" in (result.traceback or "")
+    assert square.delay(12).get(timeout=10) == 144
+    assert session_worker.process is not None and session_worker.process.poll() is None
+
+
+def test_a_worker_with_a_bad_setting_stops_with_one_clear_line() -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import worker_env
+    from tests.support.celery_worker import REPO_ROOT
+
+    env = worker_env("redis://127.0.0.1:1/0", TASKPOOL_DISPATCH="sideways")
+    done = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-P", "prefork"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "taskpool: TASKPOOL_DISPATCH='sideways' is not valid: expected one of auto, celery, local"
+    )

@@ -1,0 +1,92 @@
+"""A real ``celery -A tasks worker -P prefork`` subprocess, stopped by PID."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from celery import Celery
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class CeleryWorker:
+    """One worker node; its pool processes live in the worker's own process group."""
+
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        node: str,
+        logfile: Path,
+        concurrency: int = 2,
+        extra: tuple[str, ...] = (),
+    ) -> None:
+        self.env = dict(env)
+        self.node = node
+        self.logfile = logfile
+        self.concurrency = concurrency
+        self.extra = extra
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None, "worker is not running"
+        return self.process.pid
+
+    def start(self) -> CeleryWorker:
+        command = [
+            sys.executable, "-m", "celery", "-A", "tasks", "worker",
+            "-P", "prefork", "-c", str(self.concurrency), "-n", self.node,
+            "-l", "info", "--without-gossip", "--without-mingle", *self.extra,
+        ]  # fmt: skip
+        with self.logfile.open("ab") as log:
+            self.process = subprocess.Popen(
+                command, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group, so its pool children go with it
+            )  # fmt: skip
+        return self
+
+    def wait_ready(self, app: Celery, timeout: float = 30.0) -> CeleryWorker:
+        """Poll with Celery's own ping until this node answers."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker {self.node} exited early:\n{self.log_tail()}")
+            if app.control.ping(destination=[self.node], timeout=0.5):
+                return self
+        raise RuntimeError(
+            f"worker {self.node} did not answer a ping in {timeout}s:\n{self.log_tail()}"
+        )
+
+    def pool_pids(self) -> set[int]:
+        """PIDs of the worker's prefork pool processes (its direct children)."""
+        children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
+        return {int(pid) for pid in children}
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Warm shutdown (SIGTERM); SIGKILL the group if it has not exited within ``timeout``."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout)
+        self._kill_leftover_group()
+
+    def _kill_leftover_group(self) -> None:
+        # The group id is the worker's own PID; anything left in it is one of its pool processes.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.logfile.read_text(errors="replace")[-chars:] if self.logfile.exists() else ""

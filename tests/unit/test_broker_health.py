@@ -1,0 +1,85 @@
+"""The broker verdict: remembered briefly, logged once per switch, passwords scrubbed."""
+
+from __future__ import annotations
+
+import logging
+
+import fakeredis
+import pytest
+
+from config import Settings
+from tasks import create_app
+from workers.broker_health import BrokerHealth
+
+
+class ScriptedHealth(BrokerHealth):
+    """Probes answer from a script instead of the network, and are counted."""
+
+    def __init__(self, answers: list[str | None], **kwargs: object) -> None:
+        app = create_app(
+            Settings(
+                broker_url="redis://:pw@127.0.0.1:1/0", result_backend="redis://:pw@127.0.0.1:1/0"
+            )
+        )
+        super().__init__(app, timeout=0.1, recheck=2.0, **kwargs)  # type: ignore[arg-type]
+        self.answers = answers
+        self.probes = 0
+
+    def _probe(self) -> str | None:
+        self.probes += 1
+        return self.answers.pop(0)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_burst_of_calls_probes_once_and_rechecks_after_the_interval() -> None:
+    clock = Clock()
+    health = ScriptedHealth([None, None], clock=clock)
+    assert all(health.is_up() for _ in range(50))
+    assert health.probes == 1
+    clock.now += 2.0
+    assert health.is_up()
+    assert health.probes == 2
+
+
+def test_each_switch_is_logged_once_at_warning(caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    health = ScriptedHealth(["broker down", "broker down", None, None], clock=clock)
+    with caplog.at_level(logging.WARNING, logger="taskpool.fallback"):
+        for _ in range(4):
+            health.is_up()
+            health.is_up()
+            clock.now += 2.0
+    messages = [r.getMessage() for r in caplog.records if r.name == "taskpool.fallback"]
+    assert len(messages) == 2
+    assert "local pool" in messages[0]
+    assert "answers again" in messages[1]
+    assert all(r.levelno == logging.WARNING for r in caplog.records)
+
+
+def test_a_failed_publish_marks_the_broker_down_without_waiting_for_a_recheck() -> None:
+    health = ScriptedHealth([None])
+    assert health.is_up()
+    health.mark_down(ConnectionError("Error 111 connecting to :pw@127.0.0.1"))
+    assert not health.is_up()
+    assert "pw" not in health.reason
+
+
+def test_the_result_store_ping_talks_redis(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The result-store probe is a real PING through redis-py (here against fakeredis)."""
+    server = fakeredis.FakeServer()
+    monkeypatch.setattr(
+        "workers.broker_health.redis.Redis.from_url",
+        lambda url, **kw: fakeredis.FakeRedis(server=server, **kw),
+    )
+    health = ScriptedHealth([])
+    health._probe_redis("redis://127.0.0.1:1/0")  # answers: no exception
+    server.connected = False
+    with pytest.raises(Exception, match="connect|Connection"):
+        health._probe_redis("redis://127.0.0.1:1/0")

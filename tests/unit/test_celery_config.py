@@ -1,0 +1,83 @@
+"""The Celery configuration derived from settings, and an app that reads nothing at import."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from config import Settings, celery_config
+from tasks import create_app
+from tests.support.celery_worker import REPO_ROOT
+
+
+def test_only_json_is_ever_accepted() -> None:
+    conf = celery_config(Settings())
+    assert conf["accept_content"] == ["json"]
+    assert conf["result_accept_content"] == ["json"]
+    assert conf["task_serializer"] == conf["result_serializer"] == "json"
+
+
+def test_late_acks_requeue_the_task_of_a_killed_child() -> None:
+    conf = celery_config(Settings())
+    assert conf["task_acks_late"] is True
+    assert conf["task_reject_on_worker_lost"] is True
+
+
+def test_settings_flow_into_celery_names() -> None:
+    settings = Settings(
+        broker_url="redis://127.0.0.1:7001/1",
+        result_backend="redis://127.0.0.1:7002/2",
+        concurrency=3,
+        task_time_limit=100,
+        task_soft_time_limit=90,
+        visibility_timeout=200,
+        result_expires=50,
+        broker_timeout=0.3,
+        socket_timeout=4,
+        prefetch_multiplier=2,
+    )
+    conf = celery_config(settings)
+    assert conf["broker_url"] == "redis://127.0.0.1:7001/1"
+    assert conf["result_backend"] == "redis://127.0.0.1:7002/2"
+    assert conf["worker_concurrency"] == 3
+    assert conf["worker_pool"] == "prefork"
+    assert (conf["task_time_limit"], conf["task_soft_time_limit"]) == (100, 90)
+    assert conf["broker_transport_options"]["visibility_timeout"] == 200
+    assert conf["broker_transport_options"]["socket_timeout"] == 4
+    assert conf["broker_connection_timeout"] == 0.3
+    assert conf["redis_socket_timeout"] == 4
+    assert conf["result_expires"] == 50
+    assert conf["worker_prefetch_multiplier"] == 2
+    assert conf["result_backend_transport_options"]["retry_policy"]["max_retries"] <= 3
+
+
+def test_an_app_is_configured_from_its_settings_on_first_use() -> None:
+    app = create_app(
+        Settings(broker_url="redis://127.0.0.1:7003/0", result_backend="redis://127.0.0.1:7003/0")
+    )
+    assert not app.configured
+    assert app.conf.broker_url == "redis://127.0.0.1:7003/0"
+    assert app.conf.accept_content == ["json"]
+    assert app.conf.task_acks_late is True
+
+
+def test_importing_tasks_reads_no_settings_and_starts_nothing() -> None:
+    script = (
+        "import os, tasks, config, workers\n"
+        "print(tasks.app.configured, config.current_settings.cache_info().currsize,"
+        " open(f'/proc/{os.getpid()}/task/{os.getpid()}/children').read().split())\n"
+    )
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "TASKPOOL_DISPATCH": "not-a-mode",
+    }  # a bad value is not read yet
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "0", "[]"]

@@ -1,0 +1,139 @@
+"""Settings: defaults, the environment's names, and one clear error per bad value."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from config import ConfigError, Settings
+
+
+def test_defaults_work_on_a_laptop() -> None:
+    settings = Settings.from_env({})
+    assert settings.broker_url == "redis://localhost:6379/0"
+    assert settings.result_backend == "redis://localhost:6379/0"
+    assert settings.dispatch == "auto"
+    assert settings.concurrency is None
+    assert settings.processes >= 1
+    assert settings.visibility_timeout > settings.task_time_limit > settings.task_soft_time_limit
+
+
+def test_taskpool_variables_are_read() -> None:
+    settings = Settings.from_env(
+        {
+            "TASKPOOL_BROKER_URL": "redis://:pw@10.0.0.5:6380/2",
+            "TASKPOOL_RESULT_BACKEND": "redis://127.0.0.1:6381/3",
+            "TASKPOOL_DISPATCH": "LOCAL",
+            "TASKPOOL_CONCURRENCY": "3",
+            "TASKPOOL_BROKER_TIMEOUT": "0.25",
+            "TASKPOOL_BROKER_RECHECK": "7",
+            "TASKPOOL_TASK_TIME_LIMIT": "60",
+            "TASKPOOL_TASK_SOFT_TIME_LIMIT": "50",
+            "TASKPOOL_RESULT_EXPIRES": "120",
+            "TASKPOOL_VISIBILITY_TIMEOUT": "90",
+            "TASKPOOL_SOCKET_TIMEOUT": "2.5",
+            "TASKPOOL_PREFETCH_MULTIPLIER": "8",
+        }
+    )
+    assert settings == Settings(
+        broker_url="redis://:pw@10.0.0.5:6380/2",
+        result_backend="redis://127.0.0.1:6381/3",
+        dispatch="local",
+        concurrency=3,
+        broker_timeout=0.25,
+        broker_recheck=7.0,
+        task_time_limit=60.0,
+        task_soft_time_limit=50.0,
+        result_expires=120,
+        visibility_timeout=90,
+        socket_timeout=2.5,
+        prefetch_multiplier=8,
+    )
+    assert settings.processes == 3
+
+
+def test_celery_names_are_honoured_and_taskpool_names_win() -> None:
+    celery_only = Settings.from_env(
+        {"CELERY_BROKER_URL": "redis://h1:6379/0", "CELERY_RESULT_BACKEND": "redis://h2:6379/1"}
+    )
+    assert (celery_only.broker_url, celery_only.result_backend) == (
+        "redis://h1:6379/0",
+        "redis://h2:6379/1",
+    )
+    both = Settings.from_env(
+        {"CELERY_BROKER_URL": "redis://h1:6379/0", "TASKPOOL_BROKER_URL": "redis://h3:6379/0"}
+    )
+    assert both.broker_url == "redis://h3:6379/0"
+
+
+def test_result_backend_follows_a_redis_broker_but_not_rabbitmq() -> None:
+    assert (
+        Settings.from_env({"TASKPOOL_BROKER_URL": "redis://h:7000/4"}).result_backend
+        == "redis://h:7000/4"
+    )
+    amqp = Settings.from_env({"TASKPOOL_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672//"})
+    assert amqp.result_backend == "redis://localhost:6379/0"
+
+
+def test_empty_values_count_as_unset() -> None:
+    assert Settings.from_env({"TASKPOOL_DISPATCH": "", "TASKPOOL_CONCURRENCY": "  "}) == Settings()
+
+
+def test_settings_are_immutable() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Settings().dispatch = "local"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "allowed"),
+    [
+        ("TASKPOOL_DISPATCH", "sometimes", "auto, celery, local"),
+        ("TASKPOOL_CONCURRENCY", "-2", "whole number greater than 0"),
+        ("TASKPOOL_CONCURRENCY", "0", "whole number greater than 0"),
+        ("TASKPOOL_CONCURRENCY", "two", "whole number greater than 0"),
+        ("TASKPOOL_CONCURRENCY", "1.5", "whole number greater than 0"),
+        ("TASKPOOL_BROKER_TIMEOUT", "-0.5", "number greater than 0"),
+        ("TASKPOOL_BROKER_TIMEOUT", "soon", "number greater than 0"),
+        ("TASKPOOL_BROKER_RECHECK", "nan", "number greater than 0"),
+        ("TASKPOOL_TASK_TIME_LIMIT", "0", "number greater than 0"),
+        ("TASKPOOL_RESULT_EXPIRES", "-1", "whole number greater than 0"),
+        ("TASKPOOL_VISIBILITY_TIMEOUT", "x", "whole number greater than 0"),
+        ("TASKPOOL_SOCKET_TIMEOUT", "-1", "number greater than 0"),
+        ("TASKPOOL_PREFETCH_MULTIPLIER", "0", "whole number greater than 0"),
+        ("TASKPOOL_BROKER_URL", "not a url", "redis://"),
+        ("TASKPOOL_BROKER_URL", "localhost:6379", "redis://"),
+        ("TASKPOOL_BROKER_URL", "redis://localhost:sixty/0", "redis://"),
+        ("TASKPOOL_BROKER_URL", "http://localhost/", "scheme among"),
+        ("CELERY_BROKER_URL", "nonsense", "redis://"),
+        ("TASKPOOL_RESULT_BACKEND", "nope://x", "scheme among"),
+    ],
+)
+def test_a_bad_value_names_variable_value_and_what_is_allowed(
+    variable: str, value: str, allowed: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({variable: value})
+    message = str(caught.value)
+    assert variable in message
+    assert repr(value) in message
+    assert allowed in message
+
+
+def test_a_bad_url_never_shows_its_password() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"TASKPOOL_BROKER_URL": "redis://:hunter2@localhost:notaport/0"})
+    assert "hunter2" not in str(caught.value)
+    assert "TASKPOOL_BROKER_URL" in str(caught.value)
+
+
+def test_soft_time_limit_must_be_below_the_hard_one() -> None:
+    with pytest.raises(ConfigError, match="TASKPOOL_SOFT_TIME_LIMIT|TASKPOOL_TASK_SOFT_TIME_LIMIT"):
+        Settings.from_env({"TASKPOOL_TASK_TIME_LIMIT": "10", "TASKPOOL_TASK_SOFT_TIME_LIMIT": "10"})
+
+
+def test_visibility_timeout_must_outlast_the_task_time_limit() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"TASKPOOL_TASK_TIME_LIMIT": "600", "TASKPOOL_VISIBILITY_TIMEOUT": "300"})
+    assert "TASKPOOL_VISIBILITY_TIMEOUT" in str(caught.value)
+    assert "600" in str(caught.value)
