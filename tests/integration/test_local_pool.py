@@ -175,5 +175,8 @@ def test_a_script_without_a_main_guard_still_finishes(tmp_path: Path) -> None:
         """,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[0] == "result 36"
+    # The caller prints once; each pool process that re-imported the script printed its own
+    # line, interleaved with it (as with any unguarded multiprocessing script), and no more.
+    assert "result 36" in done.stdout
+    assert 1 <= done.stdout.count("36") <= 1 + current_settings().processes
     assert 'if __name__ == "__main__"' in done.stderr
