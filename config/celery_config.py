@@ -28,7 +28,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         # With late acks a lost connection would redeliver running tasks anyway; cancel the doubles.
         "worker_cancel_long_running_tasks_on_connection_loss": True,
-        # Measured in bench/prefetch.py: enough to keep processes busy without hoarding work.
+        # Measured in bench/prefetch.py (see config.settings): busy processes, little hoarding.
         "worker_prefetch_multiplier": settings.prefetch_multiplier,
         "worker_pool": "prefork",
         # print() in a task is ordinary output (print_number's line), not a warning.

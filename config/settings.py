@@ -34,7 +34,9 @@ DEFAULT_RESULT_EXPIRES = 86_400
 DEFAULT_VISIBILITY_TIMEOUT = 600
 #: Bounds every Redis read and write, so no call blocks forever on a server that stopped answering.
 DEFAULT_SOCKET_TIMEOUT = 5.0
-#: Messages each worker process reserves ahead; see bench/prefetch.py for the measurement behind it.
+#: Messages each worker process reserves ahead. Measured with bench/prefetch.py (3,000 tiny
+#: tasks, concurrency 2): 1 -> 453/s, 4 -> 464/s, 16 -> 438/s, 64 -> 409/s. 4 is the fastest,
+#: and a small value keeps few messages reserved by a worker that may die or be slow.
 DEFAULT_PREFETCH_MULTIPLIER = 4
 
 #: Every variable taskpool reads, for docs and error messages.
