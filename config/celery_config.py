@@ -31,8 +31,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Measured in bench/prefetch.py (see config.settings): busy processes, little hoarding.
         "worker_prefetch_multiplier": settings.prefetch_multiplier,
         "worker_pool": "prefork",
-        # print() in a task is ordinary output (print_number's line), not a warning.
-        "worker_redirect_stdouts_level": "INFO",
         # None lets Celery start one process per CPU.
         "worker_concurrency": settings.concurrency,
         # A task over its hard limit has its process replaced; the soft limit warns it first.

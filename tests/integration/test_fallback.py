@@ -153,3 +153,12 @@ def test_any_celery_app_gets_the_fallback_through_its_task_class() -> None:
     assert isinstance(result, LocalResult)
     assert result.get(timeout=NO_HANG) == 5
     assert seconds < NO_HANG
+
+
+def test_the_fallback_warning_never_shows_the_password(caplog: pytest.LogCaptureFixture) -> None:
+    app = client_app(f"redis://:hunter2@127.0.0.1:{free_port()}/0")
+    with caplog.at_level(logging.WARNING, logger="taskpool.fallback"):
+        assert app.tasks["tasks.square"].delay(4).get(timeout=NO_HANG) == 16
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "unreachable" in logged and ":**@127.0.0.1" in logged
+    assert "hunter2" not in logged
