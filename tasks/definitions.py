@@ -8,15 +8,14 @@ from celery import Task
 
 from tasks import functions
 from tasks.celery_app import app
+from workers import chunks  # noqa: F401 - registers the generic chunk task on the app
 
 #: The node name a local-pool run reports, so callers can tell it from a worker's ``name@host``.
 LOCAL_NODE = f"local-pool@{socket.gethostname()}"
 
 
-@app.task(name="tasks.square")
-def square(n: int) -> int:
-    """Return n squared."""
-    return functions.square(n)
+#: Return n squared. The plain function is the task body itself: no wrapper to call per input.
+square = app.task(name="tasks.square")(functions.square)
 
 
 @app.task(name="tasks.print_number", bind=True)

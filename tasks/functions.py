@@ -30,5 +30,6 @@ def print_number(n: int, hostname: str) -> NumberReport:
 
 def _require_int(value: object) -> None:
     # bool is a subclass of int, but square(True) is a caller's mistake, not a number.
-    if isinstance(value, bool) or not isinstance(value, int):
+    # (The exact-type test first: it is the common case, and bulk maps call this per input.)
+    if type(value) is not int and (isinstance(value, bool) or not isinstance(value, int)):
         raise TypeError(f"expected an int, got {type(value).__name__}: {value!r:.80}")

@@ -3,6 +3,7 @@
 from workers.errors import BrokerUnavailable, LocalPoolError
 from workers.fallback import FallbackTask
 from workers.local_pool import LocalRunner
+from workers.mapping import MapItemFailed, imap, map
 from workers.results import LocalResult, TaskResult
 
 __all__ = [
@@ -11,5 +12,8 @@ __all__ = [
     "LocalPoolError",
     "LocalResult",
     "LocalRunner",
+    "MapItemFailed",
     "TaskResult",
+    "imap",
+    "map",
 ]

@@ -19,9 +19,10 @@ import threading
 import time
 import traceback
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from celery import Celery, Task, states
+from celery.app.utils import find_app
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.result import EagerResult
 from celery.utils import uuid
@@ -29,6 +30,7 @@ from celery.utils.serialization import get_pickleable_exception
 from kombu.serialization import dumps, loads
 
 from config import current_settings
+from workers.chunks import ChunkOutcome, run_items
 from workers.errors import LocalPoolError
 from workers.results import LocalResult, Outcome
 
@@ -61,13 +63,22 @@ class LocalRunner:
         processes cannot start pools of their own.
         """
         found = self._task(task)
-        # __class__ sees through Celery's lazy task proxies to the task's own class and module.
         if _in_pool_process or _importing_main_in_child():
             return found.apply(list(args), kwargs, task_id=task_id)
         payload = dumps([list(args), kwargs or {}], serializer=found.app.conf.task_serializer)
         task_id = task_id or uuid()
-        job = (found.__class__.__module__, found.name, payload, task_id, countdown or 0.0)
+        job = (_ref(found), payload, task_id, countdown or 0.0)
         return LocalResult(task_id, found.name, _shared_pool.apply_async(_execute, job))
+
+    def submit_chunk(self, task: str | Task, items: list[Any]) -> multiprocessing.pool.AsyncResult:
+        """Run ``task`` over ``items`` in one pool process; the result is a ChunkOutcome.
+
+        Items travel pickled between our own processes (no broker is involved), which keeps
+        bulk maps as fast as ``Pool.map``.
+        """
+        found = self._task(task)
+        job = (_ref(found), items)
+        return _shared_pool.apply_async(_execute_chunk, job)
 
     def map(self, task: str | Task, inputs: Iterable[Any]) -> list[Any]:
         """Run ``task`` once per input, in parallel, and return the results in input order.
@@ -100,7 +111,7 @@ class _SharedPool:
 
     def apply_async(self, func: Any, job: tuple[Any, ...]) -> multiprocessing.pool.AsyncResult:
         with self._lock:
-            pool = self._pool or self._start(preload=job[0])
+            pool = self._pool or self._start(preload=job[0].module)
             self._in_flight += 1
         return pool.apply_async(func, job, callback=self._done, error_callback=self._done)
 
@@ -167,10 +178,10 @@ def _importing_main_in_child() -> bool:
     return True
 
 
-def _execute(module: str, name: str, payload: Payload, task_id: str, countdown: float) -> Outcome:
+def _execute(ref: TaskRef, payload: Payload, task_id: str, countdown: float) -> Outcome:
     """Run one task in a pool process; every failure becomes an Outcome, never a pool error."""
     try:
-        task = _find_task(module, name)
+        task = _find_task(ref)
         args, kwargs = loads(*_reorder(payload), accept=[payload[0]])
         if countdown > 0:
             time.sleep(countdown)
@@ -188,18 +199,47 @@ def _execute(module: str, name: str, payload: Payload, task_id: str, countdown: 
         return Outcome(states.FAILURE, get_pickleable_exception(exc), traceback.format_exc())
 
 
+def _execute_chunk(ref: TaskRef, items: list[Any]) -> ChunkOutcome:
+    """Run one chunk in a pool process; failures travel back per input, picklable."""
+    outcome = run_items(_find_task(ref), items, hostname=None)
+    outcome.errors = [(i, get_pickleable_exception(exc)) for i, exc in outcome.errors]
+    return outcome
+
+
 def _reorder(payload: Payload) -> tuple[bytes | str, str, str]:
     content_type, encoding, data = payload
     return data, content_type, encoding
 
 
-def _find_task(module_name: str, name: str) -> Task:
-    """Import the module that defined the task and find the task object by its name."""
-    module = sys.modules.get(module_name) or importlib.import_module(module_name)
+class TaskRef(NamedTuple):
+    """How a pool process finds a task: the module defining it, its app's name, its name."""
+
+    module: str
+    app_main: str
+    name: str
+
+
+def _ref(task: Task) -> TaskRef:
+    # __class__ sees through Celery's lazy task proxies to the task's own class and module.
+    return TaskRef(task.__class__.__module__, str(task.app.main or ""), task.name)
+
+
+def _find_task(ref: TaskRef) -> Task:
+    """Import what defines the task, then find it: on the app ``-A`` would find, or by scan."""
+    module = sys.modules.get(ref.module) or importlib.import_module(ref.module)
+    try:
+        app = find_app(ref.app_main) if ref.app_main else None
+    except (ImportError, AttributeError):  # an app whose name is not a module
+        app = None
+    if app is not None and ref.name in app.tasks:
+        return app.tasks[ref.name]
     for value in list(vars(module).values()):
-        if isinstance(value, Task) and value.name == name:  # evaluates Celery's lazy task proxies
+        if isinstance(value, Task) and value.name == ref.name:  # evaluates lazy task proxies
             return value
-    raise LocalPoolError(f"task {name!r} is not defined at the top level of module {module_name!r}")
+    raise LocalPoolError(
+        f"task {ref.name!r} was not found after importing {ref.module!r}: define tasks at the "
+        "top level of an importable module"
+    )
 
 
 class _time_limits:

@@ -1,0 +1,242 @@
+"""Bulk work: map a task over any iterable, in chunks and in order, on the broker or locally.
+
+Inputs travel one chunk per message and run in the workers' pool processes (or the local
+pool's). At most ``max_in_flight`` chunks are out at once, so a generator of ten million inputs
+keeps the caller's and Redis's memory bounded; results stream back in input order. In mode
+``auto``, if the broker goes away mid-map, the chunks not yet collected run on the local pool.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from celery import Celery, Task
+from celery.exceptions import TimeoutError as CeleryTimeoutError
+from kombu.exceptions import OperationalError
+from tqdm import tqdm
+
+from config import DISPATCH_MODES, ConfigError, TaskpoolError
+from workers.broker_health import health_of
+from workers.chunks import ChunkOutcome, auto_chunksize, chunked, pack, run_chunk, unpack
+from workers.errors import BrokerUnavailable
+from workers.fallback import settings_of
+from workers.local_pool import LocalRunner
+
+#: How often a wait on the broker stops to ask whether the broker is still there.
+BROKER_POLL_SECONDS = 1.0
+#: Chunks out at once, per local process: enough to keep every process busy while results
+#: are collected, few enough that memory stays bounded.
+IN_FLIGHT_PER_PROCESS = 2
+#: What a lost broker or result store raises while a map waits on it.
+LOST_BROKER_ERRORS = (
+    OperationalError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    OSError,
+)
+
+
+class MapItemFailed(TaskpoolError):
+    """Raised when one input of a map failed.
+
+    The raised object is also an instance of the task's own exception type, with the task's
+    message, and names the input's index: ``except TypeError`` still catches it.
+    """
+
+    def __init__(self, index: int, item: Any, error: BaseException) -> None:
+        self.index, self.item, self.error = index, item, error
+        super().__init__(f"input {index} ({item!r:.60}) failed: {type(error).__name__}: {error}")
+
+
+def imap(
+    task: Task,
+    inputs: Iterable[Any],
+    *,
+    chunksize: int | None = None,
+    dispatch: str | None = None,
+    progress: bool | None = None,
+    return_exceptions: bool = False,
+    max_in_flight: int | None = None,
+) -> Iterator[Any]:
+    """Yield ``task(item)`` for each input, in input order.
+
+    ``chunksize`` defaults to Pool.map's rule for sized inputs; ``dispatch`` to the settings'
+    mode; ``progress`` to a bar on stderr when stderr is a terminal. With ``return_exceptions``
+    a failed input's exception takes its place; otherwise the first failure is raised as
+    MapItemFailed (also of the task's exception type).
+    """
+    bulk = _Map(task, inputs, chunksize, dispatch, progress, return_exceptions, max_in_flight)
+    # Values leave chunk by chunk; chaining them in C costs far less than a yield per value.
+    return itertools.chain.from_iterable(bulk.chunk_values())
+
+
+def map(task: Task, inputs: Iterable[Any], **options: Any) -> list[Any]:  # noqa: A001
+    """``list(imap(task, inputs, **options))``."""
+    return list(imap(task, inputs, **options))
+
+
+@dataclass
+class _Chunk:
+    start: int
+    items: list[Any]
+    handle: Any = None
+
+
+class _BackendLost(Exception):
+    """The broker or result store went away while a chunk was out."""
+
+
+class _LocalChunks:
+    name = "local pool"
+
+    def __init__(self, app: Celery, task: Task) -> None:
+        self.runner, self.task = LocalRunner(app), task
+
+    def submit(self, items: list[Any]) -> Any:
+        return self.runner.submit_chunk(self.task, items)
+
+    def collect(self, handle: Any) -> ChunkOutcome:
+        return handle.get()  # type: ignore[no-any-return]
+
+
+class _BrokerChunks:
+    name = "broker"
+
+    def __init__(self, app: Celery, task: Task) -> None:
+        self.app, self.task = app, task
+        settings = settings_of(app)
+        self.health = health_of(app, settings.broker_timeout, settings.broker_recheck)
+        self.chunk_task = app.tasks[run_chunk.name]
+
+    def submit(self, items: list[Any]) -> Any:
+        try:
+            return self.chunk_task.apply_async(
+                (self.task.name, pack(items)),
+                dispatch="celery",
+                # Celery would repr every input for monitoring; a summary costs nothing.
+                argsrepr=f"({self.task.name!r}, <{len(items)} inputs>)",
+            )
+        except BrokerUnavailable as exc:
+            raise _BackendLost(str(exc)) from exc
+
+    def collect(self, handle: Any) -> ChunkOutcome:
+        while True:
+            try:
+                payload = handle.get(timeout=BROKER_POLL_SECONDS)
+                break
+            except CeleryTimeoutError:
+                if not self.health.is_up():
+                    raise _BackendLost(self.health.reason) from None
+            except LOST_BROKER_ERRORS as exc:
+                self.health.mark_down(exc)
+                raise _BackendLost(self.health.reason) from exc
+        handle.forget()  # collected: Redis need not keep it for result_expires
+        rebuild = self.app.backend.exception_to_python
+        errors = [(position, rebuild(exc)) for position, exc in payload["errors"]]
+        return ChunkOutcome(unpack(payload["values"]), errors)
+
+
+class _Map:
+    """One map in progress: a window of chunks out, collected in order."""
+
+    def __init__(
+        self,
+        task: Task,
+        inputs: Iterable[Any],
+        chunksize: int | None,
+        dispatch: str | None,
+        progress: bool | None,
+        return_exceptions: bool,
+        max_in_flight: int | None,
+    ) -> None:
+        self.task, self.app = task, task.app
+        settings = settings_of(self.app)
+        self.mode = dispatch or settings.dispatch
+        if self.mode not in DISPATCH_MODES:
+            raise ConfigError("dispatch", self.mode, "expected one of " + ", ".join(DISPATCH_MODES))
+        length = len(inputs) if hasattr(inputs, "__len__") else None  # type: ignore[arg-type]
+        self.chunksize = chunksize or auto_chunksize(length, settings.processes)
+        if self.chunksize < 1:
+            raise ValueError(f"chunksize must be at least 1, got {self.chunksize}")
+        self.max_in_flight = max_in_flight or IN_FLIGHT_PER_PROCESS * settings.processes
+        self.inputs, self.length = inputs, length
+        self.return_exceptions = return_exceptions
+        self.show_progress = sys.stderr.isatty() if progress is None else progress
+        self.backend = self._first_backend()
+
+    def _first_backend(self) -> _LocalChunks | _BrokerChunks:
+        if self.mode == "local":
+            return _LocalChunks(self.app, self.task)
+        broker = _BrokerChunks(self.app, self.task)
+        if broker.health.is_up():
+            return broker
+        if self.mode == "celery":
+            raise BrokerUnavailable(broker.health.reason)
+        return _LocalChunks(self.app, self.task)
+
+    def chunk_values(self) -> Iterator[list[Any]]:
+        """Each chunk's list of values, in input order."""
+        window: deque[_Chunk] = deque()
+        bar = tqdm(total=self.length, unit="item", disable=not self.show_progress, file=sys.stderr)
+        with bar:
+            start = 0
+            for items in chunked(self.inputs, self.chunksize):
+                window.append(self._submit(_Chunk(start, items), window))
+                start += len(items)
+                if len(window) >= self.max_in_flight:
+                    yield self._finish(window, bar)
+            while window:
+                yield self._finish(window, bar)
+
+    def _submit(self, chunk: _Chunk, window: deque[_Chunk]) -> _Chunk:
+        try:
+            chunk.handle = self.backend.submit(chunk.items)
+        except _BackendLost as lost:
+            self._go_local(window, lost)
+            chunk.handle = self.backend.submit(chunk.items)
+        return chunk
+
+    def _finish(self, window: deque[_Chunk], bar: tqdm[Any]) -> list[Any]:
+        chunk = window[0]
+        try:
+            outcome = self.backend.collect(chunk.handle)
+        except _BackendLost as lost:
+            self._go_local(window, lost)
+            outcome = self.backend.collect(chunk.handle)
+        window.popleft()
+        bar.update(len(chunk.items))
+        return self._values(chunk, outcome)
+
+    def _go_local(self, window: deque[_Chunk], lost: _BackendLost) -> None:
+        """Re-run every chunk not yet collected on the local pool (mode auto), or give up."""
+        if self.mode == "celery" or isinstance(self.backend, _LocalChunks):
+            raise BrokerUnavailable(str(lost)) from lost
+        self.backend = _LocalChunks(self.app, self.task)
+        for chunk in window:
+            chunk.handle = self.backend.submit(chunk.items)
+
+    def _values(self, chunk: _Chunk, outcome: ChunkOutcome) -> list[Any]:
+        values = outcome.values
+        for position, error in outcome.errors:
+            if not self.return_exceptions:
+                index = chunk.start + position
+                raise _item_error(index, chunk.items[position], error)
+            values[position] = error
+        return values
+
+
+def _item_error(index: int, item: Any, error: BaseException) -> MapItemFailed:
+    """A MapItemFailed that is also of the task's own exception type, where Python allows it."""
+    try:
+        kind = type(f"{type(error).__name__}AtInput", (MapItemFailed, type(error)), {})
+        failure: MapItemFailed = kind(index, item, error)
+    except TypeError:  # an exception type that cannot be mixed in (layout conflict)
+        failure = MapItemFailed(index, item, error)
+    failure.__cause__ = error
+    return failure
