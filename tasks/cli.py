@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
-from typing import Any
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import IO, Any
 
 import click
 
 from config import DISPATCH_MODES, ConfigError, TaskpoolError, current_settings
-from workers.errors import BrokerUnavailable
 
-#: Exit codes, listed in ``taskpool --help`` and the README.
+#: Exit codes, listed in every ``--help`` and in the README.
 EXIT_OK = 0
 EXIT_TASK_FAILED = 1
 EXIT_USAGE = 2
@@ -25,7 +26,7 @@ EXIT_CODES_HELP = (
     f"  {EXIT_OK}  done\n"
     f"  {EXIT_TASK_FAILED}  a task failed\n"
     f"  {EXIT_USAGE}  usage error (bad option or bad TASKPOOL_* setting)\n"
-    f"  {EXIT_BROKER_UNAVAILABLE}  broker unavailable in mode celery"
+    f"  {EXIT_BROKER_UNAVAILABLE}  broker unavailable in mode celery (status: broker unreachable)"
 )
 
 mode_option = click.option(
@@ -35,7 +36,18 @@ mode_option = click.option(
     help="Where tasks run: auto (broker if it answers, else local pool), celery, or local. "
     "Default: TASKPOOL_DISPATCH, else auto.",
 )
-json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON document on stdout, for scripts."
+)
+
+
+def command(**kwargs: Any) -> Callable[[Callable[..., Any]], click.Command]:
+    """A taskpool subcommand: exit codes in its help, --mode and --json on it."""
+
+    def decorate(func: Callable[..., Any]) -> click.Command:
+        return cli.command(epilog=EXIT_CODES_HELP, **kwargs)(mode_option(json_option(func)))
+
+    return decorate
 
 
 @click.group(epilog=EXIT_CODES_HELP)
@@ -51,9 +63,7 @@ def cli() -> None:
     """
 
 
-@cli.command(epilog=EXIT_CODES_HELP)
-@mode_option
-@json_option
+@command()
 def demo(mode: str | None, as_json: bool) -> None:
     """Run the classic multiprocessing examples through taskpool.
 
@@ -68,8 +78,216 @@ def demo(mode: str | None, as_json: bool) -> None:
     from tasks.demo import render, run_demo
 
     with json_stdout(as_json) as emit:
-        report = run_demo(app, mode or current_settings().dispatch)  # type: ignore[arg-type]
+        report = run_demo(app, _mode(mode))  # type: ignore[arg-type]
         emit(json.dumps(report.as_dict()) if as_json else render(report))
+
+
+@command(name="square")
+@click.argument("numbers", nargs=-1, required=True, type=int)
+def square_command(numbers: tuple[int, ...], mode: str | None, as_json: bool) -> None:
+    """Square each NUMBER, one task per number.
+
+    \b
+    Example:
+      taskpool square 3 4 5          # square(3) = 9 ...
+    """
+    from tasks import square
+
+    with json_stdout(as_json) as emit:
+        pending = [square.apply_async((n,), dispatch=_mode(mode)) for n in numbers]
+        results = [result.get(timeout=60) for result in pending]
+        if as_json:
+            emit(json.dumps({"results": results, "backend": _backend_of(pending)}))
+        else:
+            emit(
+                "\n".join(
+                    f"square({n}) = {value}" for n, value in zip(numbers, results, strict=True)
+                )
+            )
+
+
+@command(name="print-numbers")
+@click.argument("count", type=click.IntRange(min=0))
+def print_numbers(count: int, mode: str | None, as_json: bool) -> None:
+    """Run print_number for 0 .. COUNT-1 and show which process ran each.
+
+    \b
+    Example:
+      taskpool print-numbers 4
+    """
+    from tasks import print_number
+
+    with json_stdout(as_json) as emit:
+        pending = [print_number.apply_async((n,), dispatch=_mode(mode)) for n in range(count)]
+        reports = [result.get(timeout=60) for result in pending]
+        if as_json:
+            emit(json.dumps({"results": reports, "backend": _backend_of(pending)}))
+        else:
+            emit("\n".join(
+                f"Process ID: {r['pid']} - Number: {r['number']}  (on {r['hostname']})"
+                for r in reports
+            ))  # fmt: skip
+
+
+@command(name="map")
+@click.argument("task_name", metavar="TASK")
+@click.option("--range", "range_", type=click.IntRange(min=0), help="Map over 0 .. N-1.")
+@click.option(
+    "--input", "input_", type=click.File("r"), help="One JSON value per line; - reads stdin."
+)
+@click.option(
+    "--output", type=click.File("w"), help="Write one JSON result per line, in input order."
+)
+@click.option(
+    "--chunksize", type=click.IntRange(min=1), help="Inputs per message (default: automatic)."
+)
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Progress bar on stderr (default: when stderr is a terminal).",
+)
+@click.option("--return-exceptions", is_flag=True, help="Write failures in place and go on.")
+def map_command(
+    task_name: str,
+    range_: int | None,
+    input_: IO[str] | None,
+    output: IO[str] | None,
+    chunksize: int | None,
+    progress: bool | None,
+    return_exceptions: bool,
+    mode: str | None,
+    as_json: bool,
+) -> None:
+    """Map TASK (any task of the app, e.g. square) over many inputs, in chunks, in order.
+
+    Results go to --output, else to stdout one per line (not with --json). A summary (count,
+    checksum, seconds, inputs per second, backend) goes to stderr, or to stdout with --json.
+
+    \b
+    Examples:
+      taskpool map square --range 1000000 --output squares.jsonl
+      seq 10 | taskpool map square --input - --json
+    """
+    from tasks import app
+    from workers import imap
+
+    if (range_ is None) == (input_ is None):
+        raise click.UsageError("give exactly one of --range N or --input FILE")
+    task = _find_task(app, task_name)
+    inputs: Iterable[Any] = range(range_) if range_ is not None else _json_lines(input_)  # type: ignore[arg-type]
+    with json_stdout(as_json) as emit:
+        sink = output or (None if as_json else sys.stdout)
+        started = time.perf_counter()
+        results = imap(
+            task, inputs, chunksize=chunksize, dispatch=_mode(mode),
+            progress=progress, return_exceptions=return_exceptions,
+        )  # fmt: skip
+        count, failed, digest = _write_results(results, sink)
+        seconds = time.perf_counter() - started
+        summary = {
+            "task": task.name,
+            "count": count,
+            "failed": failed,
+            "checksum": digest,
+            "seconds": round(seconds, 3),
+            "inputs_per_second": round(count / seconds, 1) if seconds else None,
+            "backend": ", then ".join(results.backends),
+        }
+        if as_json:
+            emit(json.dumps(summary))
+        else:
+            click.echo(" ".join(f"{k}={v}" for k, v in summary.items()), err=True)
+    if failed:
+        raise SystemExit(EXIT_TASK_FAILED)
+
+
+def _write_results(results: Iterator[Any], sink: IO[str] | None) -> tuple[int, int, str]:
+    """Write one JSON line per result; return the count, the failures and a checksum."""
+    digest = hashlib.sha256()
+    count = failed = 0
+    for value in results:
+        if isinstance(value, BaseException):
+            failed += 1
+            value = {"error": {"type": type(value).__name__, "message": str(value)}}
+        line = json.dumps(value) + "\n"
+        digest.update(line.encode())
+        if sink is not None:
+            sink.write(line)
+        count += 1
+    return count, failed, digest.hexdigest()[:16]
+
+
+def _json_lines(stream: IO[str]) -> Iterator[Any]:
+    for number, line in enumerate(stream, start=1):
+        if not line.strip():
+            continue
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise click.UsageError(
+                f"--input line {number} is not JSON ({exc.msg}): {line.strip()[:60]!r}"
+            ) from None
+
+
+def _find_task(app: Any, name: str) -> Any:
+    for candidate in (name, f"tasks.{name}"):
+        if candidate in app.tasks and not candidate.startswith(("celery.", "taskpool.")):
+            return app.tasks[candidate]
+    known = ", ".join(sorted(n for n in app.tasks if not n.startswith(("celery.", "taskpool."))))
+    raise click.UsageError(f"no task named {name!r}; known tasks: {known}")
+
+
+@command()
+def status(mode: str | None, as_json: bool) -> None:  # mode: status asks the broker in every mode
+    """Say whether the broker answers, which workers are online, and how deep the queue is.
+
+    Exits 3 when the broker does not answer.
+
+    \b
+    Example:
+      taskpool status --json
+    """
+    from tasks import app
+    from tasks.status import read_status, render_status
+
+    report = read_status(app)
+    click.echo(json.dumps(report) if as_json else render_status(report))
+    if not report["broker"]["reachable"]:
+        raise SystemExit(EXIT_BROKER_UNAVAILABLE)
+
+
+@command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def worker(celery_args: tuple[str, ...], mode: str | None, as_json: bool) -> None:
+    """Start the prefork worker with the settings: the same as `celery -A tasks worker`.
+
+    Arguments after the options go to Celery (e.g. -n w1@%h -Q cpu). --json prints the
+    command line instead of running it. A worker always consumes from the broker, so --mode
+    local is refused.
+
+    \b
+    Example:
+      taskpool worker -- -n w1@%h --loglevel info
+    """
+    if mode == "local":
+        raise click.UsageError("a worker consumes from the broker; --mode local does not apply")
+    current_settings()  # a bad TASKPOOL_* value stops here with one clear line
+    argv = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-P", "prefork", *celery_args]
+    if as_json:
+        click.echo(json.dumps({"argv": argv}))
+        return
+    os.execv(sys.executable, argv)
+
+
+def _mode(mode: str | None) -> str:
+    return mode or current_settings().dispatch
+
+
+def _backend_of(results: list[Any]) -> str:
+    from workers import LocalResult
+
+    kinds = {"local pool" if isinstance(r, LocalResult) else "broker" for r in results}
+    return ", ".join(sorted(kinds)) or "none"
 
 
 @contextlib.contextmanager
@@ -96,6 +314,8 @@ def json_stdout(as_json: bool) -> Iterator[Callable[[str], None]]:
 
 def main(argv: list[str] | None = None) -> Any:
     """Entry point: map taskpool's errors onto the documented exit codes."""
+    from workers.errors import BrokerUnavailable
+
     try:
         return cli.main(args=argv, prog_name="taskpool", standalone_mode=False)
     except click.exceptions.Abort:

@@ -18,6 +18,10 @@ LOCAL_NODE = f"local-pool@{socket.gethostname()}"
 square = app.task(name="tasks.square")(functions.square)
 
 
+#: CPU-bound work: the sum of squares below n.
+sum_of_squares = app.task(name="tasks.sum_of_squares")(functions.sum_of_squares)
+
+
 @app.task(name="tasks.print_number", bind=True)
 def print_number(self: Task, n: int) -> functions.NumberReport:
     """Print the pid and number, and return who ran it."""

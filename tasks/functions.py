@@ -28,6 +28,12 @@ def print_number(n: int, hostname: str) -> NumberReport:
     return {"number": n, "pid": pid, "hostname": hostname}
 
 
+def sum_of_squares(n: int) -> int:
+    """Sum of i*i for i below n: real CPU work, to show what processes buy over threads."""
+    _require_int(n)
+    return sum(i * i for i in range(n))
+
+
 def _require_int(value: object) -> None:
     # bool is a subclass of int, but square(True) is a caller's mistake, not a number.
     # (The exact-type test first: it is the common case, and bulk maps call this per input.)

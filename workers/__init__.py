@@ -3,7 +3,7 @@
 from workers.errors import BrokerUnavailable, LocalPoolError
 from workers.fallback import FallbackTask
 from workers.local_pool import LocalRunner
-from workers.mapping import MapItemFailed, imap, map
+from workers.mapping import MapItemFailed, MapResults, imap, map
 from workers.results import LocalResult, TaskResult
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "LocalResult",
     "LocalRunner",
     "MapItemFailed",
+    "MapResults",
     "TaskResult",
     "imap",
     "map",

@@ -32,8 +32,10 @@ class BrokerHealth:
         timeout: float,
         recheck: float,
         clock: Callable[[], float] = time.monotonic,
+        log_switches: bool = True,
     ) -> None:
         self.app = app
+        self.log_switches = log_switches
         self.timeout = timeout
         self.recheck = recheck
         self.clock = clock
@@ -52,7 +54,9 @@ class BrokerHealth:
     def mark_down(self, error: BaseException) -> None:
         """Record a failure seen outside a probe (a publish that failed after a good check)."""
         with self._lock:
-            self._record(self.scrub(f"{type(error).__name__}: {error}"))
+            self._record(
+                self.scrub(f"broker {mask_url(self.broker_url)} failed ({_describe(error)})")
+            )
 
     def scrub(self, text: str) -> str:
         """Remove the broker's and result store's passwords from ``text``."""
@@ -72,7 +76,9 @@ class BrokerHealth:
 
     def _record(self, failure: str | None) -> None:
         up = failure is None
-        if up and self._up is False:
+        if not self.log_switches:
+            pass
+        elif up and self._up is False:
             log.warning(
                 "broker %s answers again: tasks go to the broker", mask_url(self.broker_url)
             )
@@ -114,7 +120,8 @@ class BrokerHealth:
 
 
 def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    text = " ".join(str(exc).split())  # Celery's own messages span lines
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 _registry: dict[int, BrokerHealth] = {}

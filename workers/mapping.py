@@ -33,12 +33,15 @@ BROKER_POLL_SECONDS = 1.0
 #: Chunks out at once, per local process: enough to keep every process busy while results
 #: are collected, few enough that memory stays bounded.
 IN_FLIGHT_PER_PROCESS = 2
-#: What a lost broker or result store raises while a map waits on it.
+#: What a lost broker or result store raises while a map waits on it. Celery's result consumer
+#: raises a bare RuntimeError once its reconnection retries are spent; with ``propagate=False``
+#: a task's own errors are returned, not raised, so nothing else reaches this.
 LOST_BROKER_ERRORS = (
     OperationalError,
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
     OSError,
+    RuntimeError,
 )
 
 
@@ -63,7 +66,7 @@ def imap(
     progress: bool | None = None,
     return_exceptions: bool = False,
     max_in_flight: int | None = None,
-) -> Iterator[Any]:
+) -> MapResults:
     """Yield ``task(item)`` for each input, in input order.
 
     ``chunksize`` defaults to Pool.map's rule for sized inputs; ``dispatch`` to the settings'
@@ -72,13 +75,29 @@ def imap(
     MapItemFailed (also of the task's exception type).
     """
     bulk = _Map(task, inputs, chunksize, dispatch, progress, return_exceptions, max_in_flight)
-    # Values leave chunk by chunk; chaining them in C costs far less than a yield per value.
-    return itertools.chain.from_iterable(bulk.chunk_values())
+    return MapResults(bulk)
 
 
 def map(task: Task, inputs: Iterable[Any], **options: Any) -> list[Any]:  # noqa: A001
     """``list(imap(task, inputs, **options))``."""
-    return list(imap(task, inputs, **options))
+    return list(imap(task, inputs, **options).values)
+
+
+class MapResults(Iterator[Any]):
+    """The results of one map, in input order; ``backends`` says where its chunks ran."""
+
+    def __init__(self, bulk: _Map) -> None:
+        self._bulk = bulk
+        # Values leave chunk by chunk; chaining them in C costs far less than a yield per value.
+        self.values = itertools.chain.from_iterable(bulk.chunk_values())
+
+    def __next__(self) -> Any:
+        return next(self.values)
+
+    @property
+    def backends(self) -> list[str]:
+        """The backends used so far, in order: ``["broker", "local pool"]`` after a switch."""
+        return list(self._bulk.backends)
 
 
 @dataclass
@@ -101,8 +120,8 @@ class _LocalChunks:
     def submit(self, items: list[Any]) -> Any:
         return self.runner.submit_chunk(self.task, items)
 
-    def collect(self, handle: Any) -> ChunkOutcome:
-        return handle.get()  # type: ignore[no-any-return]
+    def collect(self, chunk: _Chunk) -> ChunkOutcome:
+        return chunk.handle.get()  # type: ignore[no-any-return]
 
 
 class _BrokerChunks:
@@ -125,10 +144,11 @@ class _BrokerChunks:
         except BrokerUnavailable as exc:
             raise _BackendLost(str(exc)) from exc
 
-    def collect(self, handle: Any) -> ChunkOutcome:
+    def collect(self, chunk: _Chunk) -> ChunkOutcome:
+        handle = chunk.handle
         while True:
             try:
-                payload = handle.get(timeout=BROKER_POLL_SECONDS)
+                payload = handle.get(timeout=BROKER_POLL_SECONDS, propagate=False)
                 break
             except CeleryTimeoutError:
                 if not self.health.is_up():
@@ -137,6 +157,9 @@ class _BrokerChunks:
                 self.health.mark_down(exc)
                 raise _BackendLost(self.health.reason) from exc
         handle.forget()  # collected: Redis need not keep it for result_expires
+        if handle.failed():  # the chunk as a whole failed (e.g. its time limit): every input did
+            size = len(chunk.items)
+            return ChunkOutcome([None] * size, [(i, payload) for i in range(size)])
         rebuild = self.app.backend.exception_to_python
         errors = [(position, rebuild(exc)) for position, exc in payload["errors"]]
         return ChunkOutcome(unpack(payload["values"]), errors)
@@ -169,6 +192,7 @@ class _Map:
         self.return_exceptions = return_exceptions
         self.show_progress = sys.stderr.isatty() if progress is None else progress
         self.backend = self._first_backend()
+        self.backends = [self.backend.name]
 
     def _first_backend(self) -> _LocalChunks | _BrokerChunks:
         if self.mode == "local":
@@ -205,10 +229,10 @@ class _Map:
     def _finish(self, window: deque[_Chunk], bar: tqdm[Any]) -> list[Any]:
         chunk = window[0]
         try:
-            outcome = self.backend.collect(chunk.handle)
+            outcome = self.backend.collect(chunk)
         except _BackendLost as lost:
             self._go_local(window, lost)
-            outcome = self.backend.collect(chunk.handle)
+            outcome = self.backend.collect(chunk)
         window.popleft()
         bar.update(len(chunk.items))
         return self._values(chunk, outcome)
@@ -218,7 +242,12 @@ class _Map:
         if self.mode == "celery" or isinstance(self.backend, _LocalChunks):
             raise BrokerUnavailable(str(lost)) from lost
         self.backend = _LocalChunks(self.app, self.task)
+        self.backends.append(self.backend.name)
         for chunk in window:
+            if chunk.handle is not None:
+                # The result store is gone: a dropped AsyncResult would try to unsubscribe
+                # from it when collected, and print the error it gets.
+                chunk.handle.backend = None
             chunk.handle = self.backend.submit(chunk.items)
 
     def _values(self, chunk: _Chunk, outcome: ChunkOutcome) -> list[Any]:

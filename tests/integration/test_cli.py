@@ -80,8 +80,114 @@ def test_a_bad_setting_exits_2_naming_the_variable() -> None:
     assert "Traceback" not in done.stderr
 
 
-def test_help_explains_the_command_with_an_example_and_the_exit_codes() -> None:
-    done = taskpool("demo", "--help", broker_url="redis://127.0.0.1:1/0")
+def test_square_prints_each_result_and_json_parses(
+    session_worker: CeleryWorker, redis_server: RedisServer
+) -> None:
+    done = taskpool("square", "3", "4", "5", broker_url=redis_server.url())
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["square(3) = 9", "square(4) = 16", "square(5) = 25"]
+    as_json = taskpool("square", "7", "--json", broker_url=redis_server.url())
+    assert json.loads(as_json.stdout) == {"results": [49], "backend": "broker"}
+
+
+def test_square_of_a_non_number_is_a_usage_error() -> None:
+    done = taskpool("square", "3", "x", broker_url="redis://127.0.0.1:1/0")
+    assert done.returncode == 2 and "'x' is not a valid integer" in done.stderr
+
+
+def test_print_numbers_shows_who_ran_each(
+    session_worker: CeleryWorker, redis_server: RedisServer
+) -> None:
+    done = taskpool("print-numbers", "4", "--json", broker_url=redis_server.url())
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert [r["number"] for r in report["results"]] == [0, 1, 2, 3]
+    assert {r["hostname"] for r in report["results"]} == {session_worker.node}
+
+
+def test_map_writes_results_in_order_and_a_summary(
+    tmp_path,
+    session_worker: CeleryWorker,
+    redis_server: RedisServer,  # type: ignore[no-untyped-def]
+) -> None:
+    out = tmp_path / "squares.jsonl"
+    done = taskpool(
+        "map",
+        "square",
+        "--range",
+        "20000",
+        "--output",
+        str(out),
+        "--json",
+        broker_url=redis_server.url(),
+    )
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(line) for line in out.read_text().splitlines()] == [
+        i * i for i in range(20000)
+    ]
+    summary = json.loads(done.stdout)
+    assert summary["count"] == 20000 and summary["failed"] == 0 and summary["backend"] == "broker"
+    assert summary["inputs_per_second"] > 0 and len(summary["checksum"]) == 16
+
+
+def test_map_reads_json_lines_from_stdin_and_reports_a_failure_by_index() -> None:
+    closed = f"redis://127.0.0.1:{free_port()}/0"
+    feed = '1\n2\n"three"\n4\n'
+    env = worker_env(closed)
+    done = subprocess.run(
+        [sys.executable, "-m", "tasks", "map", "square", "--input", "-"],
+        cwd=REPO_ROOT, env=env, input=feed, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "input 2 ('three') failed: TypeError" in done.stderr
+    kept = subprocess.run(
+        [sys.executable, "-m", "tasks", "map", "square", "--input", "-", "--return-exceptions"],
+        cwd=REPO_ROOT, env=env, input=feed, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert kept.returncode == 1
+    lines = [json.loads(line) for line in kept.stdout.splitlines()]
+    assert lines[:2] == [1, 4] and lines[3] == 16
+    assert lines[2]["error"]["type"] == "TypeError"
+    assert "backend=local pool" in kept.stderr
+
+
+def test_map_usage_errors_exit_2() -> None:
+    closed = f"redis://127.0.0.1:{free_port()}/0"
+    assert taskpool("map", "cube", "--range", "3", broker_url=closed).returncode == 2
+    assert taskpool("map", "square", broker_url=closed).returncode == 2
+    both = taskpool("map", "square", "--range", "3", "--input", "-", broker_url=closed)
+    assert both.returncode == 2 and "exactly one of" in both.stderr
+
+
+def test_status_lists_workers_with_pool_size_and_queue_depth(
+    session_worker: CeleryWorker, redis_server: RedisServer
+) -> None:
+    done = taskpool("status", "--json", broker_url=redis_server.url())
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["broker"] == {"url": redis_server.url(), "reachable": True}
+    assert {"node": session_worker.node, "pool": 4} in report["workers"]
+    assert report["queue"]["depth"] == 0
+
+
+def test_status_of_an_unreachable_broker_exits_3_with_the_password_masked() -> None:
+    done = taskpool("status", broker_url=f"redis://:s3cret@127.0.0.1:{free_port()}/0")
+    assert done.returncode == 3
+    assert "unreachable" in done.stdout and "s3cret" not in done.stdout + done.stderr
+
+
+def test_worker_json_shows_the_celery_command_it_runs() -> None:
+    done = taskpool("worker", "--json", "--", "-n", "w9@%h", broker_url="redis://127.0.0.1:1/0")
+    assert done.returncode == 0, done.stderr
+    argv = json.loads(done.stdout)["argv"]
+    assert argv[1:] == ["-m", "celery", "-A", "tasks", "worker", "-P", "prefork", "-n", "w9@%h"]
+    refused = taskpool("worker", "--mode", "local", broker_url="redis://127.0.0.1:1/0")
+    assert refused.returncode == 2
+
+
+@pytest.mark.parametrize("name", ["demo", "square", "print-numbers", "map", "status", "worker"])
+def test_every_command_explains_itself_with_an_example_and_takes_mode_and_json(name: str) -> None:
+    done = taskpool(name, "--help", broker_url="redis://127.0.0.1:1/0")
     assert done.returncode == 0
-    assert "Example:" in done.stdout and "taskpool demo" in done.stdout
-    assert "3  broker unavailable in mode celery" in done.stdout
+    assert "Example" in done.stdout and "--mode" in done.stdout and "--json" in done.stdout
+    assert "3  broker unavailable" in done.stdout

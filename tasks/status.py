@@ -1,0 +1,59 @@
+"""What ``taskpool status`` reports: the broker, the workers online, the queue's depth."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from kombu.exceptions import ChannelError
+
+from config import mask_url
+from workers.broker_health import BrokerHealth
+from workers.fallback import settings_of
+
+#: How long to wait for workers to answer an inspect broadcast.
+INSPECT_TIMEOUT = 1.0
+
+
+def read_status(app: Celery) -> dict[str, Any]:
+    """Probe the broker afresh, then (if it answers) ask the workers and the queue."""
+    settings = settings_of(app)
+    health = BrokerHealth(app, settings.broker_timeout, recheck=0, log_switches=False)
+    reachable = health.is_up()
+    report: dict[str, Any] = {
+        "broker": {"url": mask_url(health.broker_url), "reachable": reachable},
+        "workers": [],
+        "queue": {"name": app.conf.task_default_queue, "depth": None},
+    }
+    if not reachable:
+        report["broker"]["reason"] = health.reason
+        return report
+    stats = app.control.inspect(timeout=INSPECT_TIMEOUT).stats() or {}
+    report["workers"] = [
+        {"node": node, "pool": info.get("pool", {}).get("max-concurrency")}
+        for node, info in sorted(stats.items())
+    ]
+    report["queue"]["depth"] = _queue_depth(app, app.conf.task_default_queue)
+    return report
+
+
+def _queue_depth(app: Celery, queue: str) -> int:
+    with app.connection_for_write() as connection:
+        try:
+            declared = connection.default_channel.queue_declare(queue=queue, passive=True)
+        except ChannelError:  # no such queue yet (on Redis: an empty one), so nothing waits
+            return 0
+        return int(declared.message_count)
+
+
+def render_status(report: dict[str, Any]) -> str:
+    broker = report["broker"]
+    if not broker["reachable"]:
+        return str(broker.get("reason", f"broker {broker['url']}: unreachable"))
+    lines = [f"broker {broker['url']}: reachable"]
+    workers = report["workers"]
+    lines.append(f"workers online: {len(workers)}")
+    lines += [f"  {w['node']} (pool of {w['pool']})" for w in workers]
+    queue = report["queue"]
+    lines.append(f"queue {queue['name']!r}: {queue['depth']} message(s) waiting")
+    return "\n".join(lines)

@@ -1,0 +1,149 @@
+"""The bulk map, through a real worker and Redis, on the local pool, and across a lost broker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import workers
+from tasks import print_number, square, sum_of_squares
+from tests.conftest import client_app, node_name
+from tests.support.celery_worker import CeleryWorker
+from tests.support.redis_server import RedisServer, free_port
+from tests.support.waiting import wait_for
+from workers import MapItemFailed
+
+pytestmark = pytest.mark.integration
+
+N = 100_000
+
+
+@pytest.fixture(params=["celery", "local"])
+def dispatch(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Each test runs through the session's worker (mode celery) and on the local pool."""
+    if request.param == "celery":
+        request.getfixturevalue("session_worker")
+    yield request.param
+
+
+def test_a_hundred_thousand_inputs_come_back_squared_in_order(dispatch: str) -> None:
+    results = workers.imap(square, range(N), dispatch=dispatch)
+    assert list(results) == [i * i for i in range(N)]
+    assert results.backends == ["broker" if dispatch == "celery" else "local pool"]
+
+
+def test_a_generator_is_mapped_without_knowing_its_length(dispatch: str) -> None:
+    numbers = (n for n in range(5_000))
+    assert workers.map(square, numbers, dispatch=dispatch, chunksize=700) == [
+        n * n for n in range(5_000)
+    ]
+
+
+def test_a_failing_input_names_its_index_and_keeps_the_tasks_error(dispatch: str) -> None:
+    inputs: list[Any] = list(range(1_000))
+    inputs[637] = "six"
+    with pytest.raises(TypeError, match="expected an int, got str") as caught:
+        workers.map(square, inputs, dispatch=dispatch, chunksize=100)
+    assert isinstance(caught.value, MapItemFailed)
+    assert caught.value.index == 637 and caught.value.item == "six"
+    assert "input 637" in str(caught.value)
+
+
+def test_return_exceptions_puts_each_failure_in_its_place(dispatch: str) -> None:
+    results = workers.map(square, [1, "x", 3, None, 5], dispatch=dispatch, return_exceptions=True)
+    assert [results[0], results[2], results[4]] == [1, 9, 25]
+    assert isinstance(results[1], TypeError) and "got str" in str(results[1])
+    assert isinstance(results[3], TypeError) and "got NoneType" in str(results[3])
+
+
+def test_bound_tasks_see_who_ran_them(dispatch: str, request: pytest.FixtureRequest) -> None:
+    reports = workers.map(print_number, range(8), dispatch=dispatch, chunksize=2)
+    assert [r["number"] for r in reports] == list(range(8))
+    if dispatch == "celery":
+        worker = request.getfixturevalue("session_worker")
+        assert {r["hostname"] for r in reports} == {worker.node}
+        assert {r["pid"] for r in reports} <= worker.pool_pids()
+    else:
+        assert all(r["hostname"].startswith("local-pool@") for r in reports)
+
+
+def test_ints_beyond_64_bits_travel_too(dispatch: str) -> None:
+    assert workers.map(square, [2**40, 2**70, 3], dispatch=dispatch) == [2**80, 2**140, 9]
+
+
+def test_a_generator_is_read_only_as_far_as_the_chunks_in_flight() -> None:
+    pulled = 0
+
+    def counting() -> Iterator[int]:
+        nonlocal pulled
+        for n in range(1_000_000):
+            pulled += 1
+            yield n
+
+    results = workers.imap(square, counting(), dispatch="local", chunksize=1_000, max_in_flight=3)
+    assert next(results) == 0
+    assert pulled <= 4 * 1_000  # the chunks in flight, plus the one being cut
+    assert list(results)[-1] == 999_999**2
+
+
+def test_progress_goes_to_stderr_when_asked(capsys: pytest.CaptureFixture[str]) -> None:
+    workers.map(square, range(1_000), dispatch="local", progress=True)
+    assert "1000/1000" in capsys.readouterr().err
+    workers.map(square, range(1_000), dispatch="local")  # stderr is not a terminal here
+    assert capsys.readouterr().err == ""
+
+
+def test_a_killed_pool_process_loses_and_duplicates_nothing(session_worker: CeleryWorker) -> None:
+    sizes = [2_000_000 + n for n in range(24)]  # each call computes for a tenth of a second
+    results = workers.imap(sum_of_squares, sizes, dispatch="celery", chunksize=2)
+    first = next(results)  # chunks are now running in every pool process
+    victim = _busiest(session_worker)
+    os.kill(victim, signal.SIGKILL)
+    assert [first, *results] == [sum(i * i for i in range(n)) for n in sizes]
+    killed = f"pid:{victim} exited with 'signal 9 (SIGKILL)'"
+    wait_for(lambda: killed in session_worker.log_tail(400_000), 10, "the worker to log the kill")
+
+
+def _busiest(worker: CeleryWorker) -> int:
+    """The pool process that has used the most CPU: the one most likely mid-chunk."""
+
+    def cpu(pid: int) -> int:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+
+    return max(worker.pool_pids(), key=cpu)
+
+
+def test_with_no_broker_auto_maps_on_the_local_pool() -> None:
+    app = client_app(f"redis://127.0.0.1:{free_port()}/0")
+    results = workers.imap(app.tasks["tasks.square"], range(10_000))
+    assert list(results) == [i * i for i in range(10_000)]
+    assert results.backends == ["local pool"]
+
+
+def test_mode_celery_with_no_broker_raises_before_mapping() -> None:
+    app = client_app(f"redis://127.0.0.1:{free_port()}/0", dispatch="celery")
+    with pytest.raises(workers.BrokerUnavailable):
+        workers.map(app.tasks["tasks.square"], range(10))
+
+
+def test_a_broker_lost_mid_map_finishes_every_input_once_on_the_local_pool(
+    redis_factory: Callable[..., RedisServer], worker_factory: Callable[..., CeleryWorker]
+) -> None:
+    redis = redis_factory()
+    worker_factory(redis.url(), node_name("lost"))
+    app = client_app(redis.url(), broker_recheck=0.2)
+    sizes = [1_500_000 + n for n in range(40)]
+    started = time.monotonic()
+    results = workers.imap(app.tasks["tasks.sum_of_squares"], sizes, chunksize=2)
+    first = next(results)  # the broker is serving this map
+    redis.kill()
+    assert [first, *results] == [sum(i * i for i in range(n)) for n in sizes]
+    assert results.backends == ["broker", "local pool"]
+    assert time.monotonic() - started < 60
