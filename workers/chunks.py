@@ -10,22 +10,28 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
-from celery import Task, shared_task
+from celery import Task, shared_task, states
 
 #: Largest automatic chunk: big enough that per-message costs vanish, small enough that a
-#: chunk redelivered after a crash is cheap to redo and progress moves often.
-MAX_AUTO_CHUNKSIZE = 100_000
-#: Chunk size when the input's length is unknown (a generator), tuned in bench/map_throughput.py.
-STREAM_CHUNKSIZE = 10_000
-#: Chunks per process when the length is known, as ``multiprocessing.Pool.map`` does (4).
-CHUNKS_PER_PROCESS = 8
+#: chunk redelivered after a crash is cheap to redo and one message stays near a megabyte.
+MAX_AUTO_CHUNKSIZE = 200_000
+#: Chunk size when the input's length is unknown (a generator). Measured on 2,000,000 squares
+#: through the broker: 10,000 per chunk took ~1.9 s, 50,000 ~1.3 s, 100,000 ~1.2 s; 50,000 keeps
+#: most of the gain with half the memory in flight.
+STREAM_CHUNKSIZE = 50_000
 
 
-def auto_chunksize(length: int | None, processes: int) -> int:
-    """Pool.map's rule (length / (4 x processes), rounded up), capped; a fixed size for streams."""
+def auto_chunksize(length: int | None, processes: int, chunks_per_process: int) -> int:
+    """Pool.map's rule (length / (chunks_per_process x processes), rounded up), capped.
+
+    ``Pool.map`` uses 4 chunks per process. Measured on a million squares (2 processes): the
+    local pool is fastest at 8 (0.25 s, against 0.29 s at 4); the broker at 4, where fewer,
+    larger messages win (0.37 s, against 0.43 s at 8). Inputs of unknown length use
+    STREAM_CHUNKSIZE.
+    """
     if length is None:
         return STREAM_CHUNKSIZE
-    size, extra = divmod(length, processes * CHUNKS_PER_PROCESS)
+    size, extra = divmod(length, processes * chunks_per_process)
     return max(1, min(MAX_AUTO_CHUNKSIZE, size + bool(extra)))
 
 
@@ -97,12 +103,18 @@ def unpack(packed: dict[str, Any]) -> list[Any]:
     return packed["json"]  # type: ignore[no-any-return]
 
 
-@shared_task(name="taskpool.run_chunk", bind=True)
-def run_chunk(self: Task, task_name: str, items: dict[str, Any]) -> dict[str, Any]:
-    """The generic chunk task: runs a registered task over packed inputs on a worker."""
+@shared_task(name="taskpool.run_chunk", bind=True, store_errors_even_if_ignored=True)
+def run_chunk(self: Task, task_name: str, items: dict[str, Any]) -> None:
+    """The generic chunk task: runs a registered task over packed inputs on a worker.
+
+    Maps publish it with ``ignore_result`` (no result subscription on the caller's side), so
+    it stores its own result, for the caller to poll; a failure of the whole chunk (its time
+    limit, say) is still stored by Celery (``store_errors_even_if_ignored``).
+    """
     outcome = run_items(self.app.tasks[task_name], unpack(items), hostname=self.request.hostname)
     prepare = self.app.backend.prepare_exception
-    return {
+    payload = {
         "values": pack(outcome.values),
         "errors": [[position, prepare(exc, "json")] for position, exc in outcome.errors],
     }
+    self.backend.store_result(self.request.id, payload, states.SUCCESS, request=self.request)

@@ -32,6 +32,7 @@ from kombu.serialization import dumps, loads
 from config import current_settings
 from workers.chunks import ChunkOutcome, run_items
 from workers.errors import LocalPoolError
+from workers.main_guard import importing_main_in_child, unguarded_main_call
 from workers.results import LocalResult, Outcome
 
 log = logging.getLogger("taskpool.local_pool")
@@ -59,18 +60,19 @@ class LocalRunner:
     ) -> LocalResult | EagerResult:
         """Start one run and return at once; ``countdown`` delays its start, as on a worker.
 
-        Inside a pool process (a task calling a task) the run happens inline, since pool
-        processes cannot start pools of their own.
+        Where the pool cannot be used (see ``_run_here``) the run happens in this process.
         """
         found = self._task(task)
-        if _in_pool_process or _importing_main_in_child():
-            return found.apply(list(args), kwargs, task_id=task_id)
         payload = dumps([list(args), kwargs or {}], serializer=found.app.conf.task_serializer)
+        if _run_here():
+            return found.apply(list(args), kwargs, task_id=task_id)
         task_id = task_id or uuid()
         job = (_ref(found), payload, task_id, countdown or 0.0)
         return LocalResult(task_id, found.name, _shared_pool.apply_async(_execute, job))
 
-    def submit_chunk(self, task: str | Task, items: list[Any]) -> multiprocessing.pool.AsyncResult:
+    def submit_chunk(
+        self, task: str | Task, items: list[Any]
+    ) -> multiprocessing.pool.AsyncResult | _Finished:
         """Run ``task`` over ``items`` in one pool process; the result is a ChunkOutcome.
 
         Items travel pickled between our own processes (no broker is involved), which keeps
@@ -78,6 +80,8 @@ class LocalRunner:
         """
         found = self._task(task)
         job = (_ref(found), items)
+        if _run_here():
+            return _Finished(_execute_chunk(*job))
         return _shared_pool.apply_async(_execute_chunk, job)
 
     def map(self, task: str | Task, inputs: Iterable[Any]) -> list[Any]:
@@ -107,7 +111,15 @@ class _SharedPool:
         self._lock = threading.Lock()
         self._pool: multiprocessing.pool.Pool | None = None
         self._in_flight = 0
+        self._unguarded: bool | None = None
         self._idle = threading.Condition(self._lock)
+
+    def caller_unguarded(self) -> bool:
+        """Asked once, before the pool would start: is the caller an unguarded main script?"""
+        with self._lock:
+            if self._unguarded is None:
+                self._unguarded = self._pool is None and unguarded_main_call() is not None
+            return self._unguarded
 
     def apply_async(self, func: Any, job: tuple[Any, ...]) -> multiprocessing.pool.AsyncResult:
         with self._lock:
@@ -161,21 +173,24 @@ def _mark_pool_process() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the caller, who stops the pool.
 
 
-def _importing_main_in_child() -> bool:
-    """True while a pool process re-imports the caller's main script as ``__mp_main__``.
+def _run_here() -> bool:
+    """Whether local runs must happen in this process rather than in the pool.
 
-    A script that calls tasks at top level, without ``if __name__ == "__main__":``, runs those
-    calls again in every pool process, as with any multiprocessing program. They run inline there
-    (with a warning) instead of starting pools from pool processes without end.
+    Inside a pool process (a task calling a task), pool processes cannot start pools; while a
+    pool process imports the main script, or when the caller is a main script's unguarded
+    top-level line, starting pool processes would re-run that line (see ``workers.main_guard``).
     """
-    mp_main = sys.modules.get("__mp_main__")
-    if mp_main is None or mp_main is sys.modules.get("__main__"):
-        return False
-    log.warning(
-        "the main script calls tasks at import time, so each local pool process runs them "
-        'again; put those calls under `if __name__ == "__main__":`'
-    )
-    return True
+    return _in_pool_process or importing_main_in_child() or _shared_pool.caller_unguarded()
+
+
+class _Finished:
+    """A chunk that already ran in this process, shaped like a pool result."""
+
+    def __init__(self, value: ChunkOutcome) -> None:
+        self.value = value
+
+    def get(self, timeout: float | None = None) -> ChunkOutcome:
+        return self.value
 
 
 def _execute(ref: TaskRef, payload: Payload, task_id: str, countdown: float) -> Outcome:

