@@ -37,6 +37,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_time_limit": settings.task_time_limit,
         "task_soft_time_limit": settings.task_soft_time_limit,
         "result_expires": settings.result_expires,
+        # Named queues: a worker started with -Q consumes only those it names.
+        "task_routes": {task: {"queue": queue} for task, queue in settings.routes},
         # Connecting to the broker gives up after this, instead of Celery's 4 s default.
         "broker_connection_timeout": settings.broker_timeout,
         # A worker that starts before Redis keeps retrying, with kombu's bounded back-off.

@@ -7,6 +7,7 @@ import os
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Literal, TypeVar, cast
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from celery.app.backends import BACKEND_ALIASES
 from kombu.transport import TRANSPORT_ALIASES
@@ -53,6 +54,8 @@ VARIABLES = (
     "TASKPOOL_VISIBILITY_TIMEOUT",
     "TASKPOOL_SOCKET_TIMEOUT",
     "TASKPOOL_PREFETCH_MULTIPLIER",
+    "TASKPOOL_REDIS_PASSWORD",
+    "TASKPOOL_ROUTES",
 )
 
 T = TypeVar("T")
@@ -74,6 +77,8 @@ class Settings:
     visibility_timeout: int = DEFAULT_VISIBILITY_TIMEOUT
     socket_timeout: float = DEFAULT_SOCKET_TIMEOUT
     prefetch_multiplier: int = DEFAULT_PREFETCH_MULTIPLIER
+    #: Task name -> queue name; workers started with ``-Q`` consume only the queues named.
+    routes: tuple[tuple[str, str], ...] = ()
 
     @property
     def processes(self) -> int:
@@ -87,14 +92,17 @@ class Settings:
         broker_url = read.url(
             "TASKPOOL_BROKER_URL", "CELERY_BROKER_URL", DEFAULT_REDIS_URL, TRANSPORT_ALIASES
         )
+        result_backend = read.url(
+            "TASKPOOL_RESULT_BACKEND",
+            "CELERY_RESULT_BACKEND",
+            _default_backend(broker_url),
+            BACKEND_ALIASES,
+        )
+        password = env.get("TASKPOOL_REDIS_PASSWORD", "")
         settings = cls(
-            broker_url=broker_url,
-            result_backend=read.url(
-                "TASKPOOL_RESULT_BACKEND",
-                "CELERY_RESULT_BACKEND",
-                _default_backend(broker_url),
-                BACKEND_ALIASES,
-            ),
+            broker_url=with_redis_password(broker_url, password),
+            result_backend=with_redis_password(result_backend, password),
+            routes=read.routes("TASKPOOL_ROUTES"),
             dispatch=read.choice("TASKPOOL_DISPATCH", DISPATCH_MODES, "auto"),
             concurrency=read.number("TASKPOOL_CONCURRENCY", int, None),
             broker_timeout=read.number("TASKPOOL_BROKER_TIMEOUT", float, DEFAULT_BROKER_TIMEOUT),
@@ -133,6 +141,20 @@ class Settings:
             )
 
 
+def with_redis_password(url: str, password: str) -> str:
+    """Put ``password`` into a Redis URL that has none, so URLs and the secret can live apart.
+
+    Compose files and manifests then carry ``redis://redis:6379/0`` and the password comes from
+    a secret (TASKPOOL_REDIS_PASSWORD); a password already in the URL wins.
+    """
+    parts = urlsplit(url)
+    if not password or parts.scheme not in ("redis", "rediss") or parts.password is not None:
+        return url
+    user = parts.username or ""
+    netloc = f"{user}:{quote(password, safe='')}@{parts.netloc.rsplit('@', 1)[-1]}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def _default_backend(broker_url: str) -> str:
     """A Redis broker stores results too; any other broker uses the laptop Redis for results."""
     return broker_url if broker_url.startswith(("redis://", "rediss://")) else DEFAULT_REDIS_URL
@@ -169,6 +191,23 @@ class _Reader:
                 + ", ".join(sorted(schemes)),
             )
         return value
+
+    def routes(self, name: str) -> tuple[tuple[str, str], ...]:
+        """``task=queue`` pairs, comma-separated: ``tasks.sum_of_squares=cpu,tasks.square=fast``."""
+        found = self.raw(name)
+        if found is None:
+            return ()
+        pairs = []
+        for item in found[1].split(","):
+            task, sep, queue = item.strip().partition("=")
+            if not (sep and task.strip() and queue.strip()):
+                raise ConfigError(
+                    name,
+                    found[1],
+                    "expected task=queue pairs separated by commas, e.g. tasks.square=fast",
+                )
+            pairs.append((task.strip(), queue.strip()))
+        return tuple(pairs)
 
     def choice(self, name: str, allowed: tuple[T, ...], default: T) -> T:
         found = self.raw(name)

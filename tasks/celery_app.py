@@ -6,9 +6,11 @@ import sys
 from typing import Any
 
 from celery import Celery
+from celery.signals import worker_init
 
 from config import ConfigError, Settings, celery_config, current_settings
 from workers.fallback import FallbackTask
+from workers.launch import refuse_rejected_credentials
 
 
 class TaskpoolCelery(Celery):  # type: ignore[misc]
@@ -51,3 +53,6 @@ def create_app(settings: Settings | None = None, main: str = "tasks") -> Taskpoo
 
 
 app = create_app()
+
+# A worker whose password the broker rejects stops at once instead of retrying forever.
+worker_init.connect(refuse_rejected_credentials, weak=False)

@@ -26,12 +26,15 @@ class CeleryWorker:
         logfile: Path,
         concurrency: int = 2,
         extra: tuple[str, ...] = (),
+        command: list[str] | None = None,
     ) -> None:
         self.env = dict(env)
         self.node = node
         self.logfile = logfile
         self.concurrency = concurrency
         self.extra = extra
+        #: A whole command line to run instead of the default one (``-n node`` is appended).
+        self.command = command
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -40,7 +43,7 @@ class CeleryWorker:
         return self.process.pid
 
     def start(self) -> CeleryWorker:
-        command = [
+        command = [*self.command, "-n", self.node, *self.extra] if self.command else [
             sys.executable, "-m", "celery", "-A", "tasks", "worker",
             "-P", "prefork", "-c", str(self.concurrency), "-n", self.node,
             "-l", "info", "--without-gossip", "--without-mingle", *self.extra,
@@ -64,6 +67,11 @@ class CeleryWorker:
         raise RuntimeError(
             f"worker {self.node} did not answer a ping in {timeout}s:\n{self.log_tail()}"
         )
+
+    def wait_exit(self, timeout: float) -> int:
+        """The worker's exit code, once it exits by itself within ``timeout`` seconds."""
+        assert self.process is not None
+        return self.process.wait(timeout)
 
     def pool_pids(self) -> set[int]:
         """PIDs of the worker's prefork pool processes (its direct children)."""

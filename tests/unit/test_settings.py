@@ -137,3 +137,24 @@ def test_visibility_timeout_must_outlast_the_task_time_limit() -> None:
         Settings.from_env({"TASKPOOL_TASK_TIME_LIMIT": "600", "TASKPOOL_VISIBILITY_TIMEOUT": "300"})
     assert "TASKPOOL_VISIBILITY_TIMEOUT" in str(caught.value)
     assert "600" in str(caught.value)
+
+
+def test_the_redis_password_joins_urls_that_have_none() -> None:
+    settings = Settings.from_env(
+        {
+            "TASKPOOL_BROKER_URL": "redis://redis:6379/0",
+            "TASKPOOL_RESULT_BACKEND": "redis://:own@redis:6379/1",
+            "TASKPOOL_REDIS_PASSWORD": "p@ss word",
+        }
+    )
+    assert settings.broker_url == "redis://:p%40ss%20word@redis:6379/0"
+    assert settings.result_backend == "redis://:own@redis:6379/1"  # a password in the URL wins
+    amqp = Settings.from_env({"TASKPOOL_BROKER_URL": "amqp://u:p@h//", "TASKPOOL_REDIS_PASSWORD": "x"})
+    assert amqp.broker_url == "amqp://u:p@h//"
+
+
+def test_routes_are_task_queue_pairs() -> None:
+    settings = Settings.from_env({"TASKPOOL_ROUTES": "tasks.sum_of_squares=cpu, tasks.square=fast"})
+    assert settings.routes == (("tasks.sum_of_squares", "cpu"), ("tasks.square", "fast"))
+    with pytest.raises(ConfigError, match="TASKPOOL_ROUTES.*task=queue"):
+        Settings.from_env({"TASKPOOL_ROUTES": "tasks.square"})

@@ -1,0 +1,79 @@
+"""Starting a worker: refuse at once when the broker rejects our credentials.
+
+Celery treats a rejected password like a broker that is not up yet and retries forever, so a
+typo in a deployment looks like a hang. A rejected password will not get better by waiting: the
+worker stops within seconds, exit code 78 (EX_CONFIG), with one line saying so. A refused
+connection is still retried (Redis may simply be starting).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis
+from amqp.exceptions import AccessRefused
+from celery import Celery
+
+from config import mask_url
+
+log = logging.getLogger("taskpool.worker")
+
+#: sysexits.h EX_CONFIG: a configuration error, not worth restarting for.
+EXIT_BAD_CREDENTIALS = 78
+#: How long the start-up check waits for the broker to answer at all.
+CHECK_TIMEOUT = 5.0
+
+REJECTED = (redis.exceptions.AuthenticationError, AccessRefused)
+
+
+def credentials_rejected(app: Celery) -> str | None:
+    """Why the broker or the Redis result store rejected our credentials, or None."""
+    checks = [("broker", app.conf.broker_url, _connect_broker)]
+    backend = str(app.conf.result_backend or "")
+    if backend.startswith(("redis://", "rediss://")):
+        checks.append(("result store", backend, _ping_redis))
+    for role, url, check in checks:
+        try:
+            check(app, url)
+        except Exception as exc:  # only a rejection matters here; the rest is retried later
+            if _is_rejection(exc):
+                return f"{role} {mask_url(url)} rejected the credentials: authentication failed"
+    return None
+
+
+def refuse_rejected_credentials(sender: Any = None, **_: Any) -> None:
+    """``worker_init`` receiver: stop the worker when its credentials are rejected."""
+    app = getattr(sender, "app", None)
+    if app is None:
+        return
+    reason = credentials_rejected(app)
+    if reason:
+        log.critical("%s; check TASKPOOL_REDIS_PASSWORD or the broker URL. Stopping.", reason)
+        raise SystemExit(EXIT_BAD_CREDENTIALS)
+
+
+def _connect_broker(app: Celery, url: str) -> None:
+    bounded = {"socket_timeout": CHECK_TIMEOUT, "socket_connect_timeout": CHECK_TIMEOUT}
+    with app.connection_for_write(connect_timeout=CHECK_TIMEOUT, transport_options=bounded) as conn:
+        conn.ensure_connection(max_retries=0, timeout=CHECK_TIMEOUT)
+
+
+def _ping_redis(app: Celery, url: str) -> None:
+    client = redis.Redis.from_url(
+        url, socket_timeout=CHECK_TIMEOUT, socket_connect_timeout=CHECK_TIMEOUT
+    )
+    try:
+        client.ping()
+    finally:
+        client.close()
+
+
+def _is_rejection(exc: BaseException | None) -> bool:
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, REJECTED) or "WRONGPASS" in str(exc) or "NOAUTH" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
