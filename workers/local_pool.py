@@ -147,7 +147,7 @@ class _SharedPool:
 
     def _start(self, preload: str) -> multiprocessing.pool.Pool:
         context = multiprocessing.get_context(START_METHOD)
-        modules = ["celery", "kombu"] + ([preload] if preload != "__main__" else [])
+        modules = ["workers.local_pool"] + ([preload] if preload != "__main__" else [])
         context.set_forkserver_preload(modules)
         processes = current_settings().processes
         self._pool = context.Pool(processes, initializer=_mark_pool_process)
