@@ -149,7 +149,9 @@ def test_the_redis_password_joins_urls_that_have_none() -> None:
     )
     assert settings.broker_url == "redis://:p%40ss%20word@redis:6379/0"
     assert settings.result_backend == "redis://:own@redis:6379/1"  # a password in the URL wins
-    amqp = Settings.from_env({"TASKPOOL_BROKER_URL": "amqp://u:p@h//", "TASKPOOL_REDIS_PASSWORD": "x"})
+    amqp = Settings.from_env(
+        {"TASKPOOL_BROKER_URL": "amqp://u:p@h//", "TASKPOOL_REDIS_PASSWORD": "x"}
+    )
     assert amqp.broker_url == "amqp://u:p@h//"
 
 
