@@ -85,12 +85,14 @@ class LocalRunner:
         return _shared_pool.apply_async(_execute_chunk, job)
 
     def map(self, task: str | Task, inputs: Iterable[Any]) -> list[Any]:
-        """Run ``task`` once per input, in parallel, and return the results in input order.
+        """Run ``task`` once per input, in chunks, and return the results in input order.
 
-        The first failure is raised, as ``Pool.map`` does.
+        The bulk map on this pool (``workers.map`` with ``dispatch="local"``); the first
+        failure is raised, as ``Pool.map`` does.
         """
-        pending = [self.submit(task, (item,)) for item in inputs]
-        return [result.get() for result in pending]
+        from workers.mapping import map as bulk_map  # mapping builds on this module
+
+        return bulk_map(self._task(task), inputs, dispatch="local")
 
     def _task(self, task: str | Task) -> Task:
         if not isinstance(task, str):
