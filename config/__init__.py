@@ -2,7 +2,7 @@
 
 from config.celery_config import celery_config
 from config.errors import ConfigError, TaskpoolError
-from config.settings import DISPATCH_MODES, DispatchMode, Settings, current_settings
+from config.settings import DISPATCH_MODES, DispatchMode, Settings, current_settings, settings_of
 from config.urls import mask_url
 
 __all__ = [
@@ -14,4 +14,5 @@ __all__ = [
     "celery_config",
     "current_settings",
     "mask_url",
+    "settings_of",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -29,6 +30,10 @@ DEFAULT_BROKER_RECHECK = 2.0
 DEFAULT_TASK_TIME_LIMIT = 300.0
 #: Soft limit raises SoftTimeLimitExceeded inside the task first, so it can clean up.
 DEFAULT_TASK_SOFT_TIME_LIMIT = 270.0
+#: Unset limits follow the hard one: the soft limit at 90 % of it, the visibility timeout at
+#: twice it (at least the default), so setting TASKPOOL_TASK_TIME_LIMIT alone stays consistent.
+SOFT_LIMIT_SHARE = 0.9
+VISIBILITY_PER_LIMIT = 2
 #: Results are kept a day, then Redis drops them.
 DEFAULT_RESULT_EXPIRES = 86_400
 #: An unacknowledged message goes back to the queue after this long: longer than any task may run.
@@ -99,6 +104,7 @@ class Settings:
             BACKEND_ALIASES,
         )
         password = env.get("TASKPOOL_REDIS_PASSWORD", "")
+        hard_limit = read.number("TASKPOOL_TASK_TIME_LIMIT", float, DEFAULT_TASK_TIME_LIMIT)
         settings = cls(
             broker_url=with_redis_password(broker_url, password),
             result_backend=with_redis_password(result_backend, password),
@@ -107,23 +113,25 @@ class Settings:
             concurrency=read.number("TASKPOOL_CONCURRENCY", int, None),
             broker_timeout=read.number("TASKPOOL_BROKER_TIMEOUT", float, DEFAULT_BROKER_TIMEOUT),
             broker_recheck=read.number("TASKPOOL_BROKER_RECHECK", float, DEFAULT_BROKER_RECHECK),
-            task_time_limit=read.number("TASKPOOL_TASK_TIME_LIMIT", float, DEFAULT_TASK_TIME_LIMIT),
+            task_time_limit=hard_limit,
             task_soft_time_limit=read.number(
-                "TASKPOOL_TASK_SOFT_TIME_LIMIT", float, DEFAULT_TASK_SOFT_TIME_LIMIT
+                "TASKPOOL_TASK_SOFT_TIME_LIMIT", float, hard_limit * SOFT_LIMIT_SHARE
             ),
             result_expires=read.number("TASKPOOL_RESULT_EXPIRES", int, DEFAULT_RESULT_EXPIRES),
             visibility_timeout=read.number(
-                "TASKPOOL_VISIBILITY_TIMEOUT", int, DEFAULT_VISIBILITY_TIMEOUT
+                "TASKPOOL_VISIBILITY_TIMEOUT",
+                int,
+                max(DEFAULT_VISIBILITY_TIMEOUT, int(hard_limit * VISIBILITY_PER_LIMIT)),
             ),
             socket_timeout=read.number("TASKPOOL_SOCKET_TIMEOUT", float, DEFAULT_SOCKET_TIMEOUT),
             prefetch_multiplier=read.number(
                 "TASKPOOL_PREFETCH_MULTIPLIER", int, DEFAULT_PREFETCH_MULTIPLIER
             ),
         )
-        settings._check_limits(env)
+        settings._check_limits()
         return settings
 
-    def _check_limits(self, env: Mapping[str, str]) -> None:
+    def _check_limits(self) -> None:
         """Reject limits that contradict each other."""
         if self.task_soft_time_limit >= self.task_time_limit:
             raise ConfigError(
@@ -187,8 +195,8 @@ class _Reader:
                 variable,
                 mask_url(value),
                 "expected a URL such as redis://[:password@]host:6379/0 or "
-                "amqp://user:password@host:5672//, with a scheme among "
-                + ", ".join(sorted(schemes)),
+                "amqp://user:password@host:5672// (percent-encode / @ : in a password), "
+                "with a scheme among " + ", ".join(sorted(schemes)),
             )
         return value
 
@@ -227,7 +235,7 @@ class _Reader:
             value = kind(found[1])
         except ValueError:
             raise ConfigError(name, found[1], f"expected {word} greater than 0") from None
-        if not value > 0:  # type: ignore[operator]
+        if not (value > 0 and math.isfinite(value)):  # type: ignore[operator,arg-type]
             raise ConfigError(name, found[1], f"expected {word} greater than 0")
         return value
 
@@ -236,3 +244,8 @@ class _Reader:
 def current_settings() -> Settings:
     """The process's settings, read from ``os.environ`` on first use (never at import)."""
     return Settings.from_env(os.environ)
+
+
+def settings_of(app: object) -> Settings:
+    """The settings an app was created with (``tasks.create_app``), else the environment's."""
+    return getattr(app, "taskpool_settings", None) or current_settings()

@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
-#: ``scheme://user:password@``, with everything up to the password's colon as group 1.
-_CREDENTIALS = re.compile(r"(://[^/@]*?:)[^@/]*@")
+#: ``scheme://user:password@``, with everything up to the password's colon as group 1. The
+#: password runs to the last ``@`` of the URL (``;`` separates failover URLs), so one holding
+#: ``/`` or ``@`` is masked whole.
+_CREDENTIALS = re.compile(r"(://[^/@;:]*:)[^;]*@")
 
 
 def mask_url(url: str) -> str:

@@ -7,11 +7,10 @@ from typing import Any
 
 from celery import Celery
 
-from config import DispatchMode, mask_url
+from config import DispatchMode, mask_url, settings_of
 from tasks.definitions import print_number, square
 from workers.broker_health import health_of
 from workers.errors import BrokerUnavailable
-from workers.fallback import settings_of
 
 #: How long the demo waits for any worker to answer a ping before using the local pool.
 WORKER_PING_TIMEOUT = 1.0

@@ -7,9 +7,8 @@ from typing import Any
 from celery import Celery
 from kombu.exceptions import ChannelError
 
-from config import mask_url
+from config import mask_url, settings_of
 from workers.broker_health import BrokerHealth
-from workers.fallback import settings_of
 
 #: How long to wait for workers to answer an inspect broadcast.
 INSPECT_TIMEOUT = 1.0

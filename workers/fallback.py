@@ -1,7 +1,7 @@
 """The fallback decision: publish to the broker when it answers, else run on the local pool.
 
 ``FallbackTask`` is a Celery task base class. Any app gets the behaviour with
-``Celery(..., task_cls="workers.fallback:FallbackTask")``; taskpool's own app uses it.
+``Celery(..., task_cls=FallbackTask)``; taskpool's own app uses it.
 """
 
 from __future__ import annotations
@@ -9,14 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 import redis
-from celery import Celery, Task
+from celery import Task
 from celery.result import AsyncResult, EagerResult
-from celery.utils.time import maybe_iso8601
+from celery.utils.time import maybe_iso8601, maybe_make_aware
 from kombu.exceptions import OperationalError
 
-from config import DISPATCH_MODES, ConfigError, Settings, current_settings, mask_url
+from config import DISPATCH_MODES, ConfigError, mask_url, settings_of
 from workers.broker_health import health_of
-from workers.errors import BrokerUnavailable
+from workers.errors import BrokerUnavailable, LocalPoolError
 from workers.local_pool import LocalRunner
 from workers.results import LocalResult
 
@@ -50,12 +50,16 @@ class FallbackTask(Task):  # type: ignore[misc]
     ) -> AsyncResult | LocalResult | EagerResult:
         settings = settings_of(self.app)
         mode = _dispatch_mode(options.pop("dispatch", None) or settings.dispatch)
+        if mode == "auto" and self.app.current_worker_task is not None:
+            # Inside a Celery worker (a retry, a task calling a task) a local run's result
+            # would never reach the result store its caller waits on: stay on the broker.
+            mode = "celery"
         if self.app.conf.task_always_eager:
             return super().apply_async(
                 args, kwargs, task_id, producer, link, link_error, shadow, **options
             )
         if mode == "local":
-            return self._run_locally(args, kwargs, task_id, options)
+            return self._run_locally(args, kwargs, task_id, options, link, link_error)
         health = health_of(self.app, settings.broker_timeout, settings.broker_recheck)
         if health.is_up():
             try:
@@ -70,24 +74,33 @@ class FallbackTask(Task):  # type: ignore[misc]
                 f"({mask_url(health.broker_url)}; e.g. `docker compose up redis`), "
                 "or set TASKPOOL_DISPATCH=auto to run on the local pool meanwhile"
             )
-        return self._run_locally(args, kwargs, task_id, options)
+        return self._run_locally(args, kwargs, task_id, options, link, link_error)
 
     def _run_locally(
-        self, args: Any, kwargs: Any, task_id: str | None, options: dict[str, Any]
+        self,
+        args: Any,
+        kwargs: Any,
+        task_id: str | None,
+        options: dict[str, Any],
+        link: Any = None,
+        link_error: Any = None,
     ) -> LocalResult | EagerResult:
+        if link or link_error or options.get("chain"):
+            # Callbacks and chains are carried by broker messages; running only the first
+            # step here would drop the rest without a word.
+            raise LocalPoolError(
+                f"{self.name}: callbacks (link, link_error) and chains need the broker, and "
+                "the local pool cannot run them; start the broker or call the steps one by one"
+            )
         # Routing options mean nothing to the local pool; a requested delay is still honoured.
         countdown = options.get("countdown")
         eta = options.get("eta")
         if eta is not None:
-            countdown = (maybe_iso8601(eta) - self.app.now()).total_seconds()
+            due = maybe_make_aware(maybe_iso8601(eta))
+            countdown = (due - self.app.now()).total_seconds()
         return LocalRunner(self.app).submit(
             self, args or (), kwargs, task_id=task_id, countdown=countdown
         )
-
-
-def settings_of(app: Celery) -> Settings:
-    """The settings an app was created with (``tasks.create_app``), else the environment's."""
-    return getattr(app, "taskpool_settings", None) or current_settings()
 
 
 def _dispatch_mode(requested: str) -> str:

@@ -29,7 +29,7 @@ from celery.utils import uuid
 from celery.utils.serialization import get_pickleable_exception
 from kombu.serialization import dumps, loads
 
-from config import current_settings
+from config import Settings, settings_of
 from workers.chunks import ChunkOutcome, run_items
 from workers.errors import LocalPoolError
 from workers.main_guard import importing_main_in_child, unguarded_main_call
@@ -63,12 +63,14 @@ class LocalRunner:
         Where the pool cannot be used (see ``_run_here``) the run happens in this process.
         """
         found = self._task(task)
-        payload = dumps([list(args), kwargs or {}], serializer=found.app.conf.task_serializer)
+        args = list(args)  # read once: an iterator would be empty the second time
+        payload = dumps([args, kwargs or {}], serializer=found.app.conf.task_serializer)
         if _run_here():
-            return found.apply(list(args), kwargs, task_id=task_id)
+            return found.apply(args, kwargs, task_id=task_id)
         task_id = task_id or uuid()
         job = (_ref(found), payload, task_id, countdown or 0.0)
-        return LocalResult(task_id, found.name, _shared_pool.apply_async(_execute, job))
+        pending = _shared_pool.apply_async(_execute, job, settings_of(self.app))
+        return LocalResult(task_id, found.name, pending)
 
     def submit_chunk(
         self, task: str | Task, items: list[Any]
@@ -82,7 +84,7 @@ class LocalRunner:
         job = (_ref(found), items)
         if _run_here():
             return _Finished(_execute_chunk(*job))
-        return _shared_pool.apply_async(_execute_chunk, job)
+        return _shared_pool.apply_async(_execute_chunk, job, settings_of(self.app))
 
     def map(self, task: str | Task, inputs: Iterable[Any]) -> list[Any]:
         """Run ``task`` once per input, in chunks, and return the results in input order.
@@ -123,9 +125,12 @@ class _SharedPool:
                 self._unguarded = self._pool is None and unguarded_main_call() is not None
             return self._unguarded
 
-    def apply_async(self, func: Any, job: tuple[Any, ...]) -> multiprocessing.pool.AsyncResult:
+    def apply_async(
+        self, func: Any, job: tuple[Any, ...], settings: Settings
+    ) -> multiprocessing.pool.AsyncResult:
+        """Queue ``func(*job)``; the first call starts the pool, sized by ``settings``."""
         with self._lock:
-            pool = self._pool or self._start(preload=job[0].module)
+            pool = self._pool or self._start(job[0].module, settings)
             self._in_flight += 1
         return pool.apply_async(func, job, callback=self._done, error_callback=self._done)
 
@@ -147,13 +152,13 @@ class _SharedPool:
             pool.terminate()
         pool.join()
 
-    def _start(self, preload: str) -> multiprocessing.pool.Pool:
+    def _start(self, preload: str, settings: Settings) -> multiprocessing.pool.Pool:
         context = multiprocessing.get_context(START_METHOD)
         modules = ["workers.local_pool"] + ([preload] if preload != "__main__" else [])
         context.set_forkserver_preload(modules)
-        processes = current_settings().processes
+        processes = settings.processes
         self._pool = context.Pool(processes, initializer=_mark_pool_process)
-        atexit.register(self.shutdown, grace=current_settings().task_time_limit)
+        atexit.register(self.shutdown, grace=settings.task_time_limit)
         log.debug("started a local pool of %d processes", processes)
         return self._pool
 

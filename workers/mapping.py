@@ -21,11 +21,10 @@ from celery import Celery, Task, states
 from kombu.exceptions import OperationalError
 from tqdm import tqdm
 
-from config import DISPATCH_MODES, ConfigError, TaskpoolError
+from config import DISPATCH_MODES, ConfigError, TaskpoolError, settings_of
 from workers.broker_health import health_of
 from workers.chunks import ChunkOutcome, auto_chunksize, chunked, pack, run_chunk, unpack
 from workers.errors import BrokerUnavailable
-from workers.fallback import settings_of
 from workers.local_pool import LocalRunner
 
 #: How often a wait on the broker stops to ask whether the broker is still there.
@@ -139,6 +138,9 @@ class _BrokerChunks:
         settings = settings_of(app)
         self.health = health_of(app, settings.broker_timeout, settings.broker_recheck)
         self.chunk_task = app.tasks[run_chunk.name]
+        # Chunks go where the mapped task is routed, so `-Q` workers for it receive them.
+        route = app.amqp.router.route({}, task.name)
+        self.queue = getattr(route.get("queue"), "name", None)
 
     def submit(self, items: list[Any]) -> str:
         """Publish one chunk; return its task id."""
@@ -147,6 +149,7 @@ class _BrokerChunks:
                 self.chunk_task.apply_async(
                     (self.task.name, pack(items)),
                     dispatch="celery",
+                    queue=self.queue,
                     # No result subscription: collect() reads the stored result itself.
                     ignore_result=True,
                     # Celery would repr every input for monitoring; a summary costs nothing.

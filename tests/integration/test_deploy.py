@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+import workers
 from config import Settings, mask_url
 from tasks import create_app
 from tests.conftest import client_app, node_name
@@ -260,6 +261,9 @@ def test_routes_send_tasks_to_the_queue_a_worker_consumes(
         app.tasks["tasks.print_number"].delay(n).get(timeout=10)["hostname"] for n in range(6)
     } == {cpu.node}
     assert app.tasks["tasks.square"].delay(7).get(timeout=10) == 49
+    # A bulk map's chunks follow the mapped task's route too.
+    reports = workers.map(app.tasks["tasks.print_number"], range(10), chunksize=3)
+    assert {r["hostname"] for r in reports} == {cpu.node}
     assert "Task tasks.square[" not in cpu.log_tail(200_000)
     assert "Task tasks.square[" in default.log_tail(200_000)
 

@@ -7,10 +7,11 @@ import subprocess
 import sys
 import textwrap
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from celery import Celery, states
+from celery import Celery, chain, states
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from kombu.exceptions import EncodeError
@@ -191,3 +192,17 @@ def test_an_unguarded_script_runs_its_tasks_in_its_own_process_once(tmp_path: Pa
     ]
     assert f"{tmp_path / 'script.py'}:5 calls a task outside" in done.stderr
     assert done.stderr.count("calls a task outside") == 1
+
+
+def test_callbacks_and_chains_are_refused_locally_rather_than_dropped() -> None:
+    with pytest.raises(LocalPoolError, match="callbacks .* and chains need the broker"):
+        tasks.square.apply_async((2,), link=tasks.square.s(), dispatch="local")
+    with pytest.raises(LocalPoolError, match="chains need the broker"):
+        chain(tasks.square.s(2), tasks.square.s()).apply_async(dispatch="local")
+
+
+def test_a_naive_eta_delays_a_local_run() -> None:
+    started = time.monotonic()
+    due = datetime.now() + timedelta(seconds=0.4)
+    assert tasks.square.apply_async((5,), eta=due, dispatch="local").get(timeout=5) == 25
+    assert time.monotonic() - started >= 0.3

@@ -160,3 +160,16 @@ def test_routes_are_task_queue_pairs() -> None:
     assert settings.routes == (("tasks.sum_of_squares", "cpu"), ("tasks.square", "fast"))
     with pytest.raises(ConfigError, match="TASKPOOL_ROUTES.*task=queue"):
         Settings.from_env({"TASKPOOL_ROUTES": "tasks.square"})
+
+
+def test_setting_only_the_hard_limit_moves_the_others_with_it() -> None:
+    short = Settings.from_env({"TASKPOOL_TASK_TIME_LIMIT": "120"})
+    assert (short.task_time_limit, short.task_soft_time_limit) == (120.0, 108.0)
+    long = Settings.from_env({"TASKPOOL_TASK_TIME_LIMIT": "900"})
+    assert long.visibility_timeout == 1800
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+def test_numbers_must_be_finite(value: str) -> None:
+    with pytest.raises(ConfigError, match="TASKPOOL_BROKER_TIMEOUT"):
+        Settings.from_env({"TASKPOOL_BROKER_TIMEOUT": value})

@@ -17,6 +17,8 @@ from config import mask_url
         ("redis://:a@h1:1/0;redis://:b@h2:2/0", "redis://:**@h1:1/0;redis://:**@h2:2/0"),
         ("redis://localhost:6379/0", "redis://localhost:6379/0"),
         ("redis://user@localhost:6379/0", "redis://user@localhost:6379/0"),
+        ("redis://u:Zm9v+YmFy/eg==@h:6379/0", "redis://u:**@h:6379/0"),
+        ("redis://:p@ss@host:6379/0", "redis://:**@host:6379/0"),
     ],
 )
 def test_mask_url_hides_every_password(url: str, masked: str) -> None:
