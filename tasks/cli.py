@@ -94,7 +94,8 @@ def square_command(numbers: tuple[int, ...], mode: str | None, as_json: bool) ->
     from tasks import square
 
     with json_stdout(as_json) as emit:
-        pending = [square.apply_async((n,), dispatch=_mode(mode)) for n in numbers]
+        dispatch = _dispatch(mode)
+        pending = [square.apply_async((n,), dispatch=dispatch) for n in numbers]
         results = [result.get(timeout=60) for result in pending]
         if as_json:
             emit(json.dumps({"results": results, "backend": _backend_of(pending)}))
@@ -118,7 +119,8 @@ def print_numbers(count: int, mode: str | None, as_json: bool) -> None:
     from tasks import print_number
 
     with json_stdout(as_json) as emit:
-        pending = [print_number.apply_async((n,), dispatch=_mode(mode)) for n in range(count)]
+        dispatch = _dispatch(mode)
+        pending = [print_number.apply_async((n,), dispatch=dispatch) for n in range(count)]
         reports = [result.get(timeout=60) for result in pending]
         if as_json:
             emit(json.dumps({"results": reports, "backend": _backend_of(pending)}))
@@ -177,9 +179,10 @@ def map_command(
     inputs: Iterable[Any] = range(range_) if range_ is not None else _json_lines(input_)  # type: ignore[arg-type]
     with json_stdout(as_json) as emit:
         sink = output or (None if as_json else sys.stdout)
+        dispatch = _dispatch(mode)  # before the clock: finding a worker is not mapping
         started = time.perf_counter()
         results = imap(
-            task, inputs, chunksize=chunksize, dispatch=_mode(mode),
+            task, inputs, chunksize=chunksize, dispatch=dispatch,
             progress=progress, return_exceptions=return_exceptions,
         )  # fmt: skip
         count, failed, digest = _write_results(results, sink)
@@ -281,6 +284,18 @@ def worker(celery_args: tuple[str, ...], mode: str | None, as_json: bool) -> Non
 
 def _mode(mode: str | None) -> str:
     return mode or current_settings().dispatch
+
+
+def _dispatch(mode: str | None) -> str:
+    """Where a command's tasks go: as the demo decides, so no command waits on an empty queue.
+
+    With Redis up but no worker, a published task would wait for ever; in mode auto the
+    command then uses the local pool, and in mode celery it stops with exit code 3.
+    """
+    from tasks import app
+    from tasks.demo import choose_dispatch
+
+    return choose_dispatch(app, _mode(mode))[0]  # type: ignore[arg-type]
 
 
 def _backend_of(results: list[Any]) -> str:

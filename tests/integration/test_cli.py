@@ -191,3 +191,12 @@ def test_every_command_explains_itself_with_an_example_and_takes_mode_and_json(n
     assert done.returncode == 0
     assert "Example" in done.stdout and "--mode" in done.stdout and "--json" in done.stdout
     assert "3  broker unavailable" in done.stdout
+
+
+def test_map_with_redis_but_no_worker_runs_locally_instead_of_waiting(redis_factory) -> None:  # type: ignore[no-untyped-def]
+    lonely = redis_factory()
+    done = taskpool("map", "square", "--range", "100", "--json", broker_url=lonely.url())
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["backend"] == "local pool"
+    strict = taskpool("map", "square", "--range", "3", "--mode", "celery", broker_url=lonely.url())
+    assert strict.returncode == 3 and "no worker answered" in strict.stderr
