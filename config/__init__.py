@@ -2,7 +2,14 @@
 
 from config.celery_config import celery_config
 from config.errors import ConfigError, TaskpoolError
-from config.settings import DISPATCH_MODES, DispatchMode, Settings, current_settings, settings_of
+from config.settings import (
+    DISPATCH_MODES,
+    DispatchMode,
+    Settings,
+    check_dispatch,
+    current_settings,
+    settings_of,
+)
 from config.urls import mask_url
 
 __all__ = [
@@ -12,6 +19,7 @@ __all__ = [
     "Settings",
     "TaskpoolError",
     "celery_config",
+    "check_dispatch",
     "current_settings",
     "mask_url",
     "settings_of",

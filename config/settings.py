@@ -149,6 +149,13 @@ class Settings:
             )
 
 
+def check_dispatch(requested: str) -> DispatchMode:
+    """A dispatch mode given per call (``dispatch=``), refused unless it is one of the modes."""
+    if requested not in DISPATCH_MODES:
+        raise ConfigError("dispatch", requested, "expected one of " + ", ".join(DISPATCH_MODES))
+    return cast(DispatchMode, requested)
+
+
 def with_redis_password(url: str, password: str) -> str:
     """Put ``password`` into a Redis URL that has none, so URLs and the secret can live apart.
 

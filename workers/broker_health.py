@@ -89,34 +89,35 @@ class BrokerHealth:
     def _probe(self) -> str | None:
         """Return why the broker or result store is unusable, or None when both answer."""
         try:
-            self._probe_broker()
+            probe_broker(self.app, self.timeout)
         except Exception as exc:
             return self.scrub(f"broker {mask_url(self.broker_url)} unreachable ({_describe(exc)})")
         if urlsplit(self.backend_url).scheme in REDIS_SCHEMES:
             try:
-                self._probe_redis(self.backend_url)
+                probe_redis(self.backend_url, self.timeout)
             except Exception as exc:
                 return self.scrub(
                     f"result store {mask_url(self.backend_url)} unreachable ({_describe(exc)})"
                 )
         return None
 
-    def _probe_broker(self) -> None:
-        # The app's own connection settings, with every wait cut to the probe timeout.
-        bounded = {"socket_timeout": self.timeout, "socket_connect_timeout": self.timeout}
-        with self.app.connection_for_write(
-            connect_timeout=self.timeout, transport_options=bounded
-        ) as connection:
-            connection.ensure_connection(max_retries=0, timeout=self.timeout)
 
-    def _probe_redis(self, url: str) -> None:
-        client = redis.Redis.from_url(
-            url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout, retry=None
-        )
-        try:
-            client.ping()
-        finally:
-            client.close()
+def probe_broker(app: Celery, timeout: float) -> None:
+    """Connect to ``app``'s broker once, with its own settings and every wait cut to ``timeout``."""
+    bounded = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    with app.connection_for_write(connect_timeout=timeout, transport_options=bounded) as conn:
+        conn.ensure_connection(max_retries=0, timeout=timeout)
+
+
+def probe_redis(url: str, timeout: float) -> None:
+    """PING the Redis at ``url`` once, no retries, every wait cut to ``timeout``."""
+    client = redis.Redis.from_url(
+        url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=None
+    )
+    try:
+        client.ping()
+    finally:
+        client.close()
 
 
 def _describe(exc: BaseException) -> str:

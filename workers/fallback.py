@@ -14,7 +14,7 @@ from celery.result import AsyncResult, EagerResult
 from celery.utils.time import maybe_iso8601, maybe_make_aware
 from kombu.exceptions import OperationalError
 
-from config import DISPATCH_MODES, ConfigError, mask_url, settings_of
+from config import check_dispatch, mask_url, settings_of
 from workers.broker_health import health_of
 from workers.errors import BrokerUnavailable, LocalPoolError
 from workers.local_pool import LocalRunner
@@ -49,7 +49,7 @@ class FallbackTask(Task):  # type: ignore[misc]
         **options: Any,
     ) -> AsyncResult | LocalResult | EagerResult:
         settings = settings_of(self.app)
-        mode = _dispatch_mode(options.pop("dispatch", None) or settings.dispatch)
+        mode = check_dispatch(options.pop("dispatch", None) or settings.dispatch)
         if mode == "auto" and self.app.current_worker_task is not None:
             # Inside a Celery worker (a retry, a task calling a task) a local run's result
             # would never reach the result store its caller waits on: stay on the broker.
@@ -101,9 +101,3 @@ class FallbackTask(Task):  # type: ignore[misc]
         return LocalRunner(self.app).submit(
             self, args or (), kwargs, task_id=task_id, countdown=countdown
         )
-
-
-def _dispatch_mode(requested: str) -> str:
-    if requested not in DISPATCH_MODES:
-        raise ConfigError("dispatch", requested, "expected one of " + ", ".join(DISPATCH_MODES))
-    return requested

@@ -9,6 +9,7 @@ connection is still retried (Redis may simply be starting).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -16,6 +17,7 @@ from amqp.exceptions import AccessRefused
 from celery import Celery
 
 from config import mask_url
+from workers.broker_health import probe_broker, probe_redis
 
 log = logging.getLogger("taskpool.worker")
 
@@ -29,13 +31,15 @@ REJECTED = (redis.exceptions.AuthenticationError, AccessRefused)
 
 def credentials_rejected(app: Celery) -> str | None:
     """Why the broker or the Redis result store rejected our credentials, or None."""
-    checks = [("broker", app.conf.broker_url, _connect_broker)]
+    checks: list[tuple[str, str, Callable[[], None]]] = [
+        ("broker", app.conf.broker_url, lambda: probe_broker(app, CHECK_TIMEOUT))
+    ]
     backend = str(app.conf.result_backend or "")
     if backend.startswith(("redis://", "rediss://")):
-        checks.append(("result store", backend, _ping_redis))
+        checks.append(("result store", backend, lambda: probe_redis(backend, CHECK_TIMEOUT)))
     for role, url, check in checks:
         try:
-            check(app, url)
+            check()
         except Exception as exc:  # only a rejection matters here; the rest is retried later
             if _is_rejection(exc):
                 return f"{role} {mask_url(url)} rejected the credentials: authentication failed"
@@ -51,22 +55,6 @@ def refuse_rejected_credentials(sender: Any = None, **_: Any) -> None:
     if reason:
         log.critical("%s; check TASKPOOL_REDIS_PASSWORD or the broker URL. Stopping.", reason)
         raise SystemExit(EXIT_BAD_CREDENTIALS)
-
-
-def _connect_broker(app: Celery, url: str) -> None:
-    bounded = {"socket_timeout": CHECK_TIMEOUT, "socket_connect_timeout": CHECK_TIMEOUT}
-    with app.connection_for_write(connect_timeout=CHECK_TIMEOUT, transport_options=bounded) as conn:
-        conn.ensure_connection(max_retries=0, timeout=CHECK_TIMEOUT)
-
-
-def _ping_redis(app: Celery, url: str) -> None:
-    client = redis.Redis.from_url(
-        url, socket_timeout=CHECK_TIMEOUT, socket_connect_timeout=CHECK_TIMEOUT
-    )
-    try:
-        client.ping()
-    finally:
-        client.close()
 
 
 def _is_rejection(exc: BaseException | None) -> bool:

@@ -21,7 +21,7 @@ from celery import Celery, Task, states
 from kombu.exceptions import OperationalError
 from tqdm import tqdm
 
-from config import DISPATCH_MODES, ConfigError, TaskpoolError, settings_of
+from config import TaskpoolError, check_dispatch, settings_of
 from workers.broker_health import health_of
 from workers.chunks import ChunkOutcome, auto_chunksize, chunked, pack, run_chunk, unpack
 from workers.errors import BrokerUnavailable
@@ -213,9 +213,7 @@ class _Map:
     ) -> None:
         self.task, self.app = task, task.app
         settings = settings_of(self.app)
-        self.mode = dispatch or settings.dispatch
-        if self.mode not in DISPATCH_MODES:
-            raise ConfigError("dispatch", self.mode, "expected one of " + ", ".join(DISPATCH_MODES))
+        self.mode = check_dispatch(dispatch or settings.dispatch)
         self.backend = self._first_backend()
         self.backends = [self.backend.name]
         length = len(inputs) if hasattr(inputs, "__len__") else None  # type: ignore[arg-type]

@@ -9,7 +9,7 @@ import pytest
 
 from config import Settings
 from tasks import create_app
-from workers.broker_health import BrokerHealth
+from workers.broker_health import BrokerHealth, probe_redis
 
 
 class ScriptedHealth(BrokerHealth):
@@ -78,8 +78,7 @@ def test_the_result_store_ping_talks_redis(monkeypatch: pytest.MonkeyPatch) -> N
         "workers.broker_health.redis.Redis.from_url",
         lambda url, **kw: fakeredis.FakeRedis(server=server, **kw),
     )
-    health = ScriptedHealth([])
-    health._probe_redis("redis://127.0.0.1:1/0")  # answers: no exception
+    probe_redis("redis://127.0.0.1:1/0", timeout=0.1)  # answers: no exception
     server.connected = False
     with pytest.raises(Exception, match="connect|Connection"):
-        health._probe_redis("redis://127.0.0.1:1/0")
+        probe_redis("redis://127.0.0.1:1/0", timeout=0.1)
