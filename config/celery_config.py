@@ -26,6 +26,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Ack after the task ran, and requeue if its process died: a killed child loses nothing.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
+        # At least once, but a redelivered message whose task already succeeded (its worker died
+        # or shut down between storing the result and the ack) is not run again.
+        "worker_deduplicate_successful_tasks": True,
         # With late acks a lost connection would redeliver running tasks anyway; cancel the doubles.
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         # Measured in bench/prefetch.py (see config.settings): busy processes, little hoarding.
@@ -36,6 +39,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # A task over its hard limit has its process replaced; the soft limit warns it first.
         "task_time_limit": settings.task_time_limit,
         "task_soft_time_limit": settings.task_soft_time_limit,
+        # A pool process left large by one task is replaced after it (Celery counts KiB).
+        "worker_max_memory_per_child": settings.max_memory_per_child_mb * 1024,
+        "worker_max_tasks_per_child": settings.max_tasks_per_child,
         "result_expires": settings.result_expires,
         # Named queues: a worker started with -Q consumes only those it names.
         "task_routes": {task: {"queue": queue} for task, queue in settings.routes},
@@ -46,6 +52,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_transport_options": {
             # Unacked messages come back after this; longer than the task time limit (checked).
             "visibility_timeout": settings.visibility_timeout,
+            # Every worker sweeps for messages of dead workers this often (throttle 1: each
+            # interval really scans), so redelivery follows the visibility timeout closely.
+            "unacked_restore_interval": settings.restore_interval,
+            "unacked_restore_throttle": 1,
             **redis_timeouts,
         },
         # Publishing retries briefly, then fails, so .delay() cannot spin on a dead broker.

@@ -44,6 +44,15 @@ DEFAULT_SOCKET_TIMEOUT = 5.0
 #: tasks, concurrency 2): 1 -> 453/s, 4 -> 464/s, 16 -> 438/s, 64 -> 409/s. 4 is the fastest,
 #: and a small value keeps few messages reserved by a worker that may die or be slow.
 DEFAULT_PREFETCH_MULTIPLIER = 4
+#: How often a worker looks for unacknowledged messages past the visibility timeout (those of a
+#: worker that died) and puts them back on the queue. kombu's default sweep is every ~100 s.
+DEFAULT_RESTORE_INTERVAL = 10.0
+#: Largest serialized arguments of one call. Map chunks are sized far below it (a chunk of
+#: 50,000 ints is about 0.4 MB); compose caps Redis's bulk length at 32 MB behind it.
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+#: A pool process whose resident memory exceeds this after a task is replaced, so one huge
+#: task does not leave the worker large for good.
+DEFAULT_MAX_MEMORY_PER_CHILD_MB = 512
 
 #: Every variable taskpool reads, for docs and error messages.
 VARIABLES = (
@@ -59,6 +68,10 @@ VARIABLES = (
     "TASKPOOL_VISIBILITY_TIMEOUT",
     "TASKPOOL_SOCKET_TIMEOUT",
     "TASKPOOL_PREFETCH_MULTIPLIER",
+    "TASKPOOL_RESTORE_INTERVAL",
+    "TASKPOOL_MAX_MESSAGE_BYTES",
+    "TASKPOOL_MAX_MEMORY_PER_CHILD_MB",
+    "TASKPOOL_MAX_TASKS_PER_CHILD",
     "TASKPOOL_REDIS_PASSWORD",
     "TASKPOOL_ROUTES",
 )
@@ -82,6 +95,11 @@ class Settings:
     visibility_timeout: int = DEFAULT_VISIBILITY_TIMEOUT
     socket_timeout: float = DEFAULT_SOCKET_TIMEOUT
     prefetch_multiplier: int = DEFAULT_PREFETCH_MULTIPLIER
+    restore_interval: float = DEFAULT_RESTORE_INTERVAL
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_memory_per_child_mb: int = DEFAULT_MAX_MEMORY_PER_CHILD_MB
+    #: None: a pool process runs any number of tasks.
+    max_tasks_per_child: int | None = None
     #: Task name -> queue name; workers started with ``-Q`` consume only the queues named.
     routes: tuple[tuple[str, str], ...] = ()
 
@@ -127,6 +145,16 @@ class Settings:
             prefetch_multiplier=read.number(
                 "TASKPOOL_PREFETCH_MULTIPLIER", int, DEFAULT_PREFETCH_MULTIPLIER
             ),
+            restore_interval=read.number(
+                "TASKPOOL_RESTORE_INTERVAL", float, DEFAULT_RESTORE_INTERVAL
+            ),
+            max_message_bytes=read.number(
+                "TASKPOOL_MAX_MESSAGE_BYTES", int, DEFAULT_MAX_MESSAGE_BYTES
+            ),
+            max_memory_per_child_mb=read.number(
+                "TASKPOOL_MAX_MEMORY_PER_CHILD_MB", int, DEFAULT_MAX_MEMORY_PER_CHILD_MB
+            ),
+            max_tasks_per_child=read.number("TASKPOOL_MAX_TASKS_PER_CHILD", int, None),
         )
         settings._check_limits()
         return settings

@@ -96,9 +96,15 @@ def worker_factory(tmp_path: Path) -> Iterator[Callable[..., object]]:
     """Start real prefork workers for one test; all are stopped (by PID) after it."""
     started: list[CeleryWorker] = []
 
-    def start(broker_url: str, node: str, concurrency: int = 2, **env: str) -> CeleryWorker:
+    def start(
+        broker_url: str,
+        node: str,
+        concurrency: int = 2,
+        extra: tuple[str, ...] = (),
+        **env: str,
+    ) -> CeleryWorker:
         worker = CeleryWorker(
-            worker_env(broker_url, **env), node, tmp_path / f"{node}.log", concurrency
+            worker_env(broker_url, **env), node, tmp_path / f"{node}.log", concurrency, extra
         )
         started.append(worker)
         worker.start().wait_ready(client_app(broker_url))

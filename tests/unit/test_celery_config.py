@@ -21,6 +21,8 @@ def test_late_acks_requeue_the_task_of_a_killed_child() -> None:
     conf = celery_config(Settings())
     assert conf["task_acks_late"] is True
     assert conf["task_reject_on_worker_lost"] is True
+    # ...and a redelivered message whose task had already succeeded is not run twice.
+    assert conf["worker_deduplicate_successful_tasks"] is True
 
 
 def test_settings_flow_into_celery_names() -> None:
@@ -35,6 +37,9 @@ def test_settings_flow_into_celery_names() -> None:
         broker_timeout=0.3,
         socket_timeout=4,
         prefetch_multiplier=2,
+        restore_interval=3,
+        max_memory_per_child_mb=100,
+        max_tasks_per_child=50,
     )
     conf = celery_config(settings)
     assert conf["broker_url"] == "redis://127.0.0.1:7001/1"
@@ -48,6 +53,10 @@ def test_settings_flow_into_celery_names() -> None:
     assert conf["redis_socket_timeout"] == 4
     assert conf["result_expires"] == 50
     assert conf["worker_prefetch_multiplier"] == 2
+    assert conf["broker_transport_options"]["unacked_restore_interval"] == 3
+    assert conf["broker_transport_options"]["unacked_restore_throttle"] == 1
+    assert conf["worker_max_memory_per_child"] == 100 * 1024  # Celery counts KiB
+    assert conf["worker_max_tasks_per_child"] == 50
     assert conf["result_backend_transport_options"]["retry_policy"]["max_retries"] <= 3
 
 

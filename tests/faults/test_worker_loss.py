@@ -1,0 +1,139 @@
+"""Whole workers lost: SIGKILL, warm shutdown (SIGTERM) and cold shutdown (SIGQUIT).
+
+Each test counts real runs with ``probe.record`` (tests/support/probe_tasks.py), so "nothing
+lost" and "nothing that finished runs again" are both checked, not inferred from results.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import pytest
+import redis as redis_py
+from celery import states
+from celery.result import AsyncResult
+
+from tests.conftest import client_app, node_name
+from tests.support.celery_worker import REPO_ROOT, CeleryWorker
+from tests.support.probe_tasks import FINISHED, STARTED
+from tests.support.redis_server import RedisServer
+from tests.support.waiting import wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.fault]
+
+PROBE = ("-I", "tests.support.probe_tasks")
+#: Short limits so a dead worker's messages come back in seconds: hard limit 4 s, visibility
+#: timeout 6 s (it must exceed the hard limit), and a sweep for them every second.
+FAST_REDELIVERY = {
+    "TASKPOOL_TASK_TIME_LIMIT": "4",
+    "TASKPOOL_VISIBILITY_TIMEOUT": "6",
+    "TASKPOOL_RESTORE_INTERVAL": "1",
+    "PYTHONPATH": str(REPO_ROOT),
+}
+
+Start = Callable[..., CeleryWorker]
+
+
+def send(redis: RedisServer, count: int, seconds: float) -> list[AsyncResult]:
+    app = client_app(redis.url(), dispatch="celery")
+    return [app.send_task("probe.record", args=(n, seconds)) for n in range(count)]
+
+
+def runs(client: redis_py.Redis, key: str, start: int = 0) -> Counter[int]:
+    return Counter(int(n) for n in client.lrange(key, start, -1))
+
+
+def test_a_whole_worker_killed_loses_nothing_and_reruns_nothing_that_finished(
+    redis_factory: Callable[..., RedisServer], worker_factory: Start
+) -> None:
+    redis = redis_factory()
+    doomed = worker_factory(redis.url(), node_name("doomed"), extra=PROBE, **FAST_REDELIVERY)
+    results = send(redis, 20, 0.4)
+    client = redis_py.Redis(port=redis.port, decode_responses=True)
+    wait_for(lambda: client.llen(FINISHED) >= 4, 30, "four tasks to finish")
+
+    os.killpg(doomed.pid, signal.SIGKILL)  # the main process and its pool processes at once
+    doomed.wait_exit(10)
+    held = client.hlen("unacked")
+    assert held > 2, "the dead worker should have held running and prefetched messages"
+    assert client.llen("celery") > 0, "some tasks should still have been queued"
+    finished = {n for n, r in enumerate(results) if r.state == states.SUCCESS}
+    started_before = client.llen(STARTED)
+
+    restarted = time.monotonic()
+    worker_factory(redis.url(), node_name("successor"), extra=PROBE, **FAST_REDELIVERY)
+    assert [r.get(timeout=30) for r in results] == [n * n for n in range(20)]
+    assert time.monotonic() - restarted < 30
+    rerun = runs(client, STARTED, started_before)
+    assert not set(rerun) & finished, f"finished tasks ran again: {set(rerun) & finished}"
+    assert client.hlen("unacked") == 0
+    client.close()
+
+
+def test_warm_shutdown_finishes_running_tasks_and_requeues_the_prefetched(
+    redis_factory: Callable[..., RedisServer], worker_factory: Start
+) -> None:
+    redis = redis_factory()
+    leaving = worker_factory(redis.url(), node_name("leaving"), extra=PROBE, **FAST_REDELIVERY)
+    results = send(redis, 10, 1.0)
+    client = redis_py.Redis(port=redis.port, decode_responses=True)
+    wait_for(lambda: client.llen(STARTED) >= 2, 30, "two tasks to be running")
+
+    running = set(runs(client, STARTED))
+    assert leaving.process is not None
+    leaving.process.send_signal(signal.SIGTERM)
+    assert leaving.wait_exit(15) == 0  # well inside compose's stop_grace_period
+    assert running <= set(runs(client, FINISHED)), "a running task was cut short"
+    assert client.hlen("unacked") == 0, "prefetched messages were left for the visibility timeout"
+    assert client.llen("celery") >= 10 - client.llen(FINISHED)
+
+    worker_factory(redis.url(), node_name("next"), extra=PROBE, **FAST_REDELIVERY)
+    assert [r.get(timeout=30) for r in results] == [n * n for n in range(10)]
+    assert runs(client, FINISHED) == Counter(range(10)), "each task must finish exactly once"
+    client.close()
+
+
+def test_cold_shutdown_loses_nothing(
+    redis_factory: Callable[..., RedisServer], worker_factory: Start
+) -> None:
+    redis = redis_factory()
+    leaving = worker_factory(redis.url(), node_name("cold"), extra=PROBE, **FAST_REDELIVERY)
+    results = send(redis, 10, 1.0)
+    client = redis_py.Redis(port=redis.port, decode_responses=True)
+    wait_for(lambda: client.llen(STARTED) >= 2, 30, "two tasks to be running")
+
+    assert leaving.process is not None
+    leaving.process.send_signal(signal.SIGQUIT)  # cold: running tasks are terminated
+    leaving.wait_exit(15)
+
+    worker_factory(redis.url(), node_name("after-cold"), extra=PROBE, **FAST_REDELIVERY)
+    assert [r.get(timeout=30) for r in results] == [n * n for n in range(10)]
+    assert runs(client, FINISHED) == Counter(range(10)), "each task must finish exactly once"
+    client.close()
+
+
+def test_a_redelivered_task_that_already_succeeded_is_not_run_again(
+    redis_factory: Callable[..., RedisServer], worker_factory: Start
+) -> None:
+    """What a worker lost between storing a result and acking it leaves behind, made on purpose."""
+    redis = redis_factory()
+    app = client_app(redis.url(), dispatch="celery")
+    result = app.send_task("probe.record", args=(7, 0.0))
+    with app.connection_for_read() as connection:
+        channel = connection.default_channel
+        assert channel.basic_get("celery", no_ack=False) is not None  # now held, unacked
+        app.backend.store_result(result.id, 49, states.SUCCESS)  # ...after it had succeeded
+    # Closing the connection without an ack puts the message back, marked redelivered.
+    client = redis_py.Redis(port=redis.port, decode_responses=True)
+    assert client.llen("celery") == 1 and '"redelivered": true' in client.lindex("celery", 0)
+
+    worker = worker_factory(redis.url(), node_name("dedup"), extra=PROBE, **FAST_REDELIVERY)
+    wait_for(lambda: "already completed successfully" in worker.log_tail(), 15, "the skip")
+    wait_for(lambda: client.llen("celery") + client.hlen("unacked") == 0, 15, "the ack")
+    assert client.llen(STARTED) == 0, "the body ran again"
+    assert result.get(timeout=5) == 49
+    client.close()
