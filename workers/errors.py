@@ -17,3 +17,11 @@ class BrokerUnavailable(TaskpoolError, OperationalError):
 
 class LocalPoolError(TaskpoolError, RuntimeError):
     """Raised when the local pool cannot run a task (unknown task, or a call from a bad place)."""
+
+
+class UnsafeInteger(TaskpoolError, ValueError):
+    """Raised before sending an integer that JSON would not carry exactly to other readers."""
+
+
+class ArgumentTooLarge(TaskpoolError, ValueError):
+    """Raised before sending arguments larger than TASKPOOL_MAX_MESSAGE_BYTES."""

@@ -15,6 +15,7 @@ from celery.utils.time import maybe_iso8601, maybe_make_aware
 from kombu.exceptions import OperationalError
 
 from config import check_dispatch, mask_url, settings_of
+from workers.arguments import check_call
 from workers.broker_health import health_of
 from workers.errors import BrokerUnavailable, LocalPoolError
 from workers.local_pool import LocalRunner
@@ -50,6 +51,8 @@ class FallbackTask(Task):  # type: ignore[misc]
     ) -> AsyncResult | LocalResult | EagerResult:
         settings = settings_of(self.app)
         mode = check_dispatch(options.pop("dispatch", None) or settings.dispatch)
+        # Refused here, on either backend: the same call must not work locally and fail remotely.
+        check_call(self.name, args, kwargs, settings.max_message_bytes, self.serializer)
         if mode == "auto" and self.app.current_worker_task is not None:
             # Inside a Celery worker (a retry, a task calling a task) a local run's result
             # would never reach the result store its caller waits on: stay on the broker.

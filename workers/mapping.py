@@ -22,9 +22,10 @@ from kombu.exceptions import OperationalError
 from tqdm import tqdm
 
 from config import TaskpoolError, check_dispatch, settings_of
+from workers.arguments import check_items
 from workers.broker_health import health_of
 from workers.chunks import ChunkOutcome, auto_chunksize, chunked, pack, run_chunk, unpack
-from workers.errors import BrokerUnavailable
+from workers.errors import ArgumentTooLarge, BrokerUnavailable
 from workers.local_pool import LocalRunner
 
 #: How often a wait on the broker stops to ask whether the broker is still there.
@@ -158,6 +159,11 @@ class _BrokerChunks:
             )
         except BrokerUnavailable as exc:
             raise _BackendLost(str(exc)) from exc
+        except ArgumentTooLarge as exc:
+            raise ArgumentTooLarge(
+                f"a chunk of {len(items):,} inputs to {self.task.name} is too large to send: "
+                f"{exc}. Pass a smaller chunksize"
+            ) from None
 
     def collect(self, chunk: _Chunk) -> ChunkOutcome:
         """Poll the result store for the chunk's result, then delete it.
@@ -253,6 +259,7 @@ class _Map:
                 yield self._finish(window, bar)
 
     def _submit(self, chunk: _Chunk, window: deque[_Chunk]) -> _Chunk:
+        check_items(self.task.name, chunk.items, chunk.start)
         try:
             chunk.handle = self.backend.submit(chunk.items)
         except _BackendLost as lost:

@@ -126,3 +126,26 @@ def test_a_pickle_message_is_refused_and_does_not_loop(
     time.sleep(1.0)  # long enough for a requeued poison message to come round again
     assert worker.log_tail(100_000).count("Received invalid task message") == 1
     assert not marker.exists()
+
+
+def test_a_huge_argument_fails_cleanly_and_its_pool_process_is_recycled(
+    redis_factory: Callable[..., RedisServer], worker_factory: Callable[..., CeleryWorker]
+) -> None:
+    """Another client (send_task skips taskpool's caller-side size check) sends ~25 MB."""
+    redis = redis_factory()
+    worker = worker_factory(
+        redis.url(), node_name("bloated"), TASKPOOL_MAX_MEMORY_PER_CHILD_MB="150"
+    )
+    app = client_app(redis.url(), dispatch="celery")
+    assert app.tasks["tasks.square"].delay(2).get(timeout=10) == 4
+    before = worker.pool_pids()
+    huge = list(range(10**6, 4 * 10**6))  # ~24 MB of JSON; over 150 MB once decoded
+    result = app.send_task("tasks.square", args=(huge,))
+    del huge
+    with pytest.raises(TypeError, match="expected an int, got list"):
+        result.get(timeout=60)
+    # The process that decoded it went over TASKPOOL_MAX_MEMORY_PER_CHILD_MB and was replaced.
+    wait_for(lambda: worker.pool_pids() - before, 15, "the bloated pool process to be replaced")
+    assert len(worker.pool_pids()) == 2
+    assert app.tasks["tasks.square"].delay(9).get(timeout=10) == 81  # the worker is still up
+    assert worker.process is not None and worker.process.poll() is None

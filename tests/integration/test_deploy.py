@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis as redis_py
+from kombu.exceptions import OperationalError
 
 import workers
 from config import Settings, mask_url
@@ -314,3 +317,28 @@ def test_rabbitmq_as_broker_with_redis_for_results(
     result = closed.tasks["tasks.square"].delay(3)
     assert isinstance(result, LocalResult) and result.get(timeout=5) == 9
     assert "guest:**@" in mask_url(RABBITMQ_URL)
+
+
+def test_the_compose_redis_caps_message_size_behind_the_callers_limit() -> None:
+    command = " ".join(compose.load()["services"]["redis"]["command"])
+    cap = re.search(r"--proto-max-bulk-len (\d+)mb", command)
+    assert cap is not None, "the compose Redis must cap bulk length"
+    # A message at the callers' limit is base64-encoded inside its envelope: 4/3 plus headers.
+    assert int(cap.group(1)) * 1024 * 1024 > Settings().max_message_bytes * 4 / 3 + 65536
+
+
+def test_a_message_over_redis_bulk_cap_fails_the_publish_and_nothing_is_queued(
+    redis_factory: Callable[..., RedisServer],
+) -> None:
+    """The second guard, for clients that skip taskpool's own check (plain send_task)."""
+    redis = redis_factory(extra=("--proto-max-bulk-len", "1mb"))
+    app = client_app(redis.url(), dispatch="celery")
+    started = time.monotonic()
+    # Redis closes the connection on the oversized bulk; kombu reports the broken write.
+    with pytest.raises(OperationalError):
+        app.send_task("tasks.square", args=("x" * 2_000_000,))
+    assert time.monotonic() - started < 10
+    client = redis_py.Redis(port=redis.port)
+    assert client.llen("celery") == 0
+    client.close()
+    assert app.send_task("tasks.square", args=(3,)).id  # a normal message still goes through

@@ -18,6 +18,7 @@ from tests.support.celery_worker import CeleryWorker
 from tests.support.redis_server import RedisServer, free_port
 from tests.support.waiting import wait_for
 from workers import MapItemFailed
+from workers.errors import ArgumentTooLarge, UnsafeInteger
 
 pytestmark = pytest.mark.integration
 
@@ -73,8 +74,25 @@ def test_bound_tasks_see_who_ran_them(dispatch: str, request: pytest.FixtureRequ
         assert all(r["hostname"].startswith("local-pool@") for r in reports)
 
 
-def test_ints_beyond_64_bits_travel_too(dispatch: str) -> None:
-    assert workers.map(square, [2**40, 2**70, 3], dispatch=dispatch) == [2**80, 2**140, 9]
+def test_inputs_json_would_not_carry_exactly_are_refused_before_anything_runs(
+    dispatch: str,
+) -> None:
+    with pytest.raises(UnsafeInteger, match="input 1 is an integer of 71 bits"):
+        workers.map(square, [3, 2**70], dispatch=dispatch)
+    # Results are not inputs: big ones come back exact (msgpack, or JSON past 64 bits).
+    assert workers.map(square, [2**40, 2**35, 3], dispatch=dispatch) == [2**80, 2**70, 9]
+
+
+def test_a_chunk_over_the_message_limit_is_refused_with_a_chunksize_hint(
+    session_worker: CeleryWorker, redis_server: RedisServer
+) -> None:
+    app = client_app(redis_server.url(), dispatch="celery", max_message_bytes=20_000)
+    with pytest.raises(ArgumentTooLarge, match="a chunk of 50,000 inputs to tasks.square") as err:
+        workers.map(app.tasks["tasks.square"], range(100_000), chunksize=50_000)
+    assert "smaller chunksize" in str(err.value)
+    assert workers.map(app.tasks["tasks.square"], range(3000), chunksize=1000) == [
+        n * n for n in range(3000)
+    ]
 
 
 def test_a_generator_is_read_only_as_far_as_the_chunks_in_flight() -> None:

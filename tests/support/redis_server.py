@@ -46,12 +46,15 @@ class RedisServer:
         *,
         appendonly: bool = False,
         password: str | None = None,
+        extra: tuple[str, ...] = (),
     ) -> None:
         self.binary = binary
         self.port = port
         self.workdir = workdir
         self.appendonly = appendonly
         self.password = password
+        #: More redis-server options, e.g. ("--proto-max-bulk-len", "1mb").
+        self.extra = extra
         self.process: subprocess.Popen[bytes] | None = None
         workdir.mkdir(parents=True, exist_ok=True)
 
@@ -73,6 +76,7 @@ class RedisServer:
         ]  # fmt: skip
         if self.password:
             args += ["--requirepass", self.password]
+        args += self.extra
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self._wait_ready(timeout)
         return self

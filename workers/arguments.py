@@ -1,0 +1,110 @@
+"""Arguments checked in the caller, before anything is sent: exact integers and a size limit.
+
+A worker that receives a 50 MB argument decodes it in a pool process and stays large; an
+integer past 2**53 reaches another language's JSON reader (Flower's page, a Go or JS client)
+rounded. Both are refused here, with the argument named, instead of surfacing far away.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from kombu.serialization import dumps
+
+from workers.errors import ArgumentTooLarge, UnsafeInteger
+
+#: RFC 8259 section 6: integers in this range are exchanged exactly by JSON implementations.
+JSON_SAFE_INTEGER = 2**53 - 1
+#: JSON can spell one byte of a string as six (``\\u0000``): arguments whose rough size times
+#: this stays under the limit need no trial encoding.
+WORST_JSON_GROWTH = 6
+_CONTAINERS = (list, tuple, set, frozenset)
+
+
+def check_call(
+    task_name: str, args: Any, kwargs: Any, max_bytes: int, serializer: str = "json"
+) -> None:
+    """Raise UnsafeInteger or ArgumentTooLarge for a call that should not be sent."""
+    positional, named = list(args or ()), dict(kwargs or {})
+    size = _rough_size([positional, named])
+    if size < 0:  # an unsafe integer somewhere: find it and name it
+        for index, value in enumerate(positional):
+            _name_unsafe(task_name, value, f"args[{index}]")
+        for name, value in named.items():
+            _name_unsafe(task_name, value, f"kwargs[{name!r}]")
+    if size * WORST_JSON_GROWTH <= max_bytes:
+        return
+    _, _, body = dumps([positional, named], serializer=serializer)
+    if len(body) > max_bytes:
+        raise ArgumentTooLarge(
+            f"{task_name}: the arguments encode to {len(body):,} bytes, over the "
+            f"{max_bytes:,} allowed by TASKPOOL_MAX_MESSAGE_BYTES; pass a reference (a path, "
+            "a key, a URL) to large data instead of the data itself"
+        )
+
+
+def check_items(task_name: str, items: list[Any], start: int) -> None:
+    """The integer check for one chunk of map inputs (``start``: the first item's index).
+
+    Numbers, and tuples of numbers (starmap inputs), are checked with min() and max() at C
+    speed; anything else is walked.
+    """
+    if items and isinstance(items[0], _CONTAINERS):
+        try:
+            flat = list(itertools.chain.from_iterable(items))
+        except TypeError:
+            flat = None
+        if flat is not None and _all_safe_numbers(flat):
+            return
+    elif _all_safe_numbers(items):
+        return
+    for offset, item in enumerate(items):
+        _name_unsafe(task_name, item, f"input {start + offset}")
+
+
+def _all_safe_numbers(values: list[Any]) -> bool:
+    try:
+        low, high = min(values), max(values)
+    except (TypeError, ValueError):  # mixed types, or empty
+        return not values
+    if isinstance(low, (str, bytes)):
+        return True  # min() and max() succeeded, so every value is a string
+    numbers = (int, float)
+    return (
+        isinstance(low, numbers)
+        and isinstance(high, numbers)
+        and low >= -JSON_SAFE_INTEGER
+        and high <= JSON_SAFE_INTEGER
+    )
+
+
+def _rough_size(value: Any) -> int:
+    """About how many bytes ``value`` takes as JSON; -1 if it holds an unsafe integer."""
+    if isinstance(value, (str, bytes)):
+        return len(value) + 2
+    if isinstance(value, int) and not isinstance(value, bool):
+        return 20 if -JSON_SAFE_INTEGER <= value <= JSON_SAFE_INTEGER else -1
+    if isinstance(value, dict):
+        parts = [_rough_size(k) for k in value] + [_rough_size(v) for v in value.values()]
+    elif isinstance(value, _CONTAINERS):
+        parts = [_rough_size(item) for item in value]
+    else:
+        return 32  # floats, None, and what the serializer spells as a short string
+    return -1 if -1 in parts else sum(parts) + 2 * len(parts) + 2
+
+
+def _name_unsafe(task_name: str, value: Any, where: str) -> None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not -JSON_SAFE_INTEGER <= value <= JSON_SAFE_INTEGER:
+            raise UnsafeInteger(
+                f"{task_name}: {where} is an integer of {value.bit_length()} bits, beyond "
+                "±(2**53 - 1), the integers JSON carries exactly (RFC 8259); pass it as a "
+                "string, e.g. str(n), and convert it back with int() inside the task"
+            )
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _name_unsafe(task_name, item, f"{where}[{key!r}]")
+    elif isinstance(value, _CONTAINERS):
+        for index, item in enumerate(value):
+            _name_unsafe(task_name, item, f"{where}[{index}]")
