@@ -1,0 +1,50 @@
+"""``.get(timeout=t)`` keeps its word when the result store dies or freezes mid-wait."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+from celery.exceptions import TimeoutError as CeleryTimeoutError
+
+from tests.conftest import client_app, node_name
+from tests.support.celery_worker import REPO_ROOT, CeleryWorker
+from tests.support.redis_server import RedisServer
+
+pytestmark = [pytest.mark.integration, pytest.mark.fault]
+
+WAIT = 2.0
+
+
+@pytest.mark.parametrize("fault", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "frozen"])
+def test_get_returns_or_raises_within_its_timeout_plus_a_second(
+    fault: signal.Signals,
+    redis_factory: Callable[..., RedisServer],
+    worker_factory: Callable[..., CeleryWorker],
+) -> None:
+    redis = redis_factory()
+    worker_factory(
+        redis.url(),
+        node_name(f"waiting-{fault.name.lower()}"),
+        extra=("-I", "tests.support.probe_tasks"),
+        PYTHONPATH=str(REPO_ROOT),
+    )
+    app = client_app(redis.url(), dispatch="celery")
+    result = app.send_task("probe.record", args=(1, 10.0))  # still running when the fault hits
+    strike = threading.Timer(0.5, os.kill, (redis.pid, fault))
+    started = time.monotonic()
+    strike.start()
+    try:
+        # Frozen: the socket read times out. Killed: the result consumer gives up reconnecting.
+        with pytest.raises((CeleryTimeoutError, TimeoutError, RuntimeError, ConnectionError)):
+            result.get(timeout=WAIT)
+        elapsed = time.monotonic() - started
+    finally:
+        strike.join()
+        if fault == signal.SIGSTOP:
+            os.kill(redis.pid, signal.SIGCONT)
+    assert elapsed <= WAIT + 1.0, f".get(timeout={WAIT}) took {elapsed:.2f}s"
