@@ -14,9 +14,9 @@ import pytest
 import redis as redis_py
 from celery import states
 
-from tests.conftest import client_app, node_name
+from tests.conftest import client_app, node_name, redis_binary, worker_env
 from tests.support.celery_worker import CeleryWorker
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import RedisServer, free_port
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
@@ -149,3 +149,30 @@ def test_a_huge_argument_fails_cleanly_and_its_pool_process_is_recycled(
     assert len(worker.pool_pids()) == 2
     assert app.tasks["tasks.square"].delay(9).get(timeout=10) == 81  # the worker is still up
     assert worker.process is not None and worker.process.poll() is None
+
+
+def test_a_worker_started_before_redis_retries_with_logged_back_off_then_serves(
+    tmp_path: Path,
+) -> None:
+    """Refused is not rejected: Redis may simply be starting, so the worker waits for it."""
+    secret = "s3cret-" + uuid.uuid4().hex
+    redis = RedisServer(redis_binary(), free_port(), tmp_path / "late-redis", password=secret)
+    url = f"redis://127.0.0.1:{redis.port}/0"
+    worker = CeleryWorker(
+        worker_env(url, TASKPOOL_REDIS_PASSWORD=secret),
+        node_name("early"),
+        tmp_path / "early.log",
+    ).start()
+    try:
+        wait_for(lambda: "Trying again in" in worker.log_tail(), 20, "a logged retry")
+        assert worker.process is not None and worker.process.poll() is None
+        redis.start()
+        worker.wait_ready(client_app(redis.url(), dispatch="celery"), timeout=40)
+        app = client_app(redis.url(), dispatch="celery")
+        assert app.tasks["tasks.square"].delay(11).get(timeout=10) == 121
+        log = worker.log_tail(1_000_000)
+        assert "Cannot connect to redis://" in log
+        assert secret not in log
+    finally:
+        worker.stop()
+        redis.stop()

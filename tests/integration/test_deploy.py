@@ -342,3 +342,33 @@ def test_a_message_over_redis_bulk_cap_fails_the_publish_and_nothing_is_queued(
     assert client.llen("celery") == 0
     client.close()
     assert app.send_task("tasks.square", args=(3,)).id  # a normal message still goes through
+
+
+def test_the_password_never_shows_in_inspect_conf_report_status_or_logs(
+    locked_redis: RedisServer, compose_workers: Callable[..., CeleryWorker]
+) -> None:
+    worker = compose_workers("discreet")
+    worker.wait_ready(client_app(locked_redis.url(), dispatch="celery"))
+    _, service_env = compose.service(
+        "worker", {"REDIS_PASSWORD": PASSWORD}, f"127.0.0.1:{locked_redis.port}"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TASKPOOL_", "CELERY_"))}
+    env.update(service_env)
+    celery = [sys.executable, "-m", "celery", "-A", "tasks"]
+    commands = {
+        "inspect conf": [*celery, "inspect", "conf", "-d", worker.node, "--timeout", "5"],
+        "report": [*celery, "report"],
+        "status": [sys.executable, "-m", "tasks", "status"],
+    }
+    outputs = {}
+    for name, command in commands.items():
+        done = subprocess.run(
+            command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60
+        )
+        outputs[name] = done.stdout + done.stderr
+        assert done.returncode == 0, f"{name} failed:\n{outputs[name][-2000:]}"
+        assert PASSWORD not in outputs[name], f"{name} printed the password"
+    # Each did show the connection settings, masked: the check above is not vacuous.
+    assert "broker_url" in outputs["inspect conf"] and "broker_url" in outputs["report"]
+    assert f"127.0.0.1:{locked_redis.port}" in outputs["status"]
+    assert PASSWORD not in worker.log_tail(1_000_000)
