@@ -1,0 +1,305 @@
+"""The client side of ``python -m bench``: one workload, one implementation, in a fresh process.
+
+``python -m bench.clients WORKLOAD IMPL [--n N] [--rounds R] ...`` prints one JSON line: the
+raw samples of every round. ``bench/__main__.py`` starts it with the environment that points
+the implementation at the private Redis (``TASKPOOL_*`` for ours, ``BENCH_STOCK_URL`` for stock
+Celery), so each implementation runs in an interpreter of its own, as a user's script would.
+
+Implementations: ``ours`` (``tasks`` app, ``.delay`` / ``workers.map``), ``ours-local`` (the
+same with ``TASKPOOL_DISPATCH=local``), ``stock`` (bench/stock_app.py), ``pool2``
+(``multiprocessing.Pool(2)``, creation included), ``threads2`` (``ThreadPool(2)``), ``single``
+(a plain loop in one process). Every result is checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import multiprocessing.pool
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+#: Bound on any one ``.get()``: a lost task fails the benchmark instead of hanging it.
+GET_TIMEOUT = 300.0
+
+
+def plain(name: str) -> Callable[..., Any]:
+    """The plain task body (no Celery), for the single-process, thread and Pool baselines."""
+    from tasks import functions
+
+    return getattr(functions, name)  # type: ignore[no-any-return]
+
+
+def celery_task(impl: str, name: str) -> Any:
+    if impl in ("ours", "ours-local"):
+        import tasks
+
+        return getattr(tasks, name)
+    if impl == "stock":
+        from bench.stock_app import make_app
+
+        return make_app().tasks[f"tasks.{name}"]
+    raise SystemExit(f"{impl} has no Celery task")
+
+
+def expect_squares(values: list[int], n: int) -> None:
+    if len(values) != n or any(v != i * i for i, v in enumerate(values)):
+        raise AssertionError("wrong results")
+
+
+def fork_pool() -> multiprocessing.pool.Pool:
+    # Linux's default start method, as a plain `multiprocessing.Pool(2)` gets.
+    return multiprocessing.get_context("fork").Pool(2)
+
+
+# --- 1. many tiny tasks ------------------------------------------------------------------
+
+
+def tiny(impl: str, n: int, rounds: int) -> dict[str, Any]:
+    """n x ``square.delay(i)``, then every result collected in order and checked."""
+    enqueue, total = [], []
+    run: Callable[[int], tuple[float, float]]
+    if impl == "single":
+        square = plain("square")
+
+        def run(count: int) -> tuple[float, float]:
+            started = time.perf_counter()
+            values = [square(i) for i in range(count)]
+            elapsed = time.perf_counter() - started
+            expect_squares(values, count)
+            return elapsed, elapsed
+
+    elif impl == "pool2":
+        square = plain("square")
+
+        def run(count: int) -> tuple[float, float]:
+            started = time.perf_counter()
+            with fork_pool() as pool:
+                pending = [pool.apply_async(square, (i,)) for i in range(count)]
+                sent = time.perf_counter()
+                values = [p.get(GET_TIMEOUT) for p in pending]
+            done = time.perf_counter()
+            expect_squares(values, count)
+            return sent - started, done - started
+
+    else:
+        task = celery_task(impl, "square")
+
+        def run(count: int) -> tuple[float, float]:
+            started = time.perf_counter()
+            pending = [task.delay(i) for i in range(count)]
+            sent = time.perf_counter()
+            values = [p.get(timeout=GET_TIMEOUT) for p in pending]
+            done = time.perf_counter()
+            expect_squares(values, count)
+            return sent - started, done - started
+
+        run(200)  # warm-up: imports, connections, the local pool's start
+    for _ in range(rounds):
+        sent, done = run(n)
+        enqueue.append(sent)
+        total.append(done)
+    return {"enqueue_s": enqueue, "total_s": total, "tasks_per_s": [n / t for t in total]}
+
+
+# --- 2. bulk map -------------------------------------------------------------------------
+
+
+def bulk_map(impl: str, n: int, rounds: int) -> dict[str, Any]:
+    """``square`` over range(n), results in order and checked."""
+    from bench.map_throughput import check, local_cold, pool_map
+
+    run: Callable[[], Any]
+    if impl == "single":
+        square = plain("square")
+
+        def run() -> None:
+            check([square(i) for i in range(n)], n)
+
+    elif impl == "pool2":
+
+        def run() -> None:
+            pool_map(n)
+
+    elif impl == "ours-local-cold":
+        # A fresh interpreter per round; the time it reports is the map call alone.
+        return {"total_s": [local_cold(n) for _ in range(rounds)]}
+    elif impl in ("ours", "ours-local"):
+        import workers
+
+        task = celery_task(impl, "square")
+
+        def run() -> None:
+            check(workers.map(task, range(n)), n)
+
+        workers.map(task, range(1000))  # warm-up
+    elif impl == "stock":
+        task = celery_task(impl, "square")
+        # Stock Celery's own chunking, with as many chunks as our broker map cuts (4 per
+        # process, 2 processes).
+        size = math.ceil(n / 8)
+
+        def run() -> None:
+            nested = task.chunks(zip(range(n)), size).apply_async().get(timeout=GET_TIMEOUT)
+            check([v for chunk in nested for v in chunk], n)
+
+        task.chunks(zip(range(1000)), 125).apply_async().get(timeout=GET_TIMEOUT)
+    else:
+        raise SystemExit(f"map: unknown implementation {impl}")
+    total = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        run()
+        total.append(time.perf_counter() - started)
+    return {"total_s": total}
+
+
+# --- 3. CPU-bound calls ------------------------------------------------------------------
+
+
+def cpu(impl: str, n: int, rounds: int, calls: int) -> dict[str, Any]:
+    """``calls`` x ``sum_of_squares(n)``: real work per call."""
+    expected = (n - 1) * n * (2 * n - 1) // 6
+    run: Callable[[], list[int]]
+    if impl == "single":
+        body = plain("sum_of_squares")
+
+        def run() -> list[int]:
+            return [body(n) for _ in range(calls)]
+
+    elif impl == "threads2":
+        body = plain("sum_of_squares")
+
+        def run() -> list[int]:
+            with multiprocessing.pool.ThreadPool(2) as pool:
+                return pool.map(body, [n] * calls, chunksize=1)
+
+    elif impl == "pool2":
+        body = plain("sum_of_squares")
+
+        def run() -> list[int]:
+            with fork_pool() as pool:
+                return pool.map(body, [n] * calls, chunksize=1)
+
+    else:
+        task = celery_task(impl, "sum_of_squares")
+
+        def run() -> list[int]:
+            pending = [task.delay(n) for _ in range(calls)]
+            return [p.get(timeout=GET_TIMEOUT) for p in pending]
+
+        task.delay(10).get(timeout=GET_TIMEOUT)  # warm-up
+    total = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        values = run()
+        total.append(time.perf_counter() - started)
+        if values != [expected] * calls:
+            raise AssertionError("wrong results")
+    return {"total_s": total}
+
+
+# --- 4. round-trip latency ---------------------------------------------------------------
+
+
+def latency(impl: str, n: int, rounds: int) -> dict[str, Any]:
+    """n sequential ``square.delay(7).get()``; per round: p50, p95, p99 in milliseconds."""
+    task = celery_task(impl, "square")
+    for _ in range(50):  # warm-up
+        task.delay(7).get(timeout=GET_TIMEOUT)
+    out: dict[str, list[float]] = {"p50_ms": [], "p95_ms": [], "p99_ms": [], "mean_ms": []}
+    for _ in range(rounds):
+        samples = []
+        for _ in range(n):
+            started = time.perf_counter()
+            value = task.delay(7).get(timeout=GET_TIMEOUT)
+            samples.append((time.perf_counter() - started) * 1000)
+            if value != 49:
+                raise AssertionError("wrong result")
+        samples.sort()
+        for key, q in (("p50_ms", 0.50), ("p95_ms", 0.95), ("p99_ms", 0.99)):
+            out[key].append(samples[min(len(samples) - 1, math.ceil(q * len(samples)) - 1)])
+        out["mean_ms"].append(sum(samples) / len(samples))
+    return out
+
+
+# --- 6. worker start ---------------------------------------------------------------------
+
+
+def worker_start(impl: str, rounds: int, pidfile: Path) -> dict[str, Any]:
+    """From starting ``celery -A <app> worker -P prefork -c 2`` to the first result.
+
+    The client is connected before the worker starts (its own start is not counted); the task
+    is sent right after the worker's process is started and waits in the queue until the
+    worker consumes it.
+    """
+    import socket
+
+    from tests.support.celery_worker import CeleryWorker
+
+    task = celery_task(impl, "square")
+    app = task.app
+    app.backend.client.ping()
+    with app.connection_for_write() as connection:
+        connection.ensure_connection(max_retries=1)
+    if impl == "ours":  # its broker verdict too, so the timed call does not probe
+        from config import settings_of
+        from workers.broker_health import health_of
+
+        settings = settings_of(app)
+        health_of(app, settings.broker_timeout, settings.broker_recheck).is_up()
+    module = "tasks" if impl == "ours" else "bench.stock_app"
+    command = [sys.executable, "-m", "celery", "-A", module, "worker", "-P", "prefork", "-c", "2"]
+    logdir = pidfile.parent
+    total = []
+    for index in range(rounds):
+        worker = CeleryWorker(
+            dict(os.environ),
+            f"start-{impl}-{index}@{socket.gethostname()}",
+            logdir / f"worker-start-{impl}-{index}.log",
+            command=command,
+        )
+        started = time.perf_counter()
+        worker.start()
+        try:
+            with pidfile.open("a") as pids:
+                pids.write(f"{worker.pid}\n")
+            value = task.delay(7).get(timeout=60)
+            total.append(time.perf_counter() - started)
+            if value != 49:
+                raise AssertionError("wrong result")
+        finally:
+            worker.stop()
+    return {"total_s": total}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("workload", choices=("tiny", "map", "cpu", "latency", "start"))
+    parser.add_argument("impl")
+    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--calls", type=int, default=8)
+    parser.add_argument("--pidfile", type=Path)
+    args = parser.parse_args()
+    if args.workload == "tiny":
+        figures = tiny(args.impl, args.n, args.rounds)
+    elif args.workload == "map":
+        figures = bulk_map(args.impl, args.n, args.rounds)
+    elif args.workload == "cpu":
+        figures = cpu(args.impl, args.n, args.rounds, args.calls)
+    elif args.workload == "latency":
+        figures = latency(args.impl, args.n, args.rounds)
+    else:
+        figures = worker_start(args.impl, args.rounds, args.pidfile)
+    print(json.dumps(figures), flush=True)
+
+
+if __name__ == "__main__":
+    main()
