@@ -1,0 +1,133 @@
+"""A worker host cut off from the network, with Linux network namespaces.
+
+The worker runs in a namespace of its own, joined to this host by a veth pair (its own test
+host on a /30 of its own; nothing leaves the machine). Cutting the link strands its tasks
+mid-run; the visibility timeout hands them to a second worker, and all complete.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis as redis_py
+
+from tests.conftest import client_app, node_name, worker_env
+from tests.support.celery_worker import REPO_ROOT, CeleryWorker
+from tests.support.probe_tasks import STARTED
+from tests.support.redis_server import RedisServer
+from tests.support.waiting import wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.fault]
+
+FAST_REDELIVERY = {
+    "TASKPOOL_TASK_TIME_LIMIT": "4",
+    "TASKPOOL_VISIBILITY_TIMEOUT": "6",
+    "TASKPOOL_RESTORE_INTERVAL": "1",
+    "TASKPOOL_SOCKET_TIMEOUT": "2",
+    "PYTHONPATH": str(REPO_ROOT),
+}
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
+
+
+class WorkerHost:
+    """A network namespace joined to this host by a veth pair; removed with its links."""
+
+    def __init__(self) -> None:
+        tag = f"{os.getpid() % 10000}{uuid.uuid4().hex[:3]}"
+        self.namespace = f"tp-{tag}"
+        self.host_link, self.worker_link = f"tph{tag}", f"tpw{tag}"
+        subnet = os.getpid() % 250 + 1
+        self.host_address, self.worker_address = f"10.251.{subnet}.1", f"10.251.{subnet}.2"
+
+    def create(self) -> WorkerHost:
+        ip("netns", "add", self.namespace)
+        ip("link", "add", self.host_link, "type", "veth", "peer", "name", self.worker_link)
+        ip("link", "set", self.worker_link, "netns", self.namespace)
+        ip("addr", "add", f"{self.host_address}/30", "dev", self.host_link)
+        ip("link", "set", self.host_link, "up")
+        inside = ("netns", "exec", self.namespace, "ip")
+        ip(*inside, "addr", "add", f"{self.worker_address}/30", "dev", self.worker_link)
+        ip(*inside, "link", "set", self.worker_link, "up")
+        ip(*inside, "link", "set", "lo", "up")
+        return self
+
+    def cut(self) -> None:
+        """Take the link down: no FIN, no RST, the peer just stops answering."""
+        ip("link", "set", self.host_link, "down")
+
+    def remove(self) -> None:
+        subprocess.run(["ip", "link", "del", self.host_link], capture_output=True, timeout=10)
+        subprocess.run(["ip", "netns", "del", self.namespace], capture_output=True, timeout=10)
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture
+def worker_host() -> Iterator[WorkerHost]:
+    host = WorkerHost()
+    try:
+        host.create()
+    except (OSError, subprocess.CalledProcessError) as exc:
+        host.remove()
+        reason = f"network namespaces are not permitted here: {exc}"
+        if _in_ci():
+            pytest.fail(reason)
+        pytest.skip(reason)
+    yield host
+    host.remove()
+
+
+def test_a_worker_cut_off_from_the_network_has_its_tasks_finished_elsewhere(
+    tmp_path: Path,
+    worker_host: WorkerHost,
+    redis_factory: Callable[..., RedisServer],
+    worker_factory: Callable[..., CeleryWorker],
+) -> None:
+    password = uuid.uuid4().hex
+    redis = redis_factory(
+        password=password, extra=("--bind", "127.0.0.1", worker_host.host_address)
+    )
+    remote_url = f"redis://:{password}@{worker_host.host_address}:{redis.port}/0"
+    celery = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-P", "prefork"]
+    command = ["ip", "netns", "exec", worker_host.namespace, *celery, "-c", "2", "-l", "info"]
+    remote = CeleryWorker(
+        worker_env(remote_url, **FAST_REDELIVERY),
+        node_name("remote"),
+        tmp_path / "remote.log",
+        command=[*command, "--without-gossip", "--without-mingle"],
+        extra=("-I", "tests.support.probe_tasks"),
+    )
+    app = client_app(redis.url(), dispatch="celery")
+    client = redis_py.Redis(port=redis.port, password=password, decode_responses=True)
+    try:
+        remote.start().wait_ready(app)
+        results = [app.send_task("probe.record", args=(n, 3.0)) for n in range(6)]
+        wait_for(lambda: client.llen(STARTED) >= 2, 20, "the remote worker to start tasks")
+        assert client.llen("celery") == 0, "the remote worker should hold all six"
+
+        worker_host.cut()
+        cut_at = time.monotonic()
+        worker_factory(
+            redis.url(),
+            node_name("survivor"),
+            extra=("-I", "tests.support.probe_tasks"),
+            **FAST_REDELIVERY,
+        )
+        assert [r.get(timeout=60) for r in results] == [n * n for n in range(6)]
+        assert time.monotonic() - cut_at < 60
+        assert remote.process is not None and remote.process.poll() is None  # it never knew
+    finally:
+        client.close()
+        remote.stop(timeout=5)
