@@ -1,0 +1,131 @@
+"""Soak: many tasks while workers are SIGKILLed and restarted every few seconds.
+
+CI runs SOAK_TASKS (default 3,000); the full run is documented in docs/RELIABILITY.md:
+``TASKPOOL_SOAK_TASKS=50000 python -m pytest tests/faults/test_soak.py``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import redis as redis_py
+
+from tests.conftest import client_app, node_name, worker_env
+from tests.support.celery_worker import CeleryWorker
+from tests.support.redis_server import RedisServer
+
+pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.slow]
+
+SOAK_TASKS = int(os.environ.get("TASKPOOL_SOAK_TASKS", "3000"))
+#: Long enough for a restarted worker to start (about 2 s here) and take some work.
+KILL_EVERY = 4.0
+FAST_REDELIVERY = {
+    "TASKPOOL_TASK_TIME_LIMIT": "4",
+    "TASKPOOL_VISIBILITY_TIMEOUT": "6",
+    "TASKPOOL_RESTORE_INTERVAL": "1",
+}
+
+
+class KillerLoop:
+    """Every KILL_EVERY seconds, SIGKILL one worker (main process and pool) and start another."""
+
+    def __init__(self, url: str, logdir: Path, workers: list[CeleryWorker]) -> None:
+        self.url, self.logdir, self.workers = url, logdir, workers
+        self.kills = 0
+        self._names = itertools.count()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="killer", daemon=True)
+
+    def start_worker(self) -> CeleryWorker:
+        node = node_name(f"soak{next(self._names)}")
+        worker = CeleryWorker(
+            worker_env(self.url, **FAST_REDELIVERY), node, self.logdir / f"{node}.log"
+        )
+        self.workers.append(worker.start())
+        return worker
+
+    def __enter__(self) -> KillerLoop:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        while not self._stop.wait(KILL_EVERY):
+            victim = self.workers[-2]  # the older of the two running workers
+            os.killpg(victim.pid, signal.SIGKILL)
+            victim.wait_exit(10)
+            self.kills += 1
+            self.start_worker()
+
+
+def collect(client: redis_py.Redis, ids: list[str]) -> dict[str, object]:
+    found: dict[str, object] = {}
+    for start in range(0, len(ids), 1000):
+        batch = ids[start : start + 1000]
+        keys = [f"celery-task-meta-{i}" for i in batch]
+        for task_id, raw in zip(batch, client.mget(keys), strict=True):
+            if raw is not None:
+                meta = json.loads(raw)
+                if meta["status"] == "SUCCESS":
+                    found[task_id] = meta["result"]
+    return found
+
+
+def where_are(client: redis_py.Redis, missing: list[str]) -> str:
+    """Where the missing tasks' messages are, for the failure message."""
+    queued = b"".join(client.lrange("celery", 0, -1))
+    unacked = b"".join(client.hvals("unacked"))
+    return (
+        "; ".join(
+            f"{task_id}: queued={task_id.encode() in queued} unacked={task_id.encode() in unacked}"
+            for task_id in missing[:10]
+        )
+        + f" ({len(missing)} missing)"
+    )
+
+
+@pytest.mark.timeout(120 + SOAK_TASKS // 20)
+@pytest.mark.xfail(
+    strict=False,
+    reason="known gap (docs/RELIABILITY.md): kombu's Redis transport loses a message when its "
+    "worker is SIGKILLed between BRPOP and recording it unacked; about 1 run in 3 loses one task",
+)
+def test_every_task_has_its_correct_result_despite_workers_killed_all_along(
+    tmp_path: Path, redis_factory: Callable[..., RedisServer]
+) -> None:
+    redis = redis_factory(appendonly=True)
+    app = client_app(redis.url(), dispatch="celery")
+    square = app.tasks["tasks.square"]
+    client = redis_py.Redis(port=redis.port)
+    workers: list[CeleryWorker] = []
+    killer = KillerLoop(redis.url(), tmp_path, workers)
+    try:
+        for _ in range(2):
+            killer.start_worker().wait_ready(app)
+        with killer:
+            ids = [square.apply_async((n,), ignore_result=False).id for n in range(SOAK_TASKS)]
+            deadline = time.monotonic() + 60 + SOAK_TASKS // 50
+            results = collect(client, ids)
+            while len(results) < SOAK_TASKS and time.monotonic() < deadline:
+                time.sleep(1)
+                results = collect(client, ids)
+        assert killer.kills >= 2, "the soak should have outlived several worker kills"
+        missing = [i for i in ids if i not in results]
+        assert not missing, where_are(client, missing)
+        assert len(results) == len(ids) == SOAK_TASKS
+        assert [results[i] for i in ids] == [n * n for n in range(SOAK_TASKS)]
+    finally:
+        client.close()
+        for worker in workers:
+            worker.stop()
