@@ -18,6 +18,14 @@ from config import Settings, current_settings
 from tests.support.celery_worker import CeleryWorker
 from tests.support.redis_server import RedisServer, find_redis_server, free_port
 
+#: Short limits for fault tests, so a dead worker's messages come back in seconds: hard limit
+#: 4 s, visibility timeout 6 s (it must exceed the hard limit), a sweep for them every second.
+FAST_REDELIVERY = {
+    "TASKPOOL_TASK_TIME_LIMIT": "4",
+    "TASKPOOL_VISIBILITY_TIMEOUT": "6",
+    "TASKPOOL_RESTORE_INTERVAL": "1",
+}
+
 SESSION_REDIS_PORT = free_port()
 SESSION_REDIS_URL = f"redis://127.0.0.1:{SESSION_REDIS_PORT}/0"
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import redis as redis_py
 
+from tests import conftest
 from tests.conftest import client_app, node_name, worker_env
 from tests.support.celery_worker import REPO_ROOT, CeleryWorker
 from tests.support.probe_tasks import STARTED
@@ -27,9 +28,7 @@ from tests.support.waiting import wait_for
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
 FAST_REDELIVERY = {
-    "TASKPOOL_TASK_TIME_LIMIT": "4",
-    "TASKPOOL_VISIBILITY_TIMEOUT": "6",
-    "TASKPOOL_RESTORE_INTERVAL": "1",
+    **conftest.FAST_REDELIVERY,
     "TASKPOOL_SOCKET_TIMEOUT": "2",
     "PYTHONPATH": str(REPO_ROOT),
 }

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import redis as redis_py
 
-from tests.conftest import client_app, node_name, worker_env
+from tests.conftest import FAST_REDELIVERY, client_app, node_name, worker_env
 from tests.support.celery_worker import CeleryWorker
 from tests.support.redis_server import RedisServer
 
@@ -27,11 +27,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.slow]
 SOAK_TASKS = int(os.environ.get("TASKPOOL_SOAK_TASKS", "3000"))
 #: Long enough for a restarted worker to start (about 2 s here) and take some work.
 KILL_EVERY = 4.0
-FAST_REDELIVERY = {
-    "TASKPOOL_TASK_TIME_LIMIT": "4",
-    "TASKPOOL_VISIBILITY_TIMEOUT": "6",
-    "TASKPOOL_RESTORE_INTERVAL": "1",
-}
 
 
 class KillerLoop:

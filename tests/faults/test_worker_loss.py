@@ -17,6 +17,7 @@ import redis as redis_py
 from celery import states
 from celery.result import AsyncResult
 
+from tests import conftest
 from tests.conftest import client_app, node_name
 from tests.support.celery_worker import REPO_ROOT, CeleryWorker
 from tests.support.probe_tasks import FINISHED, STARTED
@@ -26,14 +27,8 @@ from tests.support.waiting import wait_for
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
 PROBE = ("-I", "tests.support.probe_tasks")
-#: Short limits so a dead worker's messages come back in seconds: hard limit 4 s, visibility
-#: timeout 6 s (it must exceed the hard limit), and a sweep for them every second.
-FAST_REDELIVERY = {
-    "TASKPOOL_TASK_TIME_LIMIT": "4",
-    "TASKPOOL_VISIBILITY_TIMEOUT": "6",
-    "TASKPOOL_RESTORE_INTERVAL": "1",
-    "PYTHONPATH": str(REPO_ROOT),
-}
+#: Redelivery in seconds, and the probe task importable by the worker.
+FAST_REDELIVERY = {**conftest.FAST_REDELIVERY, "PYTHONPATH": str(REPO_ROOT)}
 
 Start = Callable[..., CeleryWorker]
 
