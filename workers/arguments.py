@@ -63,6 +63,15 @@ def check_items(task_name: str, items: list[Any], start: int) -> None:
         _name_unsafe(task_name, item, f"input {start + offset}")
 
 
+def _unsafe_int(value: Any) -> bool:
+    """True for an int (not a bool) outside the range JSON carries exactly."""
+    return (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and not -JSON_SAFE_INTEGER <= value <= JSON_SAFE_INTEGER
+    )
+
+
 def _all_safe_numbers(values: list[Any]) -> bool:
     try:
         low, high = min(values), max(values)
@@ -71,6 +80,7 @@ def _all_safe_numbers(values: list[Any]) -> bool:
     if isinstance(low, (str, bytes)):
         return True  # min() and max() succeeded, so every value is a string
     numbers = (int, float)
+    # Every value lies between low and high (floats too), so only these two need the range.
     return (
         isinstance(low, numbers)
         and isinstance(high, numbers)
@@ -83,26 +93,25 @@ def _rough_size(value: Any) -> int:
     """About how many bytes ``value`` takes as JSON; -1 if it holds an unsafe integer."""
     if isinstance(value, (str, bytes)):
         return len(value) + 2
-    if isinstance(value, int) and not isinstance(value, bool):
-        return 20 if -JSON_SAFE_INTEGER <= value <= JSON_SAFE_INTEGER else -1
+    if _unsafe_int(value):
+        return -1
     if isinstance(value, dict):
         parts = [_rough_size(k) for k in value] + [_rough_size(v) for v in value.values()]
     elif isinstance(value, _CONTAINERS):
         parts = [_rough_size(item) for item in value]
     else:
-        return 32  # floats, None, and what the serializer spells as a short string
+        return 32  # safe ints, floats, None, and what the serializer spells as a short string
     return -1 if -1 in parts else sum(parts) + 2 * len(parts) + 2
 
 
 def _name_unsafe(task_name: str, value: Any, where: str) -> None:
-    if isinstance(value, int) and not isinstance(value, bool):
-        if not -JSON_SAFE_INTEGER <= value <= JSON_SAFE_INTEGER:
-            raise UnsafeInteger(
-                f"{task_name}: {where} is an integer of {value.bit_length()} bits, beyond "
-                "±(2**53 - 1), the integers JSON carries exactly (RFC 8259); pass it as a "
-                "string, e.g. str(n), and convert it back with int() inside the task"
-            )
-    elif isinstance(value, dict):
+    if _unsafe_int(value):
+        raise UnsafeInteger(
+            f"{task_name}: {where} is an integer of {value.bit_length()} bits, beyond "
+            "±(2**53 - 1), the integers JSON carries exactly (RFC 8259); pass it as a "
+            "string, e.g. str(n), and convert it back with int() inside the task"
+        )
+    if isinstance(value, dict):
         for key, item in value.items():
             _name_unsafe(task_name, item, f"{where}[{key!r}]")
     elif isinstance(value, _CONTAINERS):
