@@ -5,6 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from config.settings import Settings
+from config.urls import url_scheme
+
+#: kombu's Redis transport with delivery that cannot lose a message to a killed worker
+#: (workers/reliable_redis.py); a dotted path, so configuring imports nothing.
+RELIABLE_REDIS_TRANSPORT = "workers.reliable_redis:Transport"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -14,8 +19,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "socket_timeout": settings.socket_timeout,
         "socket_connect_timeout": settings.broker_timeout,
     }
+    reliable = url_scheme(settings.broker_url) == "redis"
     return {
         "broker_url": settings.broker_url,
+        # A message is popped and recorded as unacknowledged in one step, so a worker killed in
+        # between cannot take the only copy with it (kombu's BRPOP path can).
+        "broker_transport": RELIABLE_REDIS_TRANSPORT if reliable else None,
         "result_backend": settings.result_backend,
         # JSON only, both ways: a pickle message from the broker would be code execution.
         "task_serializer": "json",

@@ -9,6 +9,7 @@ from celery import Celery
 from celery.signals import worker_init
 
 from config import ConfigError, Settings, celery_config, current_settings
+from workers import reliable_redis  # noqa: F401 - loaded before kombu asks for it by name
 from workers.fallback import FallbackTask
 from workers.launch import refuse_rejected_credentials
 
@@ -45,6 +46,11 @@ def _in_celery_command() -> bool:
     """True when this process is the ``celery`` command (console script or ``python -m celery``)."""
     main_spec = getattr(sys.modules.get("__main__"), "__spec__", None)
     return "celery.__main__" in sys.modules or getattr(main_spec, "name", "") == "celery.__main__"
+
+
+# The reliable Redis transport is configured by name (config.celery_config), but imported at the
+# top: `celery -A tasks` from a checkout drops the working directory from sys.path, and kombu
+# resolves the name only later.
 
 
 def create_app(settings: Settings | None = None, main: str = "tasks") -> TaskpoolCelery:
