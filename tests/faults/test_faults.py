@@ -171,7 +171,11 @@ def test_a_worker_started_before_redis_retries_with_logged_back_off_then_serves(
         app = client_app(redis.url(), dispatch="celery")
         assert app.tasks["tasks.square"].delay(11).get(timeout=10) == 121
         log = worker.log_tail(1_000_000)
-        assert "Cannot connect to redis://" in log
+        # Celery names the transport: taskpool's Redis transport (workers/reliable_redis.py).
+        assert (
+            f"Cannot connect to workers.reliable_redis:Transport://:**@127.0.0.1:{redis.port}"
+            in log
+        )
         assert secret not in log
     finally:
         worker.stop()
