@@ -28,6 +28,11 @@ def queue_name() -> str:
 
 
 @pytest.fixture
+def queue(queue_name: str) -> Queue:
+    return Queue(queue_name, Exchange(queue_name), routing_key=queue_name)
+
+
+@pytest.fixture
 def client(redis_server: RedisServer) -> Iterator[redis_py.Redis]:
     client = redis_py.Redis(port=redis_server.port, decode_responses=True)
     yield client
@@ -52,9 +57,8 @@ def test_taskpool_apps_use_it_for_redis_brokers_only() -> None:
 
 
 def test_a_message_is_recorded_unacked_in_the_same_step_that_pops_it(
-    redis_server: RedisServer, client: redis_py.Redis, queue_name: str
+    redis_server: RedisServer, client: redis_py.Redis, queue_name: str, queue: Queue
 ) -> None:
-    queue = Queue(queue_name, Exchange(queue_name), routing_key=queue_name)
     publish(redis_server, queue, [{"n": 1}])
     with connection(redis_server) as conn:
         channel = conn.default_channel
@@ -73,9 +77,8 @@ def test_a_message_is_recorded_unacked_in_the_same_step_that_pops_it(
 
 
 def test_an_unacked_message_comes_back_through_kombus_restore(
-    redis_server: RedisServer, client: redis_py.Redis, queue_name: str
+    redis_server: RedisServer, client: redis_py.Redis, queue_name: str, queue: Queue
 ) -> None:
-    queue = Queue(queue_name, Exchange(queue_name), routing_key=queue_name)
     publish(redis_server, queue, [{"n": 2}])
     with connection(redis_server) as conn:
         assert conn.default_channel.basic_get(queue_name, no_ack=False) is not None
@@ -86,9 +89,8 @@ def test_an_unacked_message_comes_back_through_kombus_restore(
 
 
 def test_consumers_get_every_message_once_and_leave_nothing_unacked(
-    redis_server: RedisServer, client: redis_py.Redis, queue_name: str
+    redis_server: RedisServer, client: redis_py.Redis, queue_name: str, queue: Queue
 ) -> None:
-    queue = Queue(queue_name, Exchange(queue_name), routing_key=queue_name)
     publish(redis_server, queue, [{"n": n} for n in range(50)])
     seen: list[int] = []
     with connection(redis_server) as conn, Consumer(conn, [queue], accept=["json"]) as consumer:
@@ -100,9 +102,8 @@ def test_consumers_get_every_message_once_and_leave_nothing_unacked(
 
 
 def test_no_ack_consumers_leave_nothing_in_unacked(
-    redis_server: RedisServer, client: redis_py.Redis, queue_name: str
+    redis_server: RedisServer, client: redis_py.Redis, queue_name: str, queue: Queue
 ) -> None:
-    queue = Queue(queue_name, Exchange(queue_name), routing_key=queue_name)
     publish(redis_server, queue, [{"n": n} for n in range(5)])
     seen: list[int] = []
     with (
