@@ -6,7 +6,6 @@ backend settings point at a port reserved for this session.
 
 from __future__ import annotations
 
-import gc
 import os
 import socket
 from collections.abc import Callable, Iterator
@@ -60,7 +59,6 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server = RedisServer(redis_binary(), SESSION_REDIS_PORT, tmp_path_factory.mktemp("redis"))
     server.start()
     yield server
-    collect_pending_results()
     server.stop()
 
 
@@ -77,19 +75,8 @@ def redis_factory(tmp_path: Path) -> Iterator[Callable[..., object]]:
         return server.start()
 
     yield start
-    collect_pending_results()
     for server in started:
         server.stop()
-
-
-def collect_pending_results() -> None:
-    """Free unreachable AsyncResults while their Redis still answers.
-
-    A pending result unsubscribes from the result store when it is freed; freed later, by a
-    garbage collection after its server has stopped, that fails inside ``__del__`` and pytest
-    reports it against whatever runs then (or fails the session at exit).
-    """
-    gc.collect()
 
 
 def node_name(name: str) -> str:
