@@ -65,7 +65,8 @@ def test_a_whole_worker_killed_loses_nothing_and_reruns_nothing_that_finished(
     assert time.monotonic() - restarted < 30
     rerun = runs(client, STARTED, started_before)
     assert not set(rerun) & finished, f"finished tasks ran again: {set(rerun) & finished}"
-    assert client.hlen("unacked") == 0
+    # Late acks follow the stored result, so the last ack may land just after the last .get().
+    wait_for(lambda: client.hlen("unacked") == 0, 10, "every message to be acknowledged")
     client.close()
 
 
