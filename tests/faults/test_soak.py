@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis as redis_py
@@ -27,6 +28,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.slow]
 SOAK_TASKS = int(os.environ.get("SOAK_TASKS", "3000"))
 #: Long enough for a restarted worker to start (about 2 s here) and take some work.
 KILL_EVERY = 4.0
+#: The tasks are sent spread over at least this long, so that kills land among them however
+#: fast the workers are.
+SEND_OVER = 3 * KILL_EVERY + 1
 
 
 class KillerLoop:
@@ -62,6 +66,16 @@ class KillerLoop:
             victim.wait_exit(10)
             self.kills += 1
             self.start_worker()
+
+
+def send_paced(task: Any, count: int, seconds: float) -> list[str]:
+    """Send task(0) .. task(count - 1), in batches of 100, taking at least ``seconds``."""
+    started, ids = time.monotonic(), []
+    for n in range(count):
+        ids.append(task.apply_async((n,), ignore_result=False).id)
+        if n % 100 == 99:
+            time.sleep(max(0.0, started + seconds * (n + 1) / count - time.monotonic()))
+    return ids
 
 
 def collect(client: redis_py.Redis, ids: list[str]) -> dict[str, object]:
@@ -104,7 +118,7 @@ def test_every_task_has_its_correct_result_despite_workers_killed_all_along(
         for _ in range(2):
             killer.start_worker().wait_ready(app)
         with killer:
-            ids = [square.apply_async((n,), ignore_result=False).id for n in range(SOAK_TASKS)]
+            ids = send_paced(square, SOAK_TASKS, SEND_OVER)
             deadline = time.monotonic() + 60 + SOAK_TASKS // 50
             results = collect(client, ids)
             while len(results) < SOAK_TASKS and time.monotonic() < deadline:
