@@ -1,9 +1,12 @@
 """The local runner: a lazily started ``multiprocessing.Pool`` that runs an app's tasks by name.
 
-Start method: ``forkserver``. The caller may already run threads (Celery's result consumer,
-kombu heartbeats, the user's own), and forking a threaded process can copy a lock that some other
-thread holds, deadlocking the child. The fork server is a fresh single-threaded process, so its
-children start clean, and after its one-time start each child costs only a fork.
+Start method, chosen once when the pool first starts: ``fork`` while the caller runs a single
+thread, as a plain ``multiprocessing.Pool`` does on Linux (pool processes exist within
+milliseconds and the main script is not imported again); ``forkserver`` once the caller runs
+other threads (Celery's result consumer, kombu heartbeats, the user's own). Forking a threaded
+process can copy a lock some other thread holds and deadlock the child; the fork server is a
+fresh single-threaded process, so its children start clean, at the price of one interpreter
+start that imports Celery (about 0.2 s).
 """
 
 from __future__ import annotations
@@ -13,12 +16,13 @@ import importlib
 import logging
 import multiprocessing
 import multiprocessing.pool
+import os
 import signal
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 from celery import Celery, Task, states
@@ -37,7 +41,6 @@ from workers.results import LocalResult, Outcome
 
 log = logging.getLogger("taskpool.local_pool")
 
-START_METHOD = "forkserver"
 
 #: (content type, encoding, data) of a serialized ``[args, kwargs]``.
 Payload = tuple[str, str, bytes | str]
@@ -73,7 +76,7 @@ class LocalRunner:
         return LocalResult(task_id, found.name, pending)
 
     def submit_chunk(
-        self, task: str | Task, items: list[Any]
+        self, task: str | Task, items: Sequence[Any]
     ) -> multiprocessing.pool.AsyncResult | _Finished:
         """Run ``task`` over ``items`` in one pool process; the result is a ChunkOutcome.
 
@@ -116,13 +119,21 @@ class _SharedPool:
         self._pool: multiprocessing.pool.Pool | None = None
         self._in_flight = 0
         self._unguarded: bool | None = None
+        self._method: str | None = None
         self._idle = threading.Condition(self._lock)
 
     def caller_unguarded(self) -> bool:
-        """Asked once, before the pool would start: is the caller an unguarded main script?"""
+        """Asked once, before the pool would start: is the caller an unguarded main script?
+
+        Only the fork server's children import the main script again; forked ones do not.
+        """
         with self._lock:
             if self._unguarded is None:
-                self._unguarded = self._pool is None and unguarded_main_call() is not None
+                self._unguarded = (
+                    self._pool is None
+                    and self._start_method() != "fork"
+                    and unguarded_main_call() is not None
+                )
             return self._unguarded
 
     def apply_async(
@@ -152,14 +163,22 @@ class _SharedPool:
             pool.terminate()
         pool.join()
 
+    def _start_method(self) -> str:
+        """Decided once (see the module's docstring); the caller holds the lock."""
+        if self._method is None:
+            self._method = "fork" if _runs_one_thread() else "forkserver"
+        return self._method
+
     def _start(self, preload: str, settings: Settings) -> multiprocessing.pool.Pool:
-        context = multiprocessing.get_context(START_METHOD)
-        modules = ["workers.local_pool"] + ([preload] if preload != "__main__" else [])
-        context.set_forkserver_preload(modules)
+        method = self._start_method()
+        context = multiprocessing.get_context(method)
+        if method == "forkserver":
+            modules = ["workers.local_pool"] + ([preload] if preload != "__main__" else [])
+            context.set_forkserver_preload(modules)
         processes = settings.processes
         self._pool = context.Pool(processes, initializer=_mark_pool_process)
         atexit.register(self.shutdown, grace=settings.task_time_limit)
-        log.debug("started a local pool of %d processes", processes)
+        log.debug("started a local pool of %d processes (%s)", processes, method)
         return self._pool
 
     def _done(self, _: object) -> None:
@@ -172,6 +191,19 @@ _shared_pool = _SharedPool()
 
 #: Set by the pool's initializer inside each pool process.
 _in_pool_process = False
+
+
+def _runs_one_thread() -> bool:
+    """Whether this process has no thread but the caller's, counting threads outside Python.
+
+    Linux lists every thread of a process in /proc/self/task; elsewhere fork is not chosen.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return False
 
 
 def _mark_pool_process() -> None:
@@ -221,7 +253,7 @@ def _execute(ref: TaskRef, payload: Payload, task_id: str, countdown: float) -> 
         return Outcome(states.FAILURE, get_pickleable_exception(exc), traceback.format_exc())
 
 
-def _execute_chunk(ref: TaskRef, items: list[Any]) -> ChunkOutcome:
+def _execute_chunk(ref: TaskRef, items: Sequence[Any]) -> ChunkOutcome:
     """Run one chunk in a pool process; failures travel back per input, picklable."""
     outcome = run_items(_find_task(ref), items, hostname=None)
     outcome.errors = [(i, get_pickleable_exception(exc)) for i, exc in outcome.errors]

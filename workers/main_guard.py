@@ -4,7 +4,8 @@ With the ``forkserver`` (and ``spawn``) start method, every pool process imports
 main script again, as ``__mp_main__``. A script that calls tasks at top level, outside
 ``if __name__ == "__main__":``, would have each pool process run those calls again, and start
 pools of its own, without end. So such calls run in the calling process instead (still correct,
-not parallel), and taskpool says once where the guard is missing.
+not parallel), and taskpool says once where the guard is missing. (A pool started with ``fork``,
+the choice while the caller runs one thread, imports nothing again and needs no guard.)
 """
 
 from __future__ import annotations

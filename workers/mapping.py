@@ -12,7 +12,7 @@ import itertools
 import sys
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,8 +102,18 @@ class MapResults(Iterator[Any]):
 @dataclass
 class _Chunk:
     start: int
-    items: list[Any]
+    items: Sequence[Any]
     handle: Any = None
+
+
+class _Progress(tqdm):  # type: ignore[type-arg]
+    """A tqdm bar without tqdm's monitor thread, which every bar starts, even a disabled one.
+
+    The bar is updated once per chunk, so the monitor has nothing to do, and a thread in the
+    caller would make the local pool start with the slower fork server (see local_pool).
+    """
+
+    monitor_interval = 0
 
 
 class _BackendLost(Exception):
@@ -120,7 +130,7 @@ class _LocalChunks:
     def __init__(self, app: Celery, task: Task) -> None:
         self.runner, self.task = LocalRunner(app), task
 
-    def submit(self, items: list[Any]) -> Any:
+    def submit(self, items: Sequence[Any]) -> Any:
         return self.runner.submit_chunk(self.task, items)
 
     def collect(self, chunk: _Chunk) -> ChunkOutcome:
@@ -143,7 +153,7 @@ class _BrokerChunks:
         route = app.amqp.router.route({}, task.name)
         self.queue = getattr(route.get("queue"), "name", None)
 
-    def submit(self, items: list[Any]) -> str:
+    def submit(self, items: Sequence[Any]) -> str:
         """Publish one chunk; return its task id."""
         try:
             return str(
@@ -247,7 +257,9 @@ class _Map:
     def chunk_values(self) -> Iterator[list[Any]]:
         """Each chunk's list of values, in input order."""
         window: deque[_Chunk] = deque()
-        bar = tqdm(total=self.length, unit="item", disable=not self.show_progress, file=sys.stderr)
+        bar = _Progress(
+            total=self.length, unit="item", disable=not self.show_progress, file=sys.stderr
+        )
         with bar:
             start = 0
             for items in chunked(self.inputs, self.chunksize):
@@ -267,7 +279,7 @@ class _Map:
             chunk.handle = self.backend.submit(chunk.items)
         return chunk
 
-    def _finish(self, window: deque[_Chunk], bar: tqdm[Any]) -> list[Any]:
+    def _finish(self, window: deque[_Chunk], bar: _Progress) -> list[Any]:
         chunk = window[0]
         try:
             outcome = self.backend.collect(chunk)

@@ -170,20 +170,42 @@ def test_the_pool_shuts_down_at_exit_leaving_no_process_behind(tmp_path: Path) -
     assert "waiting up to" in done.stderr  # the pending run was waited for, not dropped
 
 
-def test_an_unguarded_script_runs_its_tasks_in_its_own_process_once(tmp_path: Path) -> None:
-    done = run_script(
-        tmp_path,
-        """
-        import os
-        import workers
-        from tasks import print_number, square
-        print("result", square.delay(6).get(timeout=10))
-        print("map", workers.map(square, range(5)))
-        print("same process", print_number.delay(1).get(timeout=10)["pid"] == os.getpid())
-        """,
-    )
+#: A script line that starts a thread before any task is called, so the pool uses the fork server.
+START_A_THREAD = (
+    "import threading; threading.Thread(target=threading.Event().wait, daemon=True).start()"
+)
+
+UNGUARDED_SCRIPT = """
+import os
+import workers
+from tasks import print_number, square
+print("result", square.delay(6).get(timeout=10))
+print("map", workers.map(square, range(5)))
+print("same process", print_number.delay(1).get(timeout=10)["pid"] == os.getpid())
+"""
+
+
+def test_an_unguarded_single_threaded_script_runs_each_line_once_on_pool_processes(
+    tmp_path: Path,
+) -> None:
+    done = run_script(tmp_path, UNGUARDED_SCRIPT)
     assert done.returncode == 0, done.stderr
-    # No pool process re-imported the script: every line ran exactly once, in the caller.
+    # Forked pool processes do not import the script again: each line ran once, in parallel.
+    assert done.stdout.splitlines() == [
+        "result 36",
+        "map [0, 1, 4, 9, 16]",
+        "Process ID: " + done.stdout.split("Process ID: ")[1].split()[0] + " - Number: 1",
+        "same process False",
+    ]
+    assert "calls a task outside" not in done.stderr
+
+
+def test_an_unguarded_script_running_threads_runs_its_tasks_in_its_own_process_once(
+    tmp_path: Path,
+) -> None:
+    done = run_script(tmp_path, START_A_THREAD + UNGUARDED_SCRIPT)
+    assert done.returncode == 0, done.stderr
+    # Fork server children would import the script again: every line ran once, in the caller.
     assert done.stdout.splitlines() == [
         "result 36",
         "map [0, 1, 4, 9, 16]",
@@ -192,6 +214,30 @@ def test_an_unguarded_script_runs_its_tasks_in_its_own_process_once(tmp_path: Pa
     ]
     assert f"{tmp_path / 'script.py'}:5 calls a task outside" in done.stderr
     assert done.stderr.count("calls a task outside") == 1
+
+
+@pytest.mark.parametrize(
+    ("first_line", "forked_by_the_caller"), [("", True), (START_A_THREAD, False)]
+)
+def test_pool_processes_are_forked_by_the_caller_only_while_it_runs_one_thread(
+    tmp_path: Path, first_line: str, forked_by_the_caller: bool
+) -> None:
+    done = run_script(
+        tmp_path,
+        first_line
+        + """
+import os
+from pathlib import Path
+from tasks import print_number
+if __name__ == "__main__":
+    pids = {print_number.delay(n).get(timeout=10)["pid"] for n in range(4)}
+    parents = {int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+               for pid in pids}
+    print("forked by the caller", parents == {os.getpid()})
+""",
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == f"forked by the caller {forked_by_the_caller}"
 
 
 def test_callbacks_and_chains_are_refused_locally_rather_than_dropped() -> None:
