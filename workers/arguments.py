@@ -8,6 +8,7 @@ rounded. Both are refused here, with the argument named, instead of surfacing fa
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from typing import Any
 
 from kombu.serialization import dumps
@@ -44,13 +45,16 @@ def check_call(
         )
 
 
-def check_items(task_name: str, items: list[Any], start: int) -> None:
+def check_items(task_name: str, items: Sequence[Any], start: int) -> None:
     """The integer check for one chunk of map inputs (``start``: the first item's index).
 
-    Numbers, and tuples of numbers (starmap inputs), are checked with min() and max() at C
-    speed; anything else is walked.
+    A range is checked by its ends; numbers, and tuples of numbers (starmap inputs), with
+    min() and max() at C speed; anything else is walked.
     """
-    if items and isinstance(items[0], _CONTAINERS):
+    if isinstance(items, range):
+        if _all_safe_numbers(items[:: max(1, len(items) - 1)]):  # its first and last values
+            return
+    elif items and isinstance(items[0], _CONTAINERS):
         try:
             flat = list(itertools.chain.from_iterable(items))
         except TypeError:
@@ -72,7 +76,7 @@ def _unsafe_int(value: Any) -> bool:
     )
 
 
-def _all_safe_numbers(values: list[Any]) -> bool:
+def _all_safe_numbers(values: Sequence[Any]) -> bool:
     try:
         low, high = min(values), max(values)
     except (TypeError, ValueError):  # mixed types, or empty

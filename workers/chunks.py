@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,8 +35,16 @@ def auto_chunksize(length: int | None, processes: int, chunks_per_process: int) 
     return max(1, min(MAX_AUTO_CHUNKSIZE, size + bool(extra)))
 
 
-def chunked(inputs: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    """Cut ``inputs`` into lists of ``size`` items, reading only one chunk ahead."""
+def chunked(inputs: Iterable[Any], size: int) -> Iterator[Sequence[Any]]:
+    """Cut ``inputs`` into chunks of ``size`` items, reading only one chunk ahead.
+
+    Lists and tuples are sliced (a copy at C speed); a range is cut into ranges, which cost
+    nothing to build or to send to a local pool process. Other iterables become lists.
+    """
+    if isinstance(inputs, (list, tuple, range)):
+        for start in range(0, len(inputs), size):
+            yield inputs[start : start + size]
+        return
     iterator = iter(inputs)
     while chunk := list(itertools.islice(iterator, size)):
         yield chunk
@@ -50,7 +58,7 @@ class ChunkOutcome:
     errors: list[tuple[int, BaseException]] = field(default_factory=list)
 
 
-def run_items(task: Task, items: list[Any], hostname: str | None) -> ChunkOutcome:
+def run_items(task: Task, items: Sequence[Any], hostname: str | None) -> ChunkOutcome:
     """Run ``task``'s body on each item, in this process; a failure does not stop the chunk.
 
     Bound tasks (``bind=True``) see a request naming the node that runs them.
@@ -59,15 +67,13 @@ def run_items(task: Task, items: list[Any], hostname: str | None) -> ChunkOutcom
     context = _request(task, hostname) if hasattr(body, "__self__") else nullcontext()
     values: list[Any] = []
     errors: list[tuple[int, BaseException]] = []
-    append = values.append
     with context:
         while len(values) < len(items):
-            try:  # one try around the loop, resumed after each failure: each item runs once
-                for item in itertools.islice(items, len(values), None):
-                    append(body(item))
+            try:  # list.extend keeps what map() produced before a failure: each item runs once
+                values.extend(map(body, itertools.islice(items, len(values), None)))
             except Exception as exc:  # reported per input, the chunk goes on
                 errors.append((len(values), exc))
-                append(None)
+                values.append(None)
     return ChunkOutcome(values, errors)
 
 
@@ -82,7 +88,7 @@ class _request:
         self.task.pop_request()
 
 
-def pack(values: list[Any]) -> dict[str, Any]:
+def pack(values: Sequence[Any]) -> dict[str, Any]:
     """Wrap a list for a JSON message: msgpack in base64 when msgpack can carry it, else as is.
 
     Measured in bench/map_throughput.py: JSON-encoding a million ints per direction cost more
@@ -90,6 +96,8 @@ def pack(values: list[Any]) -> dict[str, Any]:
     a base64 string passes through JSON at memcpy speed. Ints beyond 64 bits, and anything else
     msgpack refuses, travel as plain JSON.
     """
+    if not isinstance(values, list):
+        values = list(values)  # a range or tuple chunk: both formats want a list
     try:
         return {"msgpack": base64.b64encode(msgpack.packb(values)).decode("ascii")}
     except (TypeError, ValueError, OverflowError):

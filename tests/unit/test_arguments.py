@@ -59,6 +59,8 @@ def test_the_limit_counts_json_escapes_not_just_characters() -> None:
         (["a", 3, 2**70], "input 12"),
         ([(1, 2), (3, 2**60)], "input 11[1]"),
         ([{"k": 1}, {"k": -(2**60)}], "input 11['k']"),
+        (range(2**53 - 3, 2**53 + 3), "input 13"),
+        (range(0, 2**60, 2**50), "input 18"),
     ],
 )
 def test_map_inputs_are_checked_with_their_index(items: list, where: str) -> None:
@@ -69,7 +71,16 @@ def test_map_inputs_are_checked_with_their_index(items: list, where: str) -> Non
 
 @pytest.mark.parametrize(
     "items",
-    [[], list(range(1000)), [0.5, -3, JSON_SAFE_INTEGER], ["a", "b"], [(1, 2), (3, 4)], [None]],
+    [
+        [],
+        list(range(1000)),
+        [0.5, -3, JSON_SAFE_INTEGER],
+        ["a", "b"],
+        [(1, 2), (3, 4)],
+        [None],
+        range(0),
+        range(-JSON_SAFE_INTEGER, JSON_SAFE_INTEGER + 1, 2**40),
+    ],
 )
 def test_safe_map_inputs_pass(items: list) -> None:
     check_items("tasks.square", items, start=0)
