@@ -14,6 +14,8 @@ remote-control replies) and prefixed keys keep kombu's path.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from queue import Empty
 from time import monotonic
 from typing import Any
@@ -75,7 +77,23 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         self._acking_queues: dict[str, int] = {}
         self._pending: str | None = None  # the reliable command awaiting its reply
         self._idle = False  # the last pop found nothing: wait before popping again
+        self._client_of_pool: Any = None
         super().__init__(*args, **kwargs)
+
+    @contextmanager
+    def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
+        """One redis client per connection pool, where kombu builds one per command.
+
+        A redis-py client is a thread-safe handle on the pool, but building one copies about
+        170 response callbacks: a tenth of a millisecond on every publish.
+        """
+        if client is not None:
+            yield client
+            return
+        pool = self.pool
+        if self._client_of_pool is None or self._client_of_pool.connection_pool is not pool:
+            self._client_of_pool = self._create_client()
+        yield self._client_of_pool
 
     # -- which consumers take the reliable path ------------------------------------------
 

@@ -115,3 +115,22 @@ def test_no_ack_consumers_leave_nothing_in_unacked(
             conn.drain_events(timeout=5)
     assert sorted(seen) == list(range(5))
     assert client.hlen("unacked") == 0
+
+
+def test_publishes_share_one_client_per_connection_pool(
+    redis_server: RedisServer, client: redis_py.Redis, queue: Queue
+) -> None:
+    with connection(redis_server) as conn:
+        channel = conn.default_channel
+        producer = Producer(channel)
+        used = []
+        for body in range(3):
+            producer.publish(body, routing_key=queue.name, declare=[queue], serializer="json")
+            with channel.conn_or_acquire() as shared:
+                used.append(shared)
+        assert used[0] is used[1] is used[2]
+        channel._disconnect_pools()  # what kombu does after a fork: a new pool, a new client
+        producer.publish(3, routing_key=queue.name, declare=[queue], serializer="json")
+        with channel.conn_or_acquire() as fresh:
+            assert fresh is not used[0] and fresh.connection_pool is channel.pool
+    assert client.llen(queue.name) == 4
