@@ -94,18 +94,23 @@ def pack(values: Sequence[Any]) -> dict[str, Any]:
     Measured in bench/map_throughput.py: JSON-encoding a million ints per direction cost more
     than the work. msgpack is a data-only format (decoding it runs no code, unlike pickle), and
     a base64 string passes through JSON at memcpy speed. Ints beyond 64 bits, and anything else
-    msgpack refuses, travel as plain JSON.
+    msgpack refuses, travel as plain JSON. A range travels as its start, stop and step.
     """
+    if isinstance(values, range):
+        return {"range": [values.start, values.stop, values.step]}
     if not isinstance(values, list):
-        values = list(values)  # a range or tuple chunk: both formats want a list
+        values = list(values)  # a tuple chunk: both formats want a list
     try:
         return {"msgpack": base64.b64encode(msgpack.packb(values)).decode("ascii")}
     except (TypeError, ValueError, OverflowError):
         return {"json": values}
 
 
-def unpack(packed: dict[str, Any]) -> list[Any]:
-    """The list that ``pack`` wrapped."""
+def unpack(packed: dict[str, Any]) -> Sequence[Any]:
+    """The list (or range) that ``pack`` wrapped."""
+    if "range" in packed:
+        start, stop, step = packed["range"]
+        return range(start, stop, step)
     if "msgpack" in packed:
         return msgpack.unpackb(base64.b64decode(packed["msgpack"]), strict_map_key=False)  # type: ignore[no-any-return]
     return packed["json"]  # type: ignore[no-any-return]

@@ -193,7 +193,7 @@ class _BrokerChunks:
         payload = meta["result"]
         rebuild = self.app.backend.exception_to_python
         errors = [(position, rebuild(exc)) for position, exc in payload["errors"]]
-        return ChunkOutcome(unpack(payload["values"]), errors)
+        return ChunkOutcome(list(unpack(payload["values"])), errors)
 
     def _wait(self, task_id: str) -> dict[str, Any]:
         delay, waited = POLL_FIRST_SECONDS, 0.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -27,8 +28,15 @@ def test_a_range_is_cut_into_ranges_which_cost_nothing_to_send() -> None:
     ]
 
 
-def test_a_range_chunk_packs_for_a_message_like_a_list() -> None:
-    assert unpack(pack(range(5))) == [0, 1, 2, 3, 4]
+@pytest.mark.parametrize("values", [[0, 1, 4], [2**70, "x"], range(3, 30, 4), range(0)])
+def test_a_chunk_comes_out_of_its_message_as_it_went_in(values: Any) -> None:
+    packed = pack(values)
+    assert json.loads(json.dumps(packed)) == packed  # it travels inside a JSON message
+    assert unpack(packed) == values
+
+
+def test_a_range_chunk_travels_as_three_numbers() -> None:
+    assert pack(range(10**6, 2 * 10**6)) == {"range": [10**6, 2 * 10**6, 1]}
 
 
 def test_each_item_runs_once_and_a_failure_keeps_its_place() -> None:
