@@ -34,6 +34,7 @@ from celery.utils.serialization import get_pickleable_exception
 from kombu.serialization import dumps, loads
 
 from config import Settings, settings_of
+from workers.arguments import check_items
 from workers.chunks import ChunkOutcome, run_items
 from workers.errors import LocalPoolError
 from workers.main_guard import importing_main_in_child, unguarded_main_call
@@ -76,15 +77,16 @@ class LocalRunner:
         return LocalResult(task_id, found.name, pending)
 
     def submit_chunk(
-        self, task: str | Task, items: Sequence[Any]
+        self, task: str | Task, items: Sequence[Any], start: int = 0
     ) -> multiprocessing.pool.AsyncResult | _Finished:
         """Run ``task`` over ``items`` in one pool process; the result is a ChunkOutcome.
 
         Items travel pickled between our own processes (no broker is involved), which keeps
-        bulk maps as fast as ``Pool.map``.
+        bulk maps as fast as ``Pool.map``. The pool process first applies the map's integer
+        check (``start``: the first item's index in the map), off the caller's path.
         """
         found = self._task(task)
-        job = (_ref(found), items)
+        job = (_ref(found), items, start)
         if _run_here():
             return _Finished(_execute_chunk(*job))
         return _shared_pool.apply_async(_execute_chunk, job, settings_of(self.app))
@@ -253,9 +255,15 @@ def _execute(ref: TaskRef, payload: Payload, task_id: str, countdown: float) -> 
         return Outcome(states.FAILURE, get_pickleable_exception(exc), traceback.format_exc())
 
 
-def _execute_chunk(ref: TaskRef, items: Sequence[Any]) -> ChunkOutcome:
-    """Run one chunk in a pool process; failures travel back per input, picklable."""
-    outcome = run_items(_find_task(ref), items, hostname=None)
+def _execute_chunk(ref: TaskRef, items: Sequence[Any], start: int) -> ChunkOutcome:
+    """Run one chunk in a pool process; failures travel back per input, picklable.
+
+    Inputs a broker could not carry exactly fail the whole chunk (UnsafeInteger), before any
+    of it runs, as they would on the broker.
+    """
+    task = _find_task(ref)
+    check_items(task.name, items, start)
+    outcome = run_items(task, items, hostname=None)
     outcome.errors = [(i, get_pickleable_exception(exc)) for i, exc in outcome.errors]
     return outcome
 

@@ -78,8 +78,11 @@ def imap(
 
 
 def map(task: Task, inputs: Iterable[Any], **options: Any) -> list[Any]:  # noqa: A001
-    """``list(imap(task, inputs, **options))``."""
-    return list(imap(task, inputs, **options).values)
+    """``list(imap(task, inputs, **options))``, gathered a chunk at a time."""
+    gathered: list[Any] = []
+    for values in imap(task, inputs, **options).chunks:
+        gathered.extend(values)
+    return gathered
 
 
 class MapResults(Iterator[Any]):
@@ -87,8 +90,10 @@ class MapResults(Iterator[Any]):
 
     def __init__(self, bulk: _Map) -> None:
         self._bulk = bulk
+        #: Each chunk's values, in order; ``values`` (and iterating this object) reads the same.
+        self.chunks = bulk.chunk_values()
         # Values leave chunk by chunk; chaining them in C costs far less than a yield per value.
-        self.values = itertools.chain.from_iterable(bulk.chunk_values())
+        self.values = itertools.chain.from_iterable(self.chunks)
 
     def __next__(self) -> Any:
         return next(self.values)
@@ -130,8 +135,9 @@ class _LocalChunks:
     def __init__(self, app: Celery, task: Task) -> None:
         self.runner, self.task = LocalRunner(app), task
 
-    def submit(self, items: Sequence[Any]) -> Any:
-        return self.runner.submit_chunk(self.task, items)
+    def submit(self, items: Sequence[Any], start: int) -> Any:
+        # The pool process checks the inputs (check_items): in parallel, off the caller's path.
+        return self.runner.submit_chunk(self.task, items, start)
 
     def collect(self, chunk: _Chunk) -> ChunkOutcome:
         return chunk.handle.get()  # type: ignore[no-any-return]
@@ -153,8 +159,9 @@ class _BrokerChunks:
         route = app.amqp.router.route({}, task.name)
         self.queue = getattr(route.get("queue"), "name", None)
 
-    def submit(self, items: Sequence[Any]) -> str:
-        """Publish one chunk; return its task id."""
+    def submit(self, items: Sequence[Any], start: int) -> str:
+        """Check and publish one chunk (``start``: its first input's index); return its id."""
+        check_items(self.task.name, items, start)
         try:
             return str(
                 self.chunk_task.apply_async(
@@ -271,12 +278,11 @@ class _Map:
                 yield self._finish(window, bar)
 
     def _submit(self, chunk: _Chunk, window: deque[_Chunk]) -> _Chunk:
-        check_items(self.task.name, chunk.items, chunk.start)
         try:
-            chunk.handle = self.backend.submit(chunk.items)
+            chunk.handle = self.backend.submit(chunk.items, chunk.start)
         except _BackendLost as lost:
             self._go_local(window, lost)
-            chunk.handle = self.backend.submit(chunk.items)
+            chunk.handle = self.backend.submit(chunk.items, chunk.start)
         return chunk
 
     def _finish(self, window: deque[_Chunk], bar: _Progress) -> list[Any]:
@@ -297,7 +303,7 @@ class _Map:
         self.backend = _LocalChunks(self.app, self.task)
         self.backends.append(self.backend.name)
         for chunk in window:
-            chunk.handle = self.backend.submit(chunk.items)
+            chunk.handle = self.backend.submit(chunk.items, chunk.start)
 
     def _values(self, chunk: _Chunk, outcome: ChunkOutcome) -> list[Any]:
         values = outcome.values

@@ -83,16 +83,24 @@ def test_inputs_json_would_not_carry_exactly_are_refused_before_anything_runs(
     assert workers.map(square, [2**40, 2**35, 3], dispatch=dispatch) == [2**80, 2**70, 9]
 
 
+def test_an_unsafe_input_in_a_later_chunk_is_named_by_its_index_in_the_map(dispatch: str) -> None:
+    inputs = list(range(1_000))
+    inputs[750] = 2**60
+    with pytest.raises(UnsafeInteger, match="input 750 is an integer of 61 bits"):
+        workers.map(square, inputs, dispatch=dispatch, chunksize=100)
+
+
 def test_a_chunk_over_the_message_limit_is_refused_with_a_chunksize_hint(
     session_worker: CeleryWorker, redis_server: RedisServer
 ) -> None:
     app = client_app(redis_server.url(), dispatch="celery", max_message_bytes=20_000)
+    square = app.tasks["tasks.square"]
     with pytest.raises(ArgumentTooLarge, match="a chunk of 50,000 inputs to tasks.square") as err:
-        workers.map(app.tasks["tasks.square"], range(100_000), chunksize=50_000)
+        workers.map(square, list(range(100_000)), chunksize=50_000)
     assert "smaller chunksize" in str(err.value)
-    assert workers.map(app.tasks["tasks.square"], range(3000), chunksize=1000) == [
-        n * n for n in range(3000)
-    ]
+    assert workers.map(square, list(range(3000)), chunksize=1000) == [n * n for n in range(3000)]
+    # A range chunk travels as its start, stop and step, whatever its length.
+    assert workers.map(square, range(100_000), chunksize=50_000)[-1] == 99_999**2
 
 
 def test_a_generator_is_read_only_as_far_as_the_chunks_in_flight() -> None:
