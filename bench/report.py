@@ -366,9 +366,14 @@ def plot(found: dict[str, dict[str, Any]], path: Path) -> Path:
         ax = next(panels)
         s = found["map"]["samples"]
         pool = med(s["pool2"]["total_s"])
-        impls = list(s)
-        series = [[pool / v for v in s[i]["total_s"]] for i in impls]
-        bars(ax, [SHORT[i] for i in impls], impls, series)
+        names, impls, series = [], [], []
+        for impl in s:
+            for key, suffix in (("total_s", ""), ("list_total_s", ", list")):
+                if key in s[impl]:
+                    names.append(SHORT[impl] + suffix)
+                    impls.append(impl)
+                    series.append([pool / v for v in s[impl][key]])
+        bars(ax, names, impls, series)
         ax.axvline(0.5, color="#1f77b4", linestyle=":", linewidth=1)
         ax.axvline(0.9, color="#6baed6", linestyle=":", linewidth=1)
         ax.set_title(f"map over {found['map']['sizes']['map']:,} ints: throughput vs Pool(2).map")
