@@ -18,6 +18,10 @@ from config.urls import mask_url, url_scheme
 
 DispatchMode = Literal["auto", "celery", "local"]
 DISPATCH_MODES: tuple[DispatchMode, ...] = ("auto", "celery", "local")
+#: How the local pool starts its processes; ``auto`` forks while the caller runs one thread and
+#: uses the fork server otherwise (see workers/local_pool.py).
+LocalStartMethod = Literal["auto", "fork", "forkserver", "spawn"]
+LOCAL_START_METHODS: tuple[LocalStartMethod, ...] = ("auto", "fork", "forkserver", "spawn")
 
 #: Where a laptop's Redis listens; broker and result backend share it by default.
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
@@ -74,6 +78,7 @@ VARIABLES = (
     "TASKPOOL_MAX_TASKS_PER_CHILD",
     "TASKPOOL_REDIS_PASSWORD",
     "TASKPOOL_ROUTES",
+    "TASKPOOL_LOCAL_START_METHOD",
 )
 
 T = TypeVar("T")
@@ -86,6 +91,7 @@ class Settings:
     broker_url: str = DEFAULT_REDIS_URL
     result_backend: str = DEFAULT_REDIS_URL
     dispatch: DispatchMode = "auto"
+    local_start_method: LocalStartMethod = "auto"
     concurrency: int | None = None
     broker_timeout: float = DEFAULT_BROKER_TIMEOUT
     broker_recheck: float = DEFAULT_BROKER_RECHECK
@@ -128,6 +134,9 @@ class Settings:
             result_backend=with_redis_password(result_backend, password),
             routes=read.routes("TASKPOOL_ROUTES"),
             dispatch=read.choice("TASKPOOL_DISPATCH", DISPATCH_MODES, "auto"),
+            local_start_method=read.choice(
+                "TASKPOOL_LOCAL_START_METHOD", LOCAL_START_METHODS, "auto"
+            ),
             concurrency=read.number("TASKPOOL_CONCURRENCY", int, None),
             broker_timeout=read.number("TASKPOOL_BROKER_TIMEOUT", float, DEFAULT_BROKER_TIMEOUT),
             broker_recheck=read.number("TASKPOOL_BROKER_RECHECK", float, DEFAULT_BROKER_RECHECK),

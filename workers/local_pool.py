@@ -1,12 +1,12 @@
 """The local runner: a lazily started ``multiprocessing.Pool`` that runs an app's tasks by name.
 
-Start method, chosen once when the pool first starts: ``fork`` while the caller runs a single
-thread, as a plain ``multiprocessing.Pool`` does on Linux (pool processes exist within
-milliseconds and the main script is not imported again); ``forkserver`` once the caller runs
-other threads (Celery's result consumer, kombu heartbeats, the user's own). Forking a threaded
-process can copy a lock some other thread holds and deadlock the child; the fork server is a
-fresh single-threaded process, so its children start clean, at the price of one interpreter
-start that imports Celery (about 0.2 s).
+Start method, chosen once when the pool first starts (TASKPOOL_LOCAL_START_METHOD; by default
+``auto``): ``fork`` while the caller runs a single thread, as a plain ``multiprocessing.Pool``
+does on Linux (pool processes exist within milliseconds and the main script is not imported
+again); ``forkserver`` once the caller runs other threads (Celery's result consumer, kombu
+heartbeats, the user's own). Forking a threaded process can copy a lock some other thread holds
+and deadlock the child; the fork server is a fresh single-threaded process, so its children
+start clean, at the price of one interpreter start that imports Celery (about 0.2 s).
 """
 
 from __future__ import annotations
@@ -69,11 +69,12 @@ class LocalRunner:
         found = self._task(task)
         args = list(args)  # read once: an iterator would be empty the second time
         payload = dumps([args, kwargs or {}], serializer=found.app.conf.task_serializer)
-        if _run_here():
+        settings = settings_of(self.app)
+        if _run_here(settings):
             return found.apply(args, kwargs, task_id=task_id)
         task_id = task_id or uuid()
         job = (_ref(found), payload, task_id, countdown or 0.0)
-        pending = _shared_pool.apply_async(_execute, job, settings_of(self.app))
+        pending = _shared_pool.apply_async(_execute, job, settings)
         return LocalResult(task_id, found.name, pending)
 
     def submit_chunk(
@@ -87,9 +88,10 @@ class LocalRunner:
         """
         found = self._task(task)
         job = (_ref(found), items, start)
-        if _run_here():
+        settings = settings_of(self.app)
+        if _run_here(settings):
             return _Finished(_execute_chunk(*job))
-        return _shared_pool.apply_async(_execute_chunk, job, settings_of(self.app))
+        return _shared_pool.apply_async(_execute_chunk, job, settings)
 
     def map(self, task: str | Task, inputs: Iterable[Any]) -> list[Any]:
         """Run ``task`` once per input, in chunks, and return the results in input order.
@@ -124,7 +126,7 @@ class _SharedPool:
         self._method: str | None = None
         self._idle = threading.Condition(self._lock)
 
-    def caller_unguarded(self) -> bool:
+    def caller_unguarded(self, settings: Settings) -> bool:
         """Asked once, before the pool would start: is the caller an unguarded main script?
 
         Only the fork server's children import the main script again; forked ones do not.
@@ -133,7 +135,7 @@ class _SharedPool:
             if self._unguarded is None:
                 self._unguarded = (
                     self._pool is None
-                    and self._start_method() != "fork"
+                    and self._start_method(settings) != "fork"
                     and unguarded_main_call() is not None
                 )
             return self._unguarded
@@ -165,14 +167,20 @@ class _SharedPool:
             pool.terminate()
         pool.join()
 
-    def _start_method(self) -> str:
-        """Decided once (see the module's docstring); the caller holds the lock."""
+    def _start_method(self, settings: Settings) -> str:
+        """Decided once (TASKPOOL_LOCAL_START_METHOD; ``auto``: see the module's docstring).
+
+        The caller holds the lock.
+        """
         if self._method is None:
-            self._method = "fork" if _runs_one_thread() else "forkserver"
+            requested = settings.local_start_method
+            if requested == "auto":
+                requested = "fork" if _runs_one_thread() else "forkserver"
+            self._method = requested
         return self._method
 
     def _start(self, preload: str, settings: Settings) -> multiprocessing.pool.Pool:
-        method = self._start_method()
+        method = self._start_method(settings)
         context = multiprocessing.get_context(method)
         if method == "forkserver":
             modules = ["workers.local_pool"] + ([preload] if preload != "__main__" else [])
@@ -214,14 +222,14 @@ def _mark_pool_process() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the caller, who stops the pool.
 
 
-def _run_here() -> bool:
+def _run_here(settings: Settings) -> bool:
     """Whether local runs must happen in this process rather than in the pool.
 
     Inside a pool process (a task calling a task), pool processes cannot start pools; while a
     pool process imports the main script, or when the caller is a main script's unguarded
     top-level line, starting pool processes would re-run that line (see ``workers.main_guard``).
     """
-    return _in_pool_process or importing_main_in_child() or _shared_pool.caller_unguarded()
+    return _in_pool_process or importing_main_in_child() or _shared_pool.caller_unguarded(settings)
 
 
 class _Finished:

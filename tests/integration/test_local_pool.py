@@ -133,10 +133,10 @@ def test_a_countdown_delays_a_local_run() -> None:
     assert time.monotonic() - started >= 0.5
 
 
-def run_script(tmp_path: Path, body: str) -> subprocess.CompletedProcess[str]:
+def run_script(tmp_path: Path, body: str, **settings: str) -> subprocess.CompletedProcess[str]:
     script = tmp_path / "script.py"
     script.write_text(textwrap.dedent(body))
-    env = {**os.environ, "TASKPOOL_DISPATCH": "local", "PYTHONPATH": str(REPO_ROOT)}
+    env = {**os.environ, "TASKPOOL_DISPATCH": "local", "PYTHONPATH": str(REPO_ROOT), **settings}
     return subprocess.run(
         [sys.executable, str(script)],
         cwd=tmp_path,
@@ -216,28 +216,42 @@ def test_an_unguarded_script_running_threads_runs_its_tasks_in_its_own_process_o
     assert done.stderr.count("calls a task outside") == 1
 
 
-@pytest.mark.parametrize(
-    ("first_line", "forked_by_the_caller"), [("", True), (START_A_THREAD, False)]
-)
-def test_pool_processes_are_forked_by_the_caller_only_while_it_runs_one_thread(
-    tmp_path: Path, first_line: str, forked_by_the_caller: bool
-) -> None:
-    done = run_script(
-        tmp_path,
-        first_line
-        + """
+#: Prints how the script's pool processes were started, told by their command lines: a forked
+#: child runs the caller's own, a fork server's child the fork server's, a spawned child its own.
+HOW_POOL_PROCESSES_STARTED = """
 import os
 from pathlib import Path
 from tasks import print_number
+def started_by(pid):
+    line = Path(f"/proc/{pid}/cmdline").read_bytes()
+    if line == Path(f"/proc/{os.getpid()}/cmdline").read_bytes():
+        return "fork"
+    return "forkserver" if b"forkserver" in line else "spawn" if b"spawn" in line else "?"
 if __name__ == "__main__":
     pids = {print_number.delay(n).get(timeout=10)["pid"] for n in range(4)}
-    parents = {int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-               for pid in pids}
-    print("forked by the caller", parents == {os.getpid()})
-""",
+    print("started by", " ".join(sorted({started_by(pid) for pid in pids})))
+"""
+
+
+@pytest.mark.parametrize(
+    ("first_line", "setting", "method"),
+    [
+        ("", "auto", "fork"),
+        (START_A_THREAD, "auto", "forkserver"),
+        ("", "forkserver", "forkserver"),
+        ("", "spawn", "spawn"),
+        (START_A_THREAD, "fork", "fork"),
+    ],
+)
+def test_pool_processes_are_forked_only_from_a_single_threaded_caller_unless_configured(
+    tmp_path: Path, first_line: str, setting: str, method: str
+) -> None:
+    """``auto`` forks only a single-threaded caller; TASKPOOL_LOCAL_START_METHOD overrides it."""
+    done = run_script(
+        tmp_path, first_line + HOW_POOL_PROCESSES_STARTED, TASKPOOL_LOCAL_START_METHOD=setting
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[-1] == f"forked by the caller {forked_by_the_caller}"
+    assert done.stdout.splitlines()[-1] == f"started by {method}"
 
 
 def test_callbacks_and_chains_are_refused_locally_rather_than_dropped() -> None:

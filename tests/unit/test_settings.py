@@ -14,6 +14,7 @@ def test_defaults_work_on_a_laptop() -> None:
     assert settings.broker_url == "redis://localhost:6379/0"
     assert settings.result_backend == "redis://localhost:6379/0"
     assert settings.dispatch == "auto"
+    assert settings.local_start_method == "auto"
     assert settings.concurrency is None
     assert settings.processes >= 1
     assert settings.visibility_timeout > settings.task_time_limit > settings.task_soft_time_limit
@@ -34,6 +35,7 @@ def test_taskpool_variables_are_read() -> None:
             "TASKPOOL_VISIBILITY_TIMEOUT": "90",
             "TASKPOOL_SOCKET_TIMEOUT": "2.5",
             "TASKPOOL_PREFETCH_MULTIPLIER": "8",
+            "TASKPOOL_LOCAL_START_METHOD": "ForkServer",
         }
     )
     assert settings == Settings(
@@ -49,6 +51,7 @@ def test_taskpool_variables_are_read() -> None:
         visibility_timeout=90,
         socket_timeout=2.5,
         prefetch_multiplier=8,
+        local_start_method="forkserver",
     )
     assert settings.processes == 3
 
@@ -89,6 +92,7 @@ def test_settings_are_immutable() -> None:
     ("variable", "value", "allowed"),
     [
         ("TASKPOOL_DISPATCH", "sometimes", "auto, celery, local"),
+        ("TASKPOOL_LOCAL_START_METHOD", "vfork", "auto, fork, forkserver, spawn"),
         ("TASKPOOL_CONCURRENCY", "-2", "whole number greater than 0"),
         ("TASKPOOL_CONCURRENCY", "0", "whole number greater than 0"),
         ("TASKPOOL_CONCURRENCY", "two", "whole number greater than 0"),
