@@ -185,35 +185,30 @@ print("same process", print_number.delay(1).get(timeout=10)["pid"] == os.getpid(
 """
 
 
-def test_an_unguarded_single_threaded_script_runs_each_line_once_on_pool_processes(
-    tmp_path: Path,
+@pytest.mark.parametrize(
+    ("first_line", "in_the_caller"),
+    [
+        # Forked pool processes do not import the script again: the tasks run in parallel.
+        ("", False),
+        # Fork server children would import it again: the tasks run in the caller, with a warning.
+        (START_A_THREAD, True),
+    ],
+    ids=["single-threaded", "threaded"],
+)
+def test_an_unguarded_script_runs_each_line_once(
+    tmp_path: Path, first_line: str, in_the_caller: bool
 ) -> None:
-    done = run_script(tmp_path, UNGUARDED_SCRIPT)
+    done = run_script(tmp_path, first_line + UNGUARDED_SCRIPT)
     assert done.returncode == 0, done.stderr
-    # Forked pool processes do not import the script again: each line ran once, in parallel.
     assert done.stdout.splitlines() == [
         "result 36",
         "map [0, 1, 4, 9, 16]",
         "Process ID: " + done.stdout.split("Process ID: ")[1].split()[0] + " - Number: 1",
-        "same process False",
+        f"same process {in_the_caller}",
     ]
-    assert "calls a task outside" not in done.stderr
-
-
-def test_an_unguarded_script_running_threads_runs_its_tasks_in_its_own_process_once(
-    tmp_path: Path,
-) -> None:
-    done = run_script(tmp_path, START_A_THREAD + UNGUARDED_SCRIPT)
-    assert done.returncode == 0, done.stderr
-    # Fork server children would import the script again: every line ran once, in the caller.
-    assert done.stdout.splitlines() == [
-        "result 36",
-        "map [0, 1, 4, 9, 16]",
-        "Process ID: " + done.stdout.split("Process ID: ")[1].split()[0] + " - Number: 1",
-        "same process True",
-    ]
-    assert f"{tmp_path / 'script.py'}:5 calls a task outside" in done.stderr
-    assert done.stderr.count("calls a task outside") == 1
+    warning = f"{tmp_path / 'script.py'}:5 calls a task outside"
+    assert done.stderr.count("calls a task outside") == (1 if in_the_caller else 0)
+    assert (warning in done.stderr) is in_the_caller
 
 
 #: Prints how the script's pool processes were started, told by their command lines: a forked
