@@ -129,7 +129,7 @@ class _SharedPool:
     def caller_unguarded(self, settings: Settings) -> bool:
         """Asked once, before the pool would start: is the caller an unguarded main script?
 
-        Only the fork server's children import the main script again; forked ones do not.
+        Fork server and spawn children import the main script again; forked ones do not.
         """
         with self._lock:
             if self._unguarded is None:
