@@ -24,7 +24,9 @@ def print_number(n: int, hostname: str) -> NumberReport:
     """Print the classic ``Process ID: <pid> - Number: <n>`` line and say who printed it."""
     _require_int(n)
     pid = os.getpid()
-    print(f"Process ID: {pid} - Number: {n}", flush=True)
+    # One write of the whole line: print() writes the text and the newline separately, and on
+    # unbuffered output (PYTHONUNBUFFERED) lines of processes sharing a terminal interleave.
+    print(f"Process ID: {pid} - Number: {n}\n", end="", flush=True)
     return {"number": n, "pid": pid, "hostname": hostname}
 
 

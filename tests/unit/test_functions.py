@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import os
+import sys
 
 import pytest
 
@@ -29,6 +31,20 @@ def test_print_number_prints_the_classic_line_and_says_who_ran_it(
     report = print_number(3, hostname="w1@example")
     assert capsys.readouterr().out == f"Process ID: {os.getpid()} - Number: 3\n"
     assert report == {"number": 3, "pid": os.getpid(), "hostname": "w1@example"}
+
+
+def test_print_number_writes_its_line_in_one_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pool processes share stdout: a line written in two pieces can be split by another's."""
+    writes: list[str] = []
+
+    class Recording(io.StringIO):
+        def write(self, text: str) -> int:
+            writes.append(text)
+            return len(text)
+
+    monkeypatch.setattr(sys, "stdout", Recording())
+    print_number(5, hostname="x")
+    assert [w for w in writes if w] == [f"Process ID: {os.getpid()} - Number: 5\n"]
 
 
 def test_print_number_refuses_a_non_int() -> None:
