@@ -18,8 +18,8 @@ from config.urls import mask_url, url_scheme
 
 DispatchMode = Literal["auto", "celery", "local"]
 DISPATCH_MODES: tuple[DispatchMode, ...] = ("auto", "celery", "local")
-#: How the local pool starts its processes; ``auto`` forks while the caller runs one thread and
-#: uses the fork server otherwise (see workers/local_pool.py).
+#: How the local pool starts its processes; ``auto`` forks a caller that runs one thread and
+#: holds no open socket, and uses the fork server otherwise (see workers/local_pool.py).
 LocalStartMethod = Literal["auto", "fork", "forkserver", "spawn"]
 LOCAL_START_METHODS: tuple[LocalStartMethod, ...] = ("auto", "fork", "forkserver", "spawn")
 

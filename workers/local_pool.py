@@ -1,12 +1,12 @@
 """The local runner: a lazily started ``multiprocessing.Pool`` that runs an app's tasks by name.
 
 Start method, chosen once when the pool first starts (TASKPOOL_LOCAL_START_METHOD; by default
-``auto``): ``fork`` while the caller runs a single thread, as a plain ``multiprocessing.Pool``
-does on Linux (pool processes exist within milliseconds and the main script is not imported
-again); ``forkserver`` once the caller runs other threads (Celery's result consumer, kombu
-heartbeats, the user's own). Forking a threaded process can copy a lock some other thread holds
-and deadlock the child; the fork server is a fresh single-threaded process, so its children
-start clean, at the price of one interpreter start that imports Celery (about 0.2 s).
+``auto``): ``fork`` while the caller runs a single thread and holds no open socket, as a plain
+``multiprocessing.Pool`` does on Linux (pool processes exist within milliseconds and the main
+script is not imported again); ``forkserver`` otherwise. Forking a threaded process can copy a
+lock some other thread holds, and forking a connected one shares its connections (see
+``_safe_to_fork``); the fork server is a fresh single-threaded process with no connections, so
+its children start clean, at the price of one interpreter start that imports Celery (~0.2 s).
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ class _SharedPool:
         if self._method is None:
             requested = settings.local_start_method
             if requested == "auto":
-                requested = "fork" if _runs_one_thread() else "forkserver"
+                requested = "fork" if _safe_to_fork() else "forkserver"
             self._method = requested
         return self._method
 
@@ -203,17 +203,32 @@ _shared_pool = _SharedPool()
 _in_pool_process = False
 
 
-def _runs_one_thread() -> bool:
-    """Whether this process has no thread but the caller's, counting threads outside Python.
+def _safe_to_fork() -> bool:
+    """Whether a forked child could inherit nothing live: one thread, and no open socket.
 
-    Linux lists every thread of a process in /proc/self/task; elsewhere fork is not chosen.
+    A thread may hold a lock the child then waits on forever. A socket (a broker or result
+    store connection) is shared with the child, and libraries' after-fork clean-up talks on it:
+    kombu's closes a Redis channel by reading the reply its parent waits for, which stalled a
+    forked pool process for the socket timeout. Linux lists threads in /proc/self/task and
+    descriptors in /proc/self/fd; elsewhere, and when in doubt, the answer is no.
     """
     if not sys.platform.startswith("linux"):
         return False
     try:
-        return len(os.listdir("/proc/self/task")) == 1
+        if len(os.listdir("/proc/self/task")) != 1:
+            return False
+        descriptors = [int(fd) for fd in os.listdir("/proc/self/fd")]
     except OSError:
         return False
+    for fd in descriptors:
+        if fd <= 2:
+            continue  # standard streams: children share them by design
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                return False
+        except OSError:  # closed since the listing (the listing's own descriptor)
+            continue
+    return True
 
 
 def _mark_pool_process() -> None:

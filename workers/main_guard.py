@@ -5,8 +5,8 @@ main script again, as ``__mp_main__``. A script that calls tasks at top level, o
 ``if __name__ == "__main__":``, would have each pool process run those calls again, and start
 pools of its own, without end. So such calls run in the calling process instead (still correct,
 not parallel), and taskpool says once where the guard is missing. (A pool started with ``fork``,
-by default the choice while the caller runs one thread, imports nothing again and needs no
-guard.)
+by default the choice for a caller with one thread and no open socket, imports nothing again
+and needs no guard.)
 """
 
 from __future__ import annotations

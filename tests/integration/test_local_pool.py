@@ -19,7 +19,7 @@ from kombu.exceptions import EncodeError
 import tasks
 from config import current_settings
 from tests.support.celery_worker import REPO_ROOT
-from tests.support.redis_server import free_port
+from tests.support.redis_server import RedisServer, free_port
 from workers import FallbackTask, LocalPoolError, LocalResult, LocalRunner
 
 local_app = Celery(
@@ -175,6 +175,9 @@ START_A_THREAD = (
     "import threading; threading.Thread(target=threading.Event().wait, daemon=True).start()"
 )
 
+#: A script line that keeps a connected socket open, as a caller that used its broker does.
+HOLD_A_SOCKET = "import socket; held = socket.socketpair()"
+
 UNGUARDED_SCRIPT = """
 import os
 import workers
@@ -233,6 +236,7 @@ if __name__ == "__main__":
     [
         ("", "auto", "fork"),
         (START_A_THREAD, "auto", "forkserver"),
+        (HOLD_A_SOCKET, "auto", "forkserver"),
         ("", "forkserver", "forkserver"),
         ("", "spawn", "spawn"),
         (START_A_THREAD, "fork", "fork"),
@@ -247,6 +251,21 @@ def test_pool_processes_are_forked_only_from_a_single_threaded_caller_unless_con
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == f"started by {method}"
+
+
+def test_a_caller_that_pinged_workers_over_redis_gets_fork_server_children(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """The ping leaves a Redis connection open; a forked child stalled reading its reply."""
+    ping = "from tasks import app; app.control.ping(timeout=0.2)"
+    done = run_script(
+        tmp_path,
+        ping + HOW_POOL_PROCESSES_STARTED,
+        TASKPOOL_BROKER_URL=redis_server.url(),
+        TASKPOOL_RESULT_BACKEND=redis_server.url(),
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "started by forkserver"
 
 
 def test_callbacks_and_chains_are_refused_locally_rather_than_dropped() -> None:
