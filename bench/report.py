@@ -81,21 +81,18 @@ def map_table(data: dict[str, Any]) -> str:
     pool = med(s["pool2"]["total_s"]) if "pool2" in s else float("nan")
     rows = []
     for impl, figures in s.items():
-        seconds = med(figures["total_s"])
         label = "stock Celery `square.chunks(..., n/8)`" if impl == "stock" else LABELS[impl]
-        rows.append(
-            [label, fmt(figures["total_s"]), f"{n / seconds:,.0f}", f"{pool / seconds:.2f}x"]
-        )
-        if "list_total_s" in figures:
-            seconds = med(figures["list_total_s"])
-            rows.append(
-                [
-                    f"{label}, the inputs as a list",
-                    fmt(figures["list_total_s"]),
-                    f"{n / seconds:,.0f}",
-                    f"{pool / seconds:.2f}x",
-                ]
-            )
+        for key, inputs in (("total_s", ""), ("list_total_s", ", the inputs as a list")):
+            if key in figures:
+                seconds = med(figures[key])
+                rows.append(
+                    [
+                        label + inputs,
+                        fmt(figures[key]),
+                        f"{n / seconds:,.0f}",
+                        f"{pool / seconds:.2f}x",
+                    ]
+                )
     return table(["implementation", "seconds", "inputs/s", "throughput vs Pool(2).map"], rows)
 
 
