@@ -31,9 +31,10 @@ from celery import Celery
 
 from bench import report
 from bench.harness import RESULTS, machine
-from tests.support.celery_worker import REPO_ROOT, CeleryWorker
+from taskpool.testing.celery_worker import CeleryWorker
+from taskpool.testing.redis_server import RedisServer, find_redis_server, free_port
 from tests.support.listeners import SilentListener
-from tests.support.redis_server import RedisServer, find_redis_server, free_port
+from tests.support.paths import REPO_ROOT
 
 WORKLOADS = ("tiny", "map", "cpu", "latency", "down", "start")
 
@@ -140,7 +141,7 @@ def run_client(stack: Stack, workload: str, impl: str, **options: Any) -> dict[s
     )
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command[2:])} failed:\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def client_workload(
@@ -233,7 +234,7 @@ def down_workload(stack: Stack, sizes: dict[str, Any], rounds: int) -> dict[str,
         for condition, url in conditions.items():
             for impl, mode in (("ours", "auto"), ("ours", "celery"), ("stock", None)):
                 env = stack.env("none")
-                if impl == "ours":
+                if mode is not None:
                     env.update(
                         TASKPOOL_BROKER_URL=url, TASKPOOL_RESULT_BACKEND=url, TASKPOOL_DISPATCH=mode
                     )

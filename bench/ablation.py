@@ -3,8 +3,8 @@
 ``python -m bench.ablation [--tasks 3000] [--rounds 2] [--latency 300] [VARIANT ...]``. Per
 variant: a prefork worker (``-c 2``) of this module's app and a fresh client that sends tiny
 ``square`` tasks and collects every result, then times sequential round trips. The app is a
-plain ``Celery(broker=..., backend=...)`` whose configuration is ``config.celery_config`` of
-the shipped settings, minus the groups a variant drops (``BENCH_VARIANT``), with or without
+plain ``Celery(broker=..., backend=...)`` whose configuration is ``taskpool.celery_config`` of the
+shipped settings, minus the groups a variant drops (``BENCH_VARIANT``), with or without
 ``FallbackTask`` as the task base. Prints a table; writes bench/results/tiny_ablation.json.
 Used to find what in taskpool's configuration costs time on tiny tasks (see bench/README.md).
 """
@@ -62,8 +62,8 @@ VARIANTS: dict[str, tuple[bool, tuple[str, ...], bool]] = {
 @functools.cache
 def make_app() -> Celery:
     from bench.stock_app import URL_VARIABLE, plain_functions
-    from config import Settings, celery_config
-    from workers.fallback import FallbackTask
+    from taskpool import Settings, celery_config
+    from taskpool.fallback import FallbackTask
 
     url = os.environ[URL_VARIABLE]
     if not url.startswith("redis://127.0.0.1:"):
@@ -184,7 +184,8 @@ def main() -> None:
 
     from bench.__main__ import Stack
     from bench.harness import write
-    from tests.support.celery_worker import REPO_ROOT, CeleryWorker
+    from taskpool.testing.celery_worker import CeleryWorker
+    from tests.support.paths import REPO_ROOT
 
     chosen = args.variants or list(VARIANTS)
     stack = Stack()

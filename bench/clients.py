@@ -5,7 +5,7 @@ raw samples of every round. ``bench/__main__.py`` starts it with the environment
 the implementation at the private Redis (``TASKPOOL_*`` for ours, ``BENCH_STOCK_URL`` for stock
 Celery), so each implementation runs in an interpreter of its own, as a user's script would.
 
-Implementations: ``ours`` (``tasks`` app, ``.delay`` / ``workers.map``), ``ours-local`` (the
+Implementations: ``ours`` (``tasks`` app, ``.delay`` / ``taskpool.map``), ``ours-local`` (the
 same with ``TASKPOOL_DISPATCH=local``), ``stock`` (bench/stock_app.py), ``pool2``
 (``multiprocessing.Pool(2)``, creation included), ``threads2`` (``ThreadPool(2)``), ``single``
 (a plain loop in one process). Every result is checked.
@@ -31,9 +31,9 @@ GET_TIMEOUT = 300.0
 
 def plain(name: str) -> Callable[..., Any]:
     """The plain task body (no Celery), for the single-process, thread and Pool baselines."""
-    from tasks import functions
+    from taskpool import examples as functions
 
-    return getattr(functions, name)  # type: ignore[no-any-return]
+    return getattr(functions, name)
 
 
 def celery_task(impl: str, name: str) -> Any:
@@ -136,19 +136,19 @@ def bulk_map(impl: str, n: int, rounds: int) -> dict[str, Any]:
         # A fresh interpreter per round; the time it reports is the map call alone.
         return {"total_s": [local_cold(n) for _ in range(rounds)]}
     elif impl in ("ours", "ours-local"):
-        import workers
+        import taskpool
 
         task = celery_task(impl, "square")
 
         numbers = list(range(n))
 
         def run() -> None:
-            check(workers.map(task, range(n)), n)
+            check(taskpool.map(task, range(n)), n)
 
         def run_list() -> None:
-            check(workers.map(task, numbers), n)
+            check(taskpool.map(task, numbers), n)
 
-        workers.map(task, range(1000))  # warm-up
+        taskpool.map(task, range(1000))  # warm-up
     elif impl == "stock":
         task = celery_task(impl, "square")
         # Stock Celery's own chunking, with as many chunks as our broker map cuts (4 per
@@ -253,7 +253,7 @@ def worker_start(impl: str, rounds: int, pidfile: Path) -> dict[str, Any]:
     """
     import socket
 
-    from tests.support.celery_worker import CeleryWorker
+    from taskpool.testing.celery_worker import CeleryWorker
 
     task = celery_task(impl, "square")
     app = task.app
@@ -261,8 +261,8 @@ def worker_start(impl: str, rounds: int, pidfile: Path) -> dict[str, Any]:
     with app.connection_for_write() as connection:
         connection.ensure_connection(max_retries=1)
     if impl == "ours":  # its broker verdict too, so the timed call does not probe
-        from config import settings_of
-        from workers.broker_health import health_of
+        from taskpool.health import health_of
+        from taskpool.settings import settings_of
 
         settings = settings_of(app)
         health_of(app, settings.broker_timeout, settings.broker_recheck).is_up()

@@ -16,10 +16,10 @@ from typing import Any
 
 from celery import Celery
 
-from config import Settings
-from tasks import create_app
-from tests.support.celery_worker import CeleryWorker
-from tests.support.redis_server import RedisServer, find_redis_server, free_port
+from taskpool import Settings, create_app
+from taskpool.examples import register
+from taskpool.testing.celery_worker import CeleryWorker
+from taskpool.testing.redis_server import RedisServer, find_redis_server, free_port
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -37,7 +37,8 @@ def private_stack(concurrency: int = 2, **worker_env: str) -> Iterator[tuple[Red
     env.update(TASKPOOL_BROKER_URL=url, TASKPOOL_RESULT_BACKEND=url, **worker_env)
     worker = CeleryWorker(env, f"bench@{socket.gethostname()}", workdir / "worker.log", concurrency)
     try:
-        app = create_app(Settings(broker_url=url, result_backend=url))
+        app = create_app("tasks", settings=Settings(broker_url=url, result_backend=url))
+        register(app)
         worker.start().wait_ready(app)
         yield redis, app
     finally:

@@ -15,7 +15,7 @@ import time
 
 import redis as redis_py
 
-import workers
+import taskpool
 from bench.harness import private_stack, write
 
 
@@ -39,14 +39,14 @@ def main() -> None:
                 time.sleep(0.05)
 
         square = app.tasks["tasks.square"]
-        workers.map(square, range(1_000), dispatch="celery")  # imports and connections warm
+        taskpool.map(square, range(1_000), dispatch="celery")  # imports and connections warm
         rss_before = peak_rss_mb()
         sampler = threading.Thread(target=sample)
         sampler.start()
         started = time.perf_counter()
         count, expected = 0, 0
         for count, value in enumerate(
-            workers.imap(square, (i for i in range(n)), dispatch="celery")
+            taskpool.imap(square, (i for i in range(n)), dispatch="celery")
         ):
             if value != count * count:
                 raise AssertionError(f"wrong result at {count}")

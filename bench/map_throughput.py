@@ -18,10 +18,10 @@ from typing import Any
 
 import msgpack
 
-import workers
+import taskpool
 from bench.harness import private_stack, repeat, write
+from taskpool.examples import square as plain_square
 from tasks import square
-from tasks.functions import square as plain_square
 
 
 def pool_map(n: int) -> None:
@@ -38,8 +38,8 @@ def check(results: list[int], n: int) -> None:
 def local_cold(n: int) -> float:
     """Our local backend in a fresh interpreter: its pool's start is part of the time."""
     code = (
-        "import time, tasks, workers\n"
-        f"t = time.perf_counter(); r = workers.map(tasks.square, range({n}), dispatch='local')\n"
+        "import time, tasks, taskpool\n"
+        f"t = time.perf_counter(); r = taskpool.map(tasks.square, range({n}), dispatch='local')\n"
         f"assert r[-1] == {(n - 1) ** 2}; print(time.perf_counter() - t)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -86,15 +86,15 @@ def main() -> None:
         "min_s": round(cold[0], 4),
         "max_s": round(cold[-1], 4),
     }
-    workers.map(square, range(1000), dispatch="local")  # start the local pool once
+    taskpool.map(square, range(1000), dispatch="local")  # start the local pool once
     rows["taskpool local, warm pool"] = repeat(
-        lambda: check(workers.map(square, range(n), dispatch="local"), n), rounds
+        lambda: check(taskpool.map(square, range(n), dispatch="local"), n), rounds
     )
     with private_stack(concurrency=2) as (redis, app):
         chunk_square = app.tasks["tasks.square"]
-        workers.map(chunk_square, range(1000), dispatch="celery")  # connections warm
+        taskpool.map(chunk_square, range(1000), dispatch="celery")  # connections warm
         rows["taskpool broker (worker -c 2)"] = repeat(
-            lambda: check(workers.map(chunk_square, range(n), dispatch="celery"), n), rounds
+            lambda: check(taskpool.map(chunk_square, range(n), dispatch="celery"), n), rounds
         )
 
     baseline = rows["multiprocessing Pool(2).map"]["median_s"]

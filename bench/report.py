@@ -384,15 +384,15 @@ def plot(found: dict[str, dict[str, Any]], path: Path) -> Path:
     if "latency" in found:
         ax = next(panels)
         s = found["latency"]["samples"]
-        keys = ("p50_ms", "p95_ms", "p99_ms")
+        percentiles = ("p50_ms", "p95_ms", "p99_ms")
         width = 0.38
         for offset, impl in enumerate(i for i in ("ours", "stock") if i in s):
-            xs = [k + offset * width for k in range(len(keys))]
-            values = [med(s[impl][k]) for k in keys]
-            ax.bar(xs, values, width, label=SHORT[impl], color=colors[impl])
-            for x, v in zip(xs, values, strict=True):
+            xs = [k + offset * width for k in range(len(percentiles))]
+            medians = [med(s[impl][k]) for k in percentiles]
+            ax.bar(xs, medians, width, label=SHORT[impl], color=colors[impl])
+            for x, v in zip(xs, medians, strict=True):
                 ax.annotate(f"{v:.2f}", (x, v), ha="center", va="bottom", fontsize=8)
-        ax.set_xticks([k + width / 2 for k in range(len(keys))], ["p50", "p95", "p99"])
+        ax.set_xticks([k + width / 2 for k in range(len(percentiles))], ["p50", "p95", "p99"])
         ax.set_ylabel("ms")
         ax.legend()
         ax.set_title("round trip square.delay(7).get(), ms (lower is better)")
@@ -401,7 +401,9 @@ def plot(found: dict[str, dict[str, Any]], path: Path) -> Path:
         s = found["down"]["samples"]
         cap = found["down"]["sizes"]["down_cap_s"]
         keys = list(s)
-        values, labels, impl_colors = [], [], []
+        values: list[float] = []
+        labels: list[str] = []
+        impl_colors: list[str] = []
         for key in keys:
             f = s[key]
             hung = f["call_s"][0] is None

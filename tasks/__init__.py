@@ -1,6 +1,9 @@
-"""The Celery app and its tasks: ``celery -A tasks worker`` runs them."""
+"""This project's Celery app and its tasks: ``celery -A tasks worker`` runs them.
 
-from tasks.celery_app import app, create_app
-from tasks.definitions import LOCAL_NODE, print_number, square, sum_of_squares
+Add tasks in modules of this package (and to ``include`` in ``tasks/app.py``).
+"""
 
-__all__ = ["LOCAL_NODE", "app", "create_app", "print_number", "square", "sum_of_squares"]
+from tasks.app import app
+from tasks.examples import print_number, square, sum_of_squares
+
+__all__ = ["app", "print_number", "square", "sum_of_squares"]

@@ -10,13 +10,14 @@ import os
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from celery import Celery
 
-from config import Settings, current_settings
-from tests.support.celery_worker import CeleryWorker
-from tests.support.redis_server import RedisServer, find_redis_server, free_port
+from taskpool import Settings, current_settings
+from taskpool.testing.celery_worker import CeleryWorker
+from taskpool.testing.redis_server import RedisServer, find_redis_server, free_port
 
 #: Short limits for fault tests, so a dead worker's messages come back in seconds: hard limit
 #: 4 s, visibility timeout 6 s (it must exceed the hard limit), a sweep for them every second.
@@ -63,11 +64,11 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 @pytest.fixture
-def redis_factory(tmp_path: Path) -> Iterator[Callable[..., object]]:
+def redis_factory(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
     """Start extra private Redis servers for one test; all are stopped after it."""
     started: list[RedisServer] = []
 
-    def start(**options: object) -> RedisServer:
+    def start(**options: Any) -> RedisServer:
         server = RedisServer(
             redis_binary(), free_port(), tmp_path / f"redis-{len(started)}", **options
         )
@@ -90,11 +91,15 @@ def worker_env(broker_url: str, **extra: str) -> dict[str, str]:
     return env
 
 
-def client_app(broker_url: str, **settings: object) -> Celery:
+def client_app(broker_url: str, **settings: Any) -> Celery:
     """A taskpool app pointed at ``broker_url``; the shipped tasks are on it by name."""
-    from tasks import create_app
+    from taskpool import create_app
+    from taskpool.examples import register
 
-    app = create_app(Settings(broker_url=broker_url, result_backend=broker_url, **settings))  # type: ignore[arg-type]
+    app = create_app(
+        "tasks", settings=Settings(broker_url=broker_url, result_backend=broker_url, **settings)
+    )
+    register(app)
     app.finalize()
     return app
 

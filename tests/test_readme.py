@@ -9,9 +9,10 @@ import time
 
 import pytest
 
+from taskpool.testing.celery_worker import CeleryWorker
+from taskpool.testing.redis_server import RedisServer, free_port
 from tests.conftest import worker_env
-from tests.support.celery_worker import REPO_ROOT, CeleryWorker
-from tests.support.redis_server import RedisServer, free_port
+from tests.support.paths import REPO_ROOT
 
 README = (REPO_ROOT / "README.md").read_text()
 SCRIPTS = re.findall(r'^python -c "(.+)"$', README, flags=re.MULTILINE)

@@ -14,10 +14,10 @@ import pytest
 import redis as redis_py
 from celery import states
 
+from taskpool.testing.celery_worker import CeleryWorker
+from taskpool.testing.redis_server import RedisServer, free_port
+from taskpool.testing.waiting import wait_for
 from tests.conftest import client_app, node_name, redis_binary, worker_env
-from tests.support.celery_worker import CeleryWorker
-from tests.support.redis_server import RedisServer, free_port
-from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
@@ -171,11 +171,8 @@ def test_a_worker_started_before_redis_retries_with_logged_back_off_then_serves(
         app = client_app(redis.url(), dispatch="celery")
         assert app.tasks["tasks.square"].delay(11).get(timeout=10) == 121
         log = worker.log_tail(1_000_000)
-        # Celery names the transport: taskpool's Redis transport (workers/reliable_redis.py).
-        assert (
-            f"Cannot connect to workers.reliable_redis:Transport://:**@127.0.0.1:{redis.port}"
-            in log
-        )
+        # Celery names the transport: taskpool's Redis transport (taskpool/transport.py).
+        assert f"Cannot connect to taskpool.transport:Transport://:**@127.0.0.1:{redis.port}" in log
         assert secret not in log
     finally:
         worker.stop()

@@ -18,12 +18,13 @@ from pathlib import Path
 import pytest
 import redis as redis_py
 
+from taskpool.testing.celery_worker import CeleryWorker
+from taskpool.testing.redis_server import RedisServer
+from taskpool.testing.waiting import wait_for
 from tests import conftest
 from tests.conftest import client_app, node_name, worker_env
-from tests.support.celery_worker import REPO_ROOT, CeleryWorker
+from tests.support.paths import REPO_ROOT
 from tests.support.probe_tasks import STARTED
-from tests.support.redis_server import RedisServer
-from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 

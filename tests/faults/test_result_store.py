@@ -12,9 +12,10 @@ from collections.abc import Callable
 import pytest
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 
+from taskpool.testing.celery_worker import CeleryWorker
+from taskpool.testing.redis_server import RedisServer
 from tests.conftest import client_app, node_name
-from tests.support.celery_worker import REPO_ROOT, CeleryWorker
-from tests.support.redis_server import RedisServer
+from tests.support.paths import REPO_ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 

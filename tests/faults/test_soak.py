@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 import redis as redis_py
 
+from taskpool.testing.celery_worker import CeleryWorker
+from taskpool.testing.redis_server import RedisServer
 from tests.conftest import FAST_REDELIVERY, client_app, node_name, worker_env
-from tests.support.celery_worker import CeleryWorker
-from tests.support.redis_server import RedisServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.slow]
 
@@ -91,10 +91,14 @@ def collect(client: redis_py.Redis, ids: list[str]) -> dict[str, object]:
     return found
 
 
+def _as_bytes(item: bytes | str) -> bytes:
+    return item.encode() if isinstance(item, str) else item
+
+
 def where_are(client: redis_py.Redis, missing: list[str]) -> str:
     """Where the missing tasks' messages are, for the failure message."""
-    queued = b"".join(client.lrange("celery", 0, -1))
-    unacked = b"".join(client.hvals("unacked"))
+    queued = b"".join(_as_bytes(item) for item in client.lrange("celery", 0, -1))
+    unacked = b"".join(_as_bytes(item) for item in client.hvals("unacked"))
     return (
         "; ".join(
             f"{task_id}: queued={task_id.encode() in queued} unacked={task_id.encode() in unacked}"

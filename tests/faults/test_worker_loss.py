@@ -17,12 +17,13 @@ import redis as redis_py
 from celery import states
 from celery.result import AsyncResult
 
+from taskpool.testing.celery_worker import CeleryWorker
+from taskpool.testing.redis_server import RedisServer
+from taskpool.testing.waiting import wait_for
 from tests import conftest
 from tests.conftest import client_app, node_name
-from tests.support.celery_worker import REPO_ROOT, CeleryWorker
+from tests.support.paths import REPO_ROOT
 from tests.support.probe_tasks import FINISHED, STARTED
-from tests.support.redis_server import RedisServer
-from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
@@ -125,7 +126,7 @@ def test_a_redelivered_task_that_already_succeeded_is_not_run_again(
         app.backend.store_result(result.id, 49, states.SUCCESS)  # ...after it had succeeded
     # Closing the connection without an ack puts the message back, marked redelivered.
     client = redis_py.Redis(port=redis.port, decode_responses=True)
-    assert client.llen("celery") == 1 and '"redelivered": true' in client.lindex("celery", 0)
+    assert client.llen("celery") == 1 and '"redelivered": true' in str(client.lindex("celery", 0))
 
     worker = worker_factory(redis.url(), node_name("dedup"), extra=PROBE, **FAST_REDELIVERY)
     wait_for(lambda: "already completed successfully" in worker.log_tail(), 15, "the skip")

@@ -5,20 +5,22 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 
 import pytest
 
-from tasks import LOCAL_NODE
+from taskpool.examples import LOCAL_NODE
+from taskpool.testing.celery_worker import CeleryWorker
+from taskpool.testing.redis_server import RedisServer, free_port
 from tests.conftest import worker_env
-from tests.support.celery_worker import REPO_ROOT, CeleryWorker
-from tests.support.redis_server import RedisServer, free_port
+from tests.support.paths import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 
 
 def taskpool(*args: str, broker_url: str, **env: str) -> subprocess.CompletedProcess[str]:
     env = worker_env(broker_url, **env)
-    command = [sys.executable, "-m", "tasks", *args]
+    command = [sys.executable, "-m", "taskpool", *args]
     return subprocess.run(
         command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
     )
@@ -57,7 +59,9 @@ def test_demo_uses_the_worker_when_one_answers(
     assert {row["pid"] for row in report["printed"]} <= session_worker.pool_pids()
 
 
-def test_demo_with_redis_but_no_worker_says_so_and_runs_locally(redis_factory) -> None:  # type: ignore[no-untyped-def]
+def test_demo_with_redis_but_no_worker_says_so_and_runs_locally(
+    redis_factory: Callable[..., RedisServer],
+) -> None:
     lonely = redis_factory()
     done = taskpool("demo", "--json", broker_url=lonely.url())
     assert done.returncode == 0, done.stderr
@@ -108,7 +112,7 @@ def test_print_numbers_shows_who_ran_each(
 def test_map_writes_results_in_order_and_a_summary(
     tmp_path,
     session_worker: CeleryWorker,
-    redis_server: RedisServer,  # type: ignore[no-untyped-def]
+    redis_server: RedisServer,
 ) -> None:
     out = tmp_path / "squares.jsonl"
     done = taskpool(
@@ -135,13 +139,13 @@ def test_map_reads_json_lines_from_stdin_and_reports_a_failure_by_index() -> Non
     feed = '1\n2\n"three"\n4\n'
     env = worker_env(closed)
     done = subprocess.run(
-        [sys.executable, "-m", "tasks", "map", "square", "--input", "-"],
+        [sys.executable, "-m", "taskpool", "map", "square", "--input", "-"],
         cwd=REPO_ROOT, env=env, input=feed, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 1
     assert "input 2 ('three') failed: TypeError" in done.stderr
     kept = subprocess.run(
-        [sys.executable, "-m", "tasks", "map", "square", "--input", "-", "--return-exceptions"],
+        [sys.executable, "-m", "taskpool", "map", "square", "--input", "-", "--return-exceptions"],
         cwd=REPO_ROOT, env=env, input=feed, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert kept.returncode == 1
@@ -180,7 +184,17 @@ def test_worker_json_shows_the_celery_command_it_runs() -> None:
     done = taskpool("worker", "--json", "--", "-n", "w9@%h", broker_url="redis://127.0.0.1:1/0")
     assert done.returncode == 0, done.stderr
     argv = json.loads(done.stdout)["argv"]
-    assert argv[1:] == ["-m", "celery", "-A", "tasks", "worker", "-P", "prefork", "-n", "w9@%h"]
+    assert argv[1:] == [
+        "-m", "celery", "-A", "taskpool.demo", "worker", "-P", "prefork", "-n", "w9@%h",
+    ]  # fmt: skip
+    named = taskpool(
+        "-A", "tasks", "worker", "--json", broker_url="redis://127.0.0.1:1/0", TASKPOOL_APP="x"
+    )
+    assert json.loads(named.stdout)["argv"][3:5] == ["-A", "tasks"]
+    from_env = taskpool(
+        "worker", "--json", broker_url="redis://127.0.0.1:1/0", TASKPOOL_APP="tasks"
+    )
+    assert json.loads(from_env.stdout)["argv"][3:5] == ["-A", "tasks"]
     refused = taskpool("worker", "--mode", "local", broker_url="redis://127.0.0.1:1/0")
     assert refused.returncode == 2
 
@@ -193,7 +207,9 @@ def test_every_command_explains_itself_with_an_example_and_takes_mode_and_json(n
     assert "3  broker unavailable" in done.stdout
 
 
-def test_map_with_redis_but_no_worker_runs_locally_instead_of_waiting(redis_factory) -> None:  # type: ignore[no-untyped-def]
+def test_map_with_redis_but_no_worker_runs_locally_instead_of_waiting(
+    redis_factory: Callable[..., RedisServer],
+) -> None:
     lonely = redis_factory()
     done = taskpool("map", "square", "--range", "100", "--json", broker_url=lonely.url())
     assert done.returncode == 0, done.stderr

@@ -17,30 +17,31 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 import redis as redis_py
 from kombu.exceptions import OperationalError
 
-import workers
-from config import Settings, mask_url
-from tasks import create_app
+import taskpool
+from taskpool import BrokerUnavailable, LocalResult, Settings, create_app, mask_url
+from taskpool.examples import register
+from taskpool.health import BrokerHealth
+from taskpool.testing.celery_worker import CeleryWorker
+from taskpool.testing.redis_server import RedisServer, free_port
+from taskpool.testing.waiting import wait_for
 from tests.conftest import client_app, node_name
 from tests.support import compose
-from tests.support.celery_worker import REPO_ROOT, CeleryWorker
-from tests.support.redis_server import RedisServer, free_port
-from tests.support.waiting import wait_for
-from workers import BrokerUnavailable, LocalResult
-from workers.broker_health import BrokerHealth
+from tests.support.paths import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 
 PASSWORD = "compose-" + uuid.uuid4().hex
+REDIS_CONF = REPO_ROOT / "config" / "redis.conf"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-def skip_or_fail(reason: str) -> None:
+def skip_or_fail(reason: str) -> NoReturn:
     """Skip with a reason locally; under CI=true a missing piece is a failure."""
     if IN_CI:
         pytest.fail(reason)
@@ -60,7 +61,8 @@ def test_the_compose_file_is_valid() -> None:
     if cli is None:
         skip_or_fail("neither `docker compose` nor `docker-compose` is installed")
     env = {**os.environ, "REDIS_PASSWORD": PASSWORD, "FLOWER_BASIC_AUTH": "admin:pw"}
-    for profile in ([], ["--profile", "monitoring"]):
+    profiles: list[list[str]] = [[], ["--profile", "monitoring"]]
+    for profile in profiles:
         done = subprocess.run(
             [*cli, "-f", str(compose.COMPOSE_FILE), *profile, "config", "--quiet"],
             cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60,
@@ -74,16 +76,17 @@ def test_the_compose_file_is_production_shaped() -> None:
     assert all(
         port.startswith("127.0.0.1:") for s in services.values() for port in s.get("ports", [])
     )
-    assert "--appendonly yes" in " ".join(redis["command"]) and "--requirepass" in " ".join(
-        redis["command"]
-    )
+    assert "--requirepass" in " ".join(redis["command"])
+    assert "./config/redis.conf:/usr/local/etc/redis/redis.conf:ro" in redis["volumes"]
+    assert re.search(r"^appendonly yes$", REDIS_CONF.read_text(), flags=re.MULTILINE)
     assert "healthcheck" in redis and "healthcheck" in worker
     assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
     assert worker["restart"] == "on-failure" and worker["stop_grace_period"] == "330s"
     assert flower["profiles"] == ["monitoring"] and "FLOWER_BASIC_AUTH" in flower["environment"]
     assert PASSWORD not in compose.COMPOSE_FILE.read_text()
     assert "REDIS_PASSWORD=" in (REPO_ROOT / ".env.example").read_text()
-    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    assert worker["build"] == {"context": ".", "dockerfile": "workers/Dockerfile"}
+    dockerfile = (REPO_ROOT / "workers" / "Dockerfile").read_text()
     assert "USER taskpool" in dockerfile and "-slim" in dockerfile
 
 
@@ -256,8 +259,12 @@ def test_routes_send_tasks_to_the_queue_a_worker_consumes(
     default = compose_workers("default-only", extra=("-Q", "celery"), **routes)
     url = locked_redis.url()
     app = create_app(
-        Settings.from_env({"TASKPOOL_BROKER_URL": url, "TASKPOOL_DISPATCH": "celery", **routes})
+        "tasks",
+        settings=Settings.from_env(
+            {"TASKPOOL_BROKER_URL": url, "TASKPOOL_DISPATCH": "celery", **routes}
+        ),
     )
+    register(app)
     cpu.wait_ready(app)
     default.wait_ready(app)
     assert {
@@ -265,7 +272,7 @@ def test_routes_send_tasks_to_the_queue_a_worker_consumes(
     } == {cpu.node}
     assert app.tasks["tasks.square"].delay(7).get(timeout=10) == 49
     # A bulk map's chunks follow the mapped task's route too.
-    reports = workers.map(app.tasks["tasks.print_number"], range(10), chunksize=3)
+    reports = taskpool.map(app.tasks["tasks.print_number"], range(10), chunksize=3)
     assert {r["hostname"] for r in reports} == {cpu.node}
     assert "Task tasks.square[" not in cpu.log_tail(200_000)
     assert "Task tasks.square[" in default.log_tail(200_000)
@@ -296,7 +303,8 @@ def test_rabbitmq_as_broker_with_redis_for_results(
         "TASKPOOL_RESULT_BACKEND": redis_server.url(),
         "TASKPOOL_ROUTES": routes,
     }
-    app = create_app(Settings.from_env(env | {"TASKPOOL_DISPATCH": "celery"}))
+    app = create_app("tasks", settings=Settings.from_env(env | {"TASKPOOL_DISPATCH": "celery"}))
+    register(app)
     assert BrokerHealth(app, timeout=2, recheck=0).is_up()
     worker = CeleryWorker(env, node_name("rabbit"), tmp_path / "rabbit.log", extra=("-Q", queue))
     try:
@@ -308,20 +316,33 @@ def test_rabbitmq_as_broker_with_redis_for_results(
         with app.connection_for_write() as connection:
             connection.default_channel.queue_delete(queue)
     closed = create_app(
-        Settings(
+        "tasks",
+        settings=Settings(
             broker_url=f"amqp://guest:guest@127.0.0.1:{free_port()}//",
             result_backend=redis_server.url(),
-        )
+        ),
     )
+    register(closed)
     closed.finalize()
     result = closed.tasks["tasks.square"].delay(3)
     assert isinstance(result, LocalResult) and result.get(timeout=5) == 9
     assert "guest:**@" in mask_url(RABBITMQ_URL)
 
 
+def test_the_compose_redis_config_is_accepted_by_a_real_redis_server(
+    redis_factory: Callable[..., RedisServer],
+) -> None:
+    redis = redis_factory(config_file=REDIS_CONF)
+    client = redis_py.Redis(port=redis.port, decode_responses=True)
+    try:
+        assert client.config_get("appendonly") == {"appendonly": "yes"}
+        assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+    finally:
+        client.close()
+
+
 def test_the_compose_redis_caps_message_size_behind_the_callers_limit() -> None:
-    command = " ".join(compose.load()["services"]["redis"]["command"])
-    cap = re.search(r"--proto-max-bulk-len (\d+)mb", command)
+    cap = re.search(r"^proto-max-bulk-len (\d+)mb$", REDIS_CONF.read_text(), flags=re.MULTILINE)
     assert cap is not None, "the compose Redis must cap bulk length"
     # A message at the callers' limit is base64-encoded inside its envelope: 4/3 plus headers.
     assert int(cap.group(1)) * 1024 * 1024 > Settings().max_message_bytes * 4 / 3 + 65536
@@ -358,7 +379,7 @@ def test_the_password_never_shows_in_inspect_conf_report_status_or_logs(
     commands = {
         "inspect conf": [*celery, "inspect", "conf", "-d", worker.node, "--timeout", "5"],
         "report": [*celery, "report"],
-        "status": [sys.executable, "-m", "tasks", "status"],
+        "status": [sys.executable, "-m", "taskpool", "-A", "tasks", "status"],
     }
     outputs = {}
     for name, command in commands.items():

@@ -5,17 +5,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from celery import Celery
 from celery.result import AsyncResult
 from kombu.exceptions import OperationalError
 
-from tasks import LOCAL_NODE
+from taskpool import BrokerUnavailable, FallbackTask, LocalResult
+from taskpool.examples import LOCAL_NODE
+from taskpool.testing.redis_server import RedisServer, free_port
 from tests.conftest import client_app, node_name
 from tests.support.listeners import SilentListener
-from tests.support.redis_server import RedisServer, free_port
-from workers import BrokerUnavailable, FallbackTask, LocalResult
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.integration
 NO_HANG = 3.0
 
 
-def timed(call: Callable[[], object]) -> tuple[object, float]:
+def timed(call: Callable[[], Any]) -> tuple[Any, float]:
     started = time.monotonic()
     value = call()
     return value, time.monotonic() - started

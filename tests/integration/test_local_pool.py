@@ -17,10 +17,9 @@ from celery.exceptions import TimeoutError as CeleryTimeoutError
 from kombu.exceptions import EncodeError
 
 import tasks
-from config import current_settings
-from tests.support.celery_worker import REPO_ROOT
-from tests.support.redis_server import RedisServer, free_port
-from workers import FallbackTask, LocalPoolError, LocalResult, LocalRunner
+from taskpool import FallbackTask, LocalPoolError, LocalResult, LocalRunner, current_settings
+from taskpool.testing.redis_server import RedisServer, free_port
+from tests.support.paths import REPO_ROOT
 
 local_app = Celery(
     "local_app",
@@ -180,10 +179,10 @@ HOLD_A_SOCKET = "import socket; held = socket.socketpair()"
 
 UNGUARDED_SCRIPT = """
 import os
-import workers
+import taskpool
 from tasks import print_number, square
 print("result", square.delay(6).get(timeout=10))
-print("map", workers.map(square, range(5)))
+print("map", taskpool.map(square, range(5)))
 print("same process", print_number.delay(1).get(timeout=10)["pid"] == os.getpid())
 """
 

@@ -11,14 +11,14 @@ from typing import Any
 
 import pytest
 
-import workers
+import taskpool
+from taskpool import MapItemFailed
+from taskpool.errors import ArgumentTooLarge, UnsafeInteger
+from taskpool.testing.celery_worker import CeleryWorker
+from taskpool.testing.redis_server import RedisServer, free_port
+from taskpool.testing.waiting import wait_for
 from tasks import print_number, square, sum_of_squares
 from tests.conftest import client_app, node_name
-from tests.support.celery_worker import CeleryWorker
-from tests.support.redis_server import RedisServer, free_port
-from tests.support.waiting import wait_for
-from workers import MapItemFailed
-from workers.errors import ArgumentTooLarge, UnsafeInteger
 
 pytestmark = pytest.mark.integration
 
@@ -34,14 +34,14 @@ def dispatch(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 def test_a_hundred_thousand_inputs_come_back_squared_in_order(dispatch: str) -> None:
-    results = workers.imap(square, range(N), dispatch=dispatch)
+    results = taskpool.imap(square, range(N), dispatch=dispatch)
     assert list(results) == [i * i for i in range(N)]
     assert results.backends == ["broker" if dispatch == "celery" else "local pool"]
 
 
 def test_a_generator_is_mapped_without_knowing_its_length(dispatch: str) -> None:
     numbers = (n for n in range(5_000))
-    assert workers.map(square, numbers, dispatch=dispatch, chunksize=700) == [
+    assert taskpool.map(square, numbers, dispatch=dispatch, chunksize=700) == [
         n * n for n in range(5_000)
     ]
 
@@ -50,21 +50,21 @@ def test_a_failing_input_names_its_index_and_keeps_the_tasks_error(dispatch: str
     inputs: list[Any] = list(range(1_000))
     inputs[637] = "six"
     with pytest.raises(TypeError, match="expected an int, got str") as caught:
-        workers.map(square, inputs, dispatch=dispatch, chunksize=100)
+        taskpool.map(square, inputs, dispatch=dispatch, chunksize=100)
     assert isinstance(caught.value, MapItemFailed)
     assert caught.value.index == 637 and caught.value.item == "six"
     assert "input 637" in str(caught.value)
 
 
 def test_return_exceptions_puts_each_failure_in_its_place(dispatch: str) -> None:
-    results = workers.map(square, [1, "x", 3, None, 5], dispatch=dispatch, return_exceptions=True)
+    results = taskpool.map(square, [1, "x", 3, None, 5], dispatch=dispatch, return_exceptions=True)
     assert [results[0], results[2], results[4]] == [1, 9, 25]
     assert isinstance(results[1], TypeError) and "got str" in str(results[1])
     assert isinstance(results[3], TypeError) and "got NoneType" in str(results[3])
 
 
 def test_bound_tasks_see_who_ran_them(dispatch: str, request: pytest.FixtureRequest) -> None:
-    reports = workers.map(print_number, range(8), dispatch=dispatch, chunksize=2)
+    reports = taskpool.map(print_number, range(8), dispatch=dispatch, chunksize=2)
     assert [r["number"] for r in reports] == list(range(8))
     if dispatch == "celery":
         worker = request.getfixturevalue("session_worker")
@@ -78,16 +78,16 @@ def test_inputs_json_would_not_carry_exactly_are_refused_before_anything_runs(
     dispatch: str,
 ) -> None:
     with pytest.raises(UnsafeInteger, match="input 1 is an integer of 71 bits"):
-        workers.map(square, [3, 2**70], dispatch=dispatch)
+        taskpool.map(square, [3, 2**70], dispatch=dispatch)
     # Results are not inputs: big ones come back exact (msgpack, or JSON past 64 bits).
-    assert workers.map(square, [2**40, 2**35, 3], dispatch=dispatch) == [2**80, 2**70, 9]
+    assert taskpool.map(square, [2**40, 2**35, 3], dispatch=dispatch) == [2**80, 2**70, 9]
 
 
 def test_an_unsafe_input_in_a_later_chunk_is_named_by_its_index_in_the_map(dispatch: str) -> None:
     inputs = list(range(1_000))
     inputs[750] = 2**60
     with pytest.raises(UnsafeInteger, match="input 750 is an integer of 61 bits"):
-        workers.map(square, inputs, dispatch=dispatch, chunksize=100)
+        taskpool.map(square, inputs, dispatch=dispatch, chunksize=100)
 
 
 def test_a_chunk_over_the_message_limit_is_refused_with_a_chunksize_hint(
@@ -96,11 +96,11 @@ def test_a_chunk_over_the_message_limit_is_refused_with_a_chunksize_hint(
     app = client_app(redis_server.url(), dispatch="celery", max_message_bytes=20_000)
     square = app.tasks["tasks.square"]
     with pytest.raises(ArgumentTooLarge, match="a chunk of 50,000 inputs to tasks.square") as err:
-        workers.map(square, list(range(100_000)), chunksize=50_000)
+        taskpool.map(square, list(range(100_000)), chunksize=50_000)
     assert "smaller chunksize" in str(err.value)
-    assert workers.map(square, list(range(3000)), chunksize=1000) == [n * n for n in range(3000)]
+    assert taskpool.map(square, list(range(3000)), chunksize=1000) == [n * n for n in range(3000)]
     # A range chunk travels as its start, stop and step, whatever its length.
-    assert workers.map(square, range(100_000), chunksize=50_000)[-1] == 99_999**2
+    assert taskpool.map(square, range(100_000), chunksize=50_000)[-1] == 99_999**2
 
 
 def test_a_generator_is_read_only_as_far_as_the_chunks_in_flight() -> None:
@@ -112,22 +112,22 @@ def test_a_generator_is_read_only_as_far_as_the_chunks_in_flight() -> None:
             pulled += 1
             yield n
 
-    results = workers.imap(square, counting(), dispatch="local", chunksize=1_000, max_in_flight=3)
+    results = taskpool.imap(square, counting(), dispatch="local", chunksize=1_000, max_in_flight=3)
     assert next(results) == 0
     assert pulled <= 4 * 1_000  # the chunks in flight, plus the one being cut
     assert list(results)[-1] == 999_999**2
 
 
 def test_progress_goes_to_stderr_when_asked(capsys: pytest.CaptureFixture[str]) -> None:
-    workers.map(square, range(1_000), dispatch="local", progress=True)
+    taskpool.map(square, range(1_000), dispatch="local", progress=True)
     assert "1000/1000" in capsys.readouterr().err
-    workers.map(square, range(1_000), dispatch="local")  # stderr is not a terminal here
+    taskpool.map(square, range(1_000), dispatch="local")  # stderr is not a terminal here
     assert capsys.readouterr().err == ""
 
 
 def test_a_killed_pool_process_loses_and_duplicates_nothing(session_worker: CeleryWorker) -> None:
     sizes = [2_000_000 + n for n in range(24)]  # each call computes for a tenth of a second
-    results = workers.imap(sum_of_squares, sizes, dispatch="celery", chunksize=2)
+    results = taskpool.imap(sum_of_squares, sizes, dispatch="celery", chunksize=2)
     first = next(results)  # chunks are now running in every pool process
     victim = _busiest(session_worker)
     os.kill(victim, signal.SIGKILL)
@@ -148,15 +148,15 @@ def _busiest(worker: CeleryWorker) -> int:
 
 def test_with_no_broker_auto_maps_on_the_local_pool() -> None:
     app = client_app(f"redis://127.0.0.1:{free_port()}/0")
-    results = workers.imap(app.tasks["tasks.square"], range(10_000))
+    results = taskpool.imap(app.tasks["tasks.square"], range(10_000))
     assert list(results) == [i * i for i in range(10_000)]
     assert results.backends == ["local pool"]
 
 
 def test_mode_celery_with_no_broker_raises_before_mapping() -> None:
     app = client_app(f"redis://127.0.0.1:{free_port()}/0", dispatch="celery")
-    with pytest.raises(workers.BrokerUnavailable):
-        workers.map(app.tasks["tasks.square"], range(10))
+    with pytest.raises(taskpool.BrokerUnavailable):
+        taskpool.map(app.tasks["tasks.square"], range(10))
 
 
 def test_a_broker_lost_mid_map_finishes_every_input_once_on_the_local_pool(
@@ -167,7 +167,7 @@ def test_a_broker_lost_mid_map_finishes_every_input_once_on_the_local_pool(
     app = client_app(redis.url(), broker_recheck=0.2)
     sizes = [1_500_000 + n for n in range(40)]
     started = time.monotonic()
-    results = workers.imap(app.tasks["tasks.sum_of_squares"], sizes, chunksize=2)
+    results = taskpool.imap(app.tasks["tasks.sum_of_squares"], sizes, chunksize=2)
     first = next(results)  # the broker is serving this map
     redis.kill()
     assert [first, *results] == [sum(i * i for i in range(n)) for n in sizes]

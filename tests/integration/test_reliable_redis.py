@@ -7,11 +7,11 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import redis as redis_py
-from kombu import Connection, Consumer, Exchange, Producer, Queue
+from kombu import Connection, Consumer, Exchange, Message, Producer, Queue
 
-from config import Settings, celery_config
-from tests.support.redis_server import RedisServer
-from workers.reliable_redis import Transport
+from taskpool import Settings, celery_config
+from taskpool.testing.redis_server import RedisServer
+from taskpool.transport import Transport
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +51,7 @@ def publish(redis_server: RedisServer, queue: Queue, bodies: list[object]) -> No
 
 
 def test_taskpool_apps_use_it_for_redis_brokers_only() -> None:
-    assert celery_config(Settings())["broker_transport"] == "workers.reliable_redis:Transport"
+    assert celery_config(Settings())["broker_transport"] == "taskpool.transport:Transport"
     amqp = Settings(broker_url="amqp://guest@127.0.0.1//", result_backend="redis://x:6379/0")
     assert celery_config(amqp)["broker_transport"] is None
 
@@ -66,7 +66,9 @@ def test_a_message_is_recorded_unacked_in_the_same_step_that_pops_it(
         assert message is not None and message.payload == {"n": 1}
         assert client.llen(queue_name) == 0
         # kombu's own format, so its restore reads it: [payload, exchange, routing key]
-        payload, exchange, routing_key = json.loads(client.hget("unacked", message.delivery_tag))
+        payload, exchange, routing_key = json.loads(
+            str(client.hget("unacked", message.delivery_tag))
+        )
         delivery = message.delivery_info
         assert (exchange, routing_key) == (delivery["exchange"], delivery["routing_key"])
         assert routing_key == queue_name
@@ -84,7 +86,7 @@ def test_an_unacked_message_comes_back_through_kombus_restore(
         assert conn.default_channel.basic_get(queue_name, no_ack=False) is not None
     # Closing without an ack restores it, as kombu does: back on the queue, marked redelivered.
     assert client.hlen("unacked") == 0
-    restored = json.loads(client.lindex(queue_name, 0))
+    restored = json.loads(str(client.lindex(queue_name, 0)))
     assert restored["properties"]["delivery_info"]["redelivered"] is True
 
 
@@ -94,7 +96,12 @@ def test_consumers_get_every_message_once_and_leave_nothing_unacked(
     publish(redis_server, queue, [{"n": n} for n in range(50)])
     seen: list[int] = []
     with connection(redis_server) as conn, Consumer(conn, [queue], accept=["json"]) as consumer:
-        consumer.register_callback(lambda body, message: (seen.append(body["n"]), message.ack()))
+
+        def record(body: dict[str, int], message: Message) -> None:
+            seen.append(body["n"])
+            message.ack()
+
+        consumer.register_callback(record)
         while len(seen) < 50:
             conn.drain_events(timeout=5)
     assert sorted(seen) == list(range(50))

@@ -7,8 +7,8 @@ import os
 import pytest
 from celery.result import AsyncResult
 
+from taskpool.testing.celery_worker import CeleryWorker
 from tasks import print_number, square
-from tests.support.celery_worker import CeleryWorker
 
 pytestmark = pytest.mark.integration
 
@@ -64,7 +64,7 @@ def test_a_worker_with_a_bad_setting_stops_with_one_clear_line() -> None:
     import sys
 
     from tests.conftest import worker_env
-    from tests.support.celery_worker import REPO_ROOT
+    from tests.support.paths import REPO_ROOT
 
     env = worker_env("redis://127.0.0.1:1/0", TASKPOOL_DISPATCH="sideways")
     done = subprocess.run(

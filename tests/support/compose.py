@@ -10,14 +10,14 @@ from typing import Any
 
 import yaml
 
-from tests.support.celery_worker import REPO_ROOT
+from tests.support.paths import REPO_ROOT
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 _VARIABLE = re.compile(r"\$\{(\w+)(?::([?-])([^}]*))?\}")
 
 
 def load(path: Path = COMPOSE_FILE) -> dict[str, Any]:
-    return yaml.safe_load(path.read_text())  # type: ignore[no-any-return]
+    return yaml.safe_load(path.read_text())
 
 
 def interpolate(value: str, variables: Mapping[str, str]) -> str:

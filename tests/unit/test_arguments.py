@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from celery import Celery
 
-from config import Settings
-from tasks import create_app
-from tests.support.redis_server import free_port
-from workers.arguments import JSON_SAFE_INTEGER, check_call, check_items
-from workers.errors import ArgumentTooLarge, BrokerUnavailable, UnsafeInteger
+from taskpool import Settings, create_app
+from taskpool.arguments import JSON_SAFE_INTEGER, check_call, check_items
+from taskpool.errors import ArgumentTooLarge, BrokerUnavailable, UnsafeInteger
+from taskpool.examples import register
+from taskpool.testing.redis_server import free_port
 
 LIMIT = 16 * 1024 * 1024
 
@@ -86,11 +88,15 @@ def test_safe_map_inputs_pass(items: list) -> None:
     check_items("tasks.square", items, start=0)
 
 
-def _app_with_no_broker(**settings: object) -> Celery:
+def _app_with_no_broker(**settings: Any) -> Celery:
     """Mode celery against a closed port: an argument error must come before any connection."""
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
-    app = create_app(Settings(broker_url=url, result_backend=url, dispatch="celery", **settings))  # type: ignore[arg-type]
+    app = create_app(
+        "tasks",
+        settings=Settings(broker_url=url, result_backend=url, dispatch="celery", **settings),
+    )
+    register(app)
     app.finalize()
     return app
 

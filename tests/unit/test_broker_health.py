@@ -3,25 +3,27 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import fakeredis
 import pytest
 
-from config import Settings
-from tasks import create_app
-from workers.broker_health import BrokerHealth, probe_redis
+from taskpool import Settings, create_app
+from taskpool.health import BrokerHealth, probe_redis
 
 
 class ScriptedHealth(BrokerHealth):
     """Probes answer from a script instead of the network, and are counted."""
 
-    def __init__(self, answers: list[str | None], **kwargs: object) -> None:
-        app = create_app(
-            Settings(
+    def __init__(self, answers: list[str | None], **kwargs: Any) -> None:
+        # Held here: a BrokerHealth refers to its app weakly.
+        self.own_app = app = create_app(
+            "tasks",
+            settings=Settings(
                 broker_url="redis://:pw@127.0.0.1:1/0", result_backend="redis://:pw@127.0.0.1:1/0"
-            )
+            ),
         )
-        super().__init__(app, timeout=0.1, recheck=2.0, **kwargs)  # type: ignore[arg-type]
+        super().__init__(app, timeout=0.1, recheck=2.0, **kwargs)
         self.answers = answers
         self.probes = 0
 
@@ -75,10 +77,25 @@ def test_the_result_store_ping_talks_redis(monkeypatch: pytest.MonkeyPatch) -> N
     """The result-store probe is a real PING through redis-py (here against fakeredis)."""
     server = fakeredis.FakeServer()
     monkeypatch.setattr(
-        "workers.broker_health.redis.Redis.from_url",
+        "taskpool.health.redis.Redis.from_url",
         lambda url, **kw: fakeredis.FakeRedis(server=server, **kw),
     )
     probe_redis("redis://127.0.0.1:1/0", timeout=0.1)  # answers: no exception
     server.connected = False
     with pytest.raises(Exception, match="connect|Connection"):
         probe_redis("redis://127.0.0.1:1/0", timeout=0.1)
+
+
+def test_the_health_registry_does_not_keep_an_app_alive() -> None:
+    import gc
+    import weakref
+
+    from taskpool import health as health_module
+
+    url = "redis://127.0.0.1:1/0"
+    app = create_app("short-lived", settings=Settings(broker_url=url), set_as_current=False)
+    assert health_module.health_of(app, 0.1, 2.0) is health_module.health_of(app, 0.1, 2.0)
+    gone = weakref.ref(app)
+    del app
+    gc.collect()
+    assert gone() is None

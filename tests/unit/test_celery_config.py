@@ -5,9 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from config import Settings, celery_config
-from tasks import create_app
-from tests.support.celery_worker import REPO_ROOT
+from taskpool import Settings, celery_config, create_app
+from tests.support.paths import REPO_ROOT
 
 
 def test_only_json_is_ever_accepted() -> None:
@@ -62,7 +61,10 @@ def test_settings_flow_into_celery_names() -> None:
 
 def test_an_app_is_configured_from_its_settings_on_first_use() -> None:
     app = create_app(
-        Settings(broker_url="redis://127.0.0.1:7003/0", result_backend="redis://127.0.0.1:7003/0")
+        "tasks",
+        settings=Settings(
+            broker_url="redis://127.0.0.1:7003/0", result_backend="redis://127.0.0.1:7003/0"
+        ),
     )
     assert not app.configured
     assert app.conf.broker_url == "redis://127.0.0.1:7003/0"
@@ -72,8 +74,8 @@ def test_an_app_is_configured_from_its_settings_on_first_use() -> None:
 
 def test_importing_tasks_reads_no_settings_and_starts_nothing() -> None:
     script = (
-        "import os, tasks, config, workers\n"
-        "print(tasks.app.configured, config.current_settings.cache_info().currsize,"
+        "import os, tasks, taskpool, taskpool.settings\n"
+        "print(tasks.app.configured, taskpool.settings.current_settings.cache_info().currsize,"
         " open(f'/proc/{os.getpid()}/task/{os.getpid()}/children').read().split())\n"
     )
     env = {

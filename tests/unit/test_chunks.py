@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from taskpool.chunks import chunked, pack, run_items, unpack
 from tasks import square
-from workers.chunks import chunked, pack, run_items, unpack
 
 
 @pytest.mark.parametrize(
@@ -47,7 +47,7 @@ def test_each_item_runs_once_and_a_failure_keeps_its_place() -> None:
         return square.run(item)
 
     task = type("Recording", (), {"run": staticmethod(body)})()
-    outcome = run_items(task, [1, "x", 3, None, 5], hostname=None)  # type: ignore[arg-type]
+    outcome = run_items(task, [1, "x", 3, None, 5], hostname=None)
     assert seen == [1, "x", 3, None, 5]
     assert outcome.values == [1, None, 9, None, 25]
     assert [(position, type(error)) for position, error in outcome.errors] == [

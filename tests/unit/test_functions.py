@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tasks.functions import print_number, square
+from taskpool.examples import print_number, square
 
 
 @pytest.mark.parametrize(("n", "expected"), [(0, 0), (10, 100), (-7, 49), (2**40, 2**80)])
@@ -22,7 +22,7 @@ def test_square_of_an_int(n: int, expected: int) -> None:
 )
 def test_square_refuses_anything_but_an_int_naming_its_type(value: object, type_name: str) -> None:
     with pytest.raises(TypeError, match=f"expected an int, got {type_name}"):
-        square(value)  # type: ignore[arg-type]
+        square(value)  # type: ignore[arg-type]  # the wrong type is the point
 
 
 def test_print_number_prints_the_classic_line_and_says_who_ran_it(
@@ -49,4 +49,4 @@ def test_print_number_writes_its_line_in_one_write(monkeypatch: pytest.MonkeyPat
 
 def test_print_number_refuses_a_non_int() -> None:
     with pytest.raises(TypeError, match="got str"):
-        print_number("3", hostname="x")  # type: ignore[arg-type]
+        print_number("3", hostname="x")  # type: ignore[arg-type]  # the wrong type is the point

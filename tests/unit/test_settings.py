@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from config import ConfigError, Settings
+from taskpool import ConfigError, Settings
 
 
 def test_defaults_work_on_a_laptop() -> None:
@@ -85,7 +85,7 @@ def test_empty_values_count_as_unset() -> None:
 
 def test_settings_are_immutable() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
-        Settings().dispatch = "local"  # type: ignore[misc]
+        Settings().dispatch = "local"  # type: ignore[misc]  # frozen: must raise
 
 
 @pytest.mark.parametrize(
@@ -181,3 +181,37 @@ def test_setting_only_the_hard_limit_moves_the_others_with_it() -> None:
 def test_numbers_must_be_finite(value: str) -> None:
     with pytest.raises(ConfigError, match="TASKPOOL_BROKER_TIMEOUT"):
         Settings.from_env({"TASKPOOL_BROKER_TIMEOUT": value})
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "variable"),
+    [
+        ("concurrency", -4, "TASKPOOL_CONCURRENCY"),
+        ("broker_timeout", float("nan"), "TASKPOOL_BROKER_TIMEOUT"),
+        ("dispatch", "sometimes", "TASKPOOL_DISPATCH"),
+        ("local_start_method", "clone", "TASKPOOL_LOCAL_START_METHOD"),
+        ("broker_url", "localhost:6379", "TASKPOOL_BROKER_URL"),
+        ("task_soft_time_limit", 999.0, "TASKPOOL_TASK_SOFT_TIME_LIMIT"),
+    ],
+)
+def test_settings_built_directly_get_the_same_checks_as_from_env(
+    field: str, value: object, variable: str
+) -> None:
+    with pytest.raises(ConfigError, match=variable):
+        Settings(**{field: value})  # type: ignore[arg-type]  # each bad value is the point
+
+
+def test_bound_settings_do_not_keep_an_app_alive() -> None:
+    import gc
+    import weakref
+
+    from taskpool import create_app
+    from taskpool.settings import settings_of
+
+    own = Settings(concurrency=3)
+    app = create_app("bound", settings=own, set_as_current=False)
+    assert settings_of(app) is own
+    gone = weakref.ref(app)
+    del app
+    gc.collect()
+    assert gone() is None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from config import mask_url
+from taskpool import mask_url
 
 
 @pytest.mark.parametrize(

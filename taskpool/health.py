@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import redis
 from celery import Celery
 
-from config import mask_url
+from taskpool.urls import mask_url
 
 log = logging.getLogger("taskpool.fallback")
 
@@ -34,7 +35,7 @@ class BrokerHealth:
         clock: Callable[[], float] = time.monotonic,
         log_switches: bool = True,
     ) -> None:
-        self.app = app
+        self._app = weakref.ref(app)  # the registry below is keyed by the app: no cycle
         self.log_switches = log_switches
         self.timeout = timeout
         self.recheck = recheck
@@ -43,6 +44,13 @@ class BrokerHealth:
         self._up: bool | None = None
         self._checked_at = float("-inf")
         self.reason = ""
+
+    @property
+    def app(self) -> Celery:
+        app = self._app()
+        if app is None:
+            raise ReferenceError("the app of this BrokerHealth was freed")
+        return app
 
     def is_up(self) -> bool:
         """Probe unless a fresh verdict exists; True when both broker and result store answer."""
@@ -125,14 +133,15 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-_registry: dict[int, BrokerHealth] = {}
+#: One BrokerHealth per app; weak, so a discarded app (and its health) is freed.
+_registry: weakref.WeakKeyDictionary[Celery, BrokerHealth] = weakref.WeakKeyDictionary()
 _registry_lock = threading.Lock()
 
 
 def health_of(app: Celery, timeout: float, recheck: float) -> BrokerHealth:
     """The one BrokerHealth of ``app`` in this process."""
     with _registry_lock:
-        health = _registry.get(id(app))
-        if health is None or health.app is not app:
-            health = _registry[id(app)] = BrokerHealth(app, timeout, recheck)
+        health = _registry.get(app)
+        if health is None:
+            health = _registry[app] = BrokerHealth(app, timeout, recheck)
         return health

@@ -112,8 +112,8 @@ def unpack(packed: dict[str, Any]) -> Sequence[Any]:
         start, stop, step = packed["range"]
         return range(start, stop, step)
     if "msgpack" in packed:
-        return msgpack.unpackb(base64.b64decode(packed["msgpack"]), strict_map_key=False)  # type: ignore[no-any-return]
-    return packed["json"]  # type: ignore[no-any-return]
+        return msgpack.unpackb(base64.b64decode(packed["msgpack"]), strict_map_key=False)
+    return packed["json"]
 
 
 @shared_task(name="taskpool.run_chunk", bind=True, store_errors_even_if_ignored=True)

@@ -15,9 +15,10 @@ from typing import Any
 import redis
 from amqp.exceptions import AccessRefused
 from celery import Celery
+from celery.signals import worker_init
 
-from config import mask_url
-from workers.broker_health import probe_broker, probe_redis
+from taskpool.health import probe_broker, probe_redis
+from taskpool.urls import mask_url
 
 log = logging.getLogger("taskpool.worker")
 
@@ -65,3 +66,8 @@ def _is_rejection(exc: BaseException | None) -> bool:
         exc = exc.__cause__ or exc.__context__
         seen += 1
     return False
+
+
+def watch_worker_start() -> None:
+    """Have every worker started in this process check its credentials first (idempotent)."""
+    worker_init.connect(refuse_rejected_credentials, weak=False)

@@ -1,4 +1,4 @@
-"""A real ``celery -A tasks worker -P prefork`` subprocess, stopped by PID."""
+"""A real ``celery -A APP worker -P prefork`` subprocess, stopped by PID."""
 
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ from pathlib import Path
 
 from celery import Celery
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
 
 class CeleryWorker:
     """One worker node; its pool processes live in the worker's own process group."""
@@ -27,6 +25,9 @@ class CeleryWorker:
         concurrency: int = 2,
         extra: tuple[str, ...] = (),
         command: list[str] | None = None,
+        *,
+        app: str = "tasks",
+        cwd: Path | None = None,
     ) -> None:
         self.env = dict(env)
         self.node = node
@@ -35,6 +36,8 @@ class CeleryWorker:
         self.extra = extra
         #: A whole command line to run instead of the default one (``-n node`` is appended).
         self.command = command
+        #: The ``-A`` argument, and the directory it is found from (default: this one).
+        self.app, self.cwd = app, cwd
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -44,13 +47,13 @@ class CeleryWorker:
 
     def start(self) -> CeleryWorker:
         command = [*self.command, "-n", self.node, *self.extra] if self.command else [
-            sys.executable, "-m", "celery", "-A", "tasks", "worker",
+            sys.executable, "-m", "celery", "-A", self.app, "worker",
             "-P", "prefork", "-c", str(self.concurrency), "-n", self.node,
             "-l", "info", "--without-gossip", "--without-mingle", *self.extra,
         ]  # fmt: skip
         with self.logfile.open("ab") as log:
             self.process = subprocess.Popen(
-                command, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                command, cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group, so its pool children go with it
             )  # fmt: skip
         return self

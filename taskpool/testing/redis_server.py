@@ -44,9 +44,10 @@ class RedisServer:
         port: int,
         workdir: Path,
         *,
-        appendonly: bool = False,
+        appendonly: bool | None = None,
         password: str | None = None,
         extra: tuple[str, ...] = (),
+        config_file: Path | None = None,
     ) -> None:
         self.binary = binary
         self.port = port
@@ -55,6 +56,8 @@ class RedisServer:
         self.password = password
         #: More redis-server options, e.g. ("--proto-max-bulk-len", "1mb").
         self.extra = extra
+        #: A redis.conf read first; the options above override what it says.
+        self.config_file = config_file
         self.process: subprocess.Popen[bytes] | None = None
         workdir.mkdir(parents=True, exist_ok=True)
 
@@ -68,12 +71,13 @@ class RedisServer:
         return self.process.pid
 
     def start(self, timeout: float = 10.0) -> RedisServer:
-        args = [
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+        args = [self.binary] + ([str(self.config_file)] if self.config_file else []) + [
+            "--port", str(self.port), "--bind", "127.0.0.1",
             "--dir", str(self.workdir), "--save", "",
-            "--appendonly", "yes" if self.appendonly else "no",
             "--logfile", str(self.workdir / "redis.log"),
         ]  # fmt: skip
+        if self.appendonly is not None:
+            args += ["--appendonly", "yes" if self.appendonly else "no"]
         if self.password:
             args += ["--requirepass", self.password]
         args += self.extra

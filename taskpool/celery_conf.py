@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from config.settings import Settings
-from config.urls import url_scheme
+from taskpool.settings import Settings
+from taskpool.urls import url_scheme
 
 #: kombu's Redis transport with delivery that cannot lose a message to a killed worker
-#: (workers/reliable_redis.py); a dotted path, so configuring imports nothing.
-RELIABLE_REDIS_TRANSPORT = "workers.reliable_redis:Transport"
+#: (taskpool/transport.py); a dotted path, so configuring imports nothing.
+RELIABLE_REDIS_TRANSPORT = "taskpool.transport:Transport"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -40,7 +40,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_deduplicate_successful_tasks": True,
         # With late acks a lost connection would redeliver running tasks anyway; cancel the doubles.
         "worker_cancel_long_running_tasks_on_connection_loss": True,
-        # Measured in bench/prefetch.py (see config.settings): busy processes, little hoarding.
+        # Measured in bench/prefetch.py (see taskpool.settings): busy processes, little hoarding.
         "worker_prefetch_multiplier": settings.prefetch_multiplier,
         "worker_pool": "prefork",
         # None lets Celery start one process per CPU.

@@ -7,8 +7,9 @@ from typing import Any
 from celery import Celery
 from kombu.exceptions import ChannelError
 
-from config import mask_url, settings_of
-from workers.broker_health import BrokerHealth
+from taskpool.health import BrokerHealth
+from taskpool.settings import settings_of
+from taskpool.urls import mask_url
 
 #: How long to wait for workers to answer an inspect broadcast.
 INSPECT_TIMEOUT = 1.0

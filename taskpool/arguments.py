@@ -13,7 +13,7 @@ from typing import Any
 
 from kombu.serialization import dumps
 
-from workers.errors import ArgumentTooLarge, UnsafeInteger
+from taskpool.errors import ArgumentTooLarge, UnsafeInteger
 
 #: RFC 8259 section 6: integers in this range are exchanged exactly by JSON implementations.
 JSON_SAFE_INTEGER = 2**53 - 1

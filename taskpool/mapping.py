@@ -12,7 +12,7 @@ import itertools
 import sys
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,12 +21,12 @@ from celery import Celery, Task, states
 from kombu.exceptions import OperationalError
 from tqdm import tqdm
 
-from config import TaskpoolError, check_dispatch, settings_of
-from workers.arguments import check_items
-from workers.broker_health import health_of
-from workers.chunks import ChunkOutcome, auto_chunksize, chunked, pack, run_chunk, unpack
-from workers.errors import ArgumentTooLarge, BrokerUnavailable
-from workers.local_pool import LocalRunner
+from taskpool import dispatch
+from taskpool.arguments import check_items
+from taskpool.chunks import ChunkOutcome, auto_chunksize, chunked, pack, run_chunk, unpack
+from taskpool.errors import ArgumentTooLarge, BrokerUnavailable, MapItemFailed
+from taskpool.local_pool import submit_chunk
+from taskpool.settings import settings_of
 
 #: How often a wait on the broker stops to ask whether the broker is still there.
 BROKER_POLL_SECONDS = 1.0
@@ -42,18 +42,6 @@ LOST_BROKER_ERRORS = (
     redis.exceptions.TimeoutError,
     OSError,
 )
-
-
-class MapItemFailed(TaskpoolError):
-    """Raised when one input of a map failed.
-
-    The raised object is also an instance of the task's own exception type, with the task's
-    message, and names the input's index: ``except TypeError`` still catches it.
-    """
-
-    def __init__(self, index: int, item: Any, error: BaseException) -> None:
-        self.index, self.item, self.error = index, item, error
-        super().__init__(f"input {index} ({item!r:.60}) failed: {type(error).__name__}: {error}")
 
 
 def imap(
@@ -77,7 +65,7 @@ def imap(
     return MapResults(bulk)
 
 
-def map(task: Task, inputs: Iterable[Any], **options: Any) -> list[Any]:  # noqa: A001
+def map(task: Task, inputs: Iterable[Any], **options: Any) -> list[Any]:  # noqa: A001 - Pool.map's name
     """``list(imap(task, inputs, **options))``, gathered a chunk at a time."""
     gathered: list[Any] = []
     for values in imap(task, inputs, **options).chunks:
@@ -111,7 +99,7 @@ class _Chunk:
     handle: Any = None
 
 
-class _Progress(tqdm):  # type: ignore[type-arg]
+class _Progress(tqdm):
     """A tqdm bar without tqdm's monitor thread, which every bar starts, even a disabled one.
 
     The bar is updated once per chunk, so the monitor has nothing to do, and a thread in the
@@ -132,15 +120,15 @@ class _LocalChunks:
     chunks_per_process = 8
     in_flight_per_process = 2
 
-    def __init__(self, app: Celery, task: Task) -> None:
-        self.runner, self.task = LocalRunner(app), task
+    def __init__(self, task: Task) -> None:
+        self.task = task
 
     def submit(self, items: Sequence[Any], start: int) -> Any:
         # The pool process checks the inputs (check_items): in parallel, off the caller's path.
-        return self.runner.submit_chunk(self.task, items, start)
+        return submit_chunk(self.task, items, start)
 
     def collect(self, chunk: _Chunk) -> ChunkOutcome:
-        return chunk.handle.get()  # type: ignore[no-any-return]
+        return chunk.handle.get()
 
 
 class _BrokerChunks:
@@ -152,8 +140,7 @@ class _BrokerChunks:
 
     def __init__(self, app: Celery, task: Task) -> None:
         self.app, self.task = app, task
-        settings = settings_of(app)
-        self.health = health_of(app, settings.broker_timeout, settings.broker_recheck)
+        self.health = dispatch.health(app)
         self.chunk_task = app.tasks[run_chunk.name]
         # Chunks go where the mapped task is routed, so `-Q` workers for it receive them.
         route = app.amqp.router.route({}, task.name)
@@ -211,7 +198,7 @@ class _BrokerChunks:
                 self.health.mark_down(exc)
                 raise _BackendLost(self.health.reason) from exc
             if meta["status"] in states.READY_STATES:
-                return meta  # type: ignore[no-any-return]
+                return meta
             if waited >= BROKER_POLL_SECONDS:
                 waited = 0.0
                 if not self.health.is_up():
@@ -229,17 +216,20 @@ class _Map:
         task: Task,
         inputs: Iterable[Any],
         chunksize: int | None,
-        dispatch: str | None,
+        requested: str | None,
         progress: bool | None,
         return_exceptions: bool,
         max_in_flight: int | None,
     ) -> None:
         self.task, self.app = task, task.app
         settings = settings_of(self.app)
-        self.mode = check_dispatch(dispatch or settings.dispatch)
-        self.backend = self._first_backend()
+        route = dispatch.route(self.app, requested)
+        self.mode = route.mode
+        self.backend: _LocalChunks | _BrokerChunks = (
+            _BrokerChunks(self.app, task) if route.backend == "broker" else _LocalChunks(task)
+        )
         self.backends = [self.backend.name]
-        length = len(inputs) if hasattr(inputs, "__len__") else None  # type: ignore[arg-type]
+        length = len(inputs) if isinstance(inputs, Sized) else None
         processes = settings.processes
         self.chunksize = chunksize or auto_chunksize(
             length, processes, self.backend.chunks_per_process
@@ -250,16 +240,6 @@ class _Map:
         self.inputs, self.length = inputs, length
         self.return_exceptions = return_exceptions
         self.show_progress = sys.stderr.isatty() if progress is None else progress
-
-    def _first_backend(self) -> _LocalChunks | _BrokerChunks:
-        if self.mode == "local":
-            return _LocalChunks(self.app, self.task)
-        broker = _BrokerChunks(self.app, self.task)
-        if broker.health.is_up():
-            return broker
-        if self.mode == "celery":
-            raise BrokerUnavailable(broker.health.reason)
-        return _LocalChunks(self.app, self.task)
 
     def chunk_values(self) -> Iterator[list[Any]]:
         """Each chunk's list of values, in input order."""
@@ -298,9 +278,13 @@ class _Map:
 
     def _go_local(self, window: deque[_Chunk], lost: _BackendLost) -> None:
         """Re-run every chunk not yet collected on the local pool (mode auto), or give up."""
-        if self.mode == "celery" or isinstance(self.backend, _LocalChunks):
+        if isinstance(self.backend, _LocalChunks):
             raise BrokerUnavailable(str(lost)) from lost
-        self.backend = _LocalChunks(self.app, self.task)
+        try:
+            dispatch.fall_back(self.app, self.mode, str(lost))
+        except BrokerUnavailable as unavailable:
+            raise unavailable from lost
+        self.backend = _LocalChunks(self.task)
         self.backends.append(self.backend.name)
         for chunk in window:
             chunk.handle = self.backend.submit(chunk.items, chunk.start)

@@ -55,7 +55,7 @@ return false
 OTHER_LISTS_POLL = 0.1
 
 
-class QoS(kombu_redis.QoS):  # type: ignore[misc]
+class QoS(kombu_redis.QoS):
     """kombu's QoS, minus the unacked write for messages the script already recorded."""
 
     def append(self, message: Any, delivery_tag: str) -> None:
@@ -67,7 +67,7 @@ class QoS(kombu_redis.QoS):  # type: ignore[misc]
             super().append(message, delivery_tag)
 
 
-class Channel(kombu_redis.Channel):  # type: ignore[misc]
+class Channel(kombu_redis.Channel):
     """Delivers through POP_AND_RECORD; see the module docstring."""
 
     QoS = QoS
@@ -129,11 +129,11 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             return
         if not self._reliable(queues):
             self._pending = None
-            return super()._brpop_start(timeout)  # type: ignore[no-any-return]
+            return super()._brpop_start(timeout)
         keys = self._keys(queues)
         connection = self.client.connection
         self._in_poll = connection
-        self._brpop_sent_at = monotonic()  # type: ignore[assignment]
+        self._brpop_sent_at = monotonic()  # type: ignore[assignment]  # kombu declares it None
         if self._idle:
             wait = timeout if len(keys) == 1 else min(timeout or OTHER_LISTS_POLL, OTHER_LISTS_POLL)
             self._pending = "BLMOVE"
@@ -145,7 +145,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
     def _brpop_read(self, **options: Any) -> bool:
         command, self._pending = self._pending, None
         if command is None:
-            return super()._brpop_read(**options)  # type: ignore[no-any-return]
+            return super()._brpop_read(**options)
         try:
             try:
                 reply = self.client.parse_response(self.client.connection, command, **options)
@@ -159,7 +159,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             self._deliver_popped(reply)
             return True
         finally:
-            self._in_poll = None  # type: ignore[assignment]
+            self._in_poll = None  # type: ignore[assignment]  # kombu declares it a Connection
             self._flush_brpop_reauth()
 
     def _deliver_popped(self, reply: list[Any]) -> None:
@@ -189,7 +189,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         return message
 
 
-class Transport(kombu_redis.Transport):  # type: ignore[misc]
+class Transport(kombu_redis.Transport):
     """kombu's Redis transport with Channel above; select it with ``broker_transport``."""
 
     Channel = Channel

@@ -1,4 +1,4 @@
-"""The local runner: a lazily started ``multiprocessing.Pool`` that runs an app's tasks by name.
+"""The local pool: a lazily started ``multiprocessing.Pool`` that runs tasks outside a worker.
 
 Start method, chosen once when the pool first starts (TASKPOOL_LOCAL_START_METHOD; by default
 ``auto``): ``fork`` while the caller runs a single thread and holds no open socket, as a plain
@@ -25,7 +25,7 @@ import traceback
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
-from celery import Celery, Task, states
+from celery import Task, states
 from celery.app.utils import find_app
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.result import EagerResult
@@ -33,12 +33,12 @@ from celery.utils import uuid
 from celery.utils.serialization import get_pickleable_exception
 from kombu.serialization import dumps, loads
 
-from config import Settings, settings_of
-from workers.arguments import check_items
-from workers.chunks import ChunkOutcome, run_items
-from workers.errors import LocalPoolError
-from workers.main_guard import importing_main_in_child, unguarded_main_call
-from workers.results import LocalResult, Outcome
+from taskpool.arguments import check_items
+from taskpool.chunks import ChunkOutcome, run_items
+from taskpool.errors import LocalPoolError
+from taskpool.main_guard import importing_main_in_child, unguarded_main_call
+from taskpool.results import LocalResult, Outcome
+from taskpool.settings import Settings, settings_of
 
 log = logging.getLogger("taskpool.local_pool")
 
@@ -47,72 +47,43 @@ log = logging.getLogger("taskpool.local_pool")
 Payload = tuple[str, str, bytes | str]
 
 
-class LocalRunner:
-    """Runs tasks registered on ``app``, by name or object, in the shared local pool."""
+def submit(
+    task: Task,
+    args: Iterable[Any] = (),
+    kwargs: dict[str, Any] | None = None,
+    *,
+    task_id: str | None = None,
+    countdown: float | None = None,
+) -> LocalResult | EagerResult:
+    """Start one run of ``task`` and return at once; ``countdown`` delays its start.
 
-    def __init__(self, app: Celery) -> None:
-        self.app = app
+    Where the pool cannot be used (see ``_run_here``) the run happens in this process.
+    """
+    args = list(args)  # read once: an iterator would be empty the second time
+    payload = dumps([args, kwargs or {}], serializer=task.app.conf.task_serializer)
+    settings = settings_of(task.app)
+    if _run_here(settings):
+        return task.apply(args, kwargs, task_id=task_id)
+    task_id = task_id or uuid()
+    job = (_ref(task), payload, task_id, countdown or 0.0)
+    pending = _shared_pool.apply_async(_execute, job, settings)
+    return LocalResult(task_id, task.name, pending)
 
-    def submit(
-        self,
-        task: str | Task,
-        args: Iterable[Any] = (),
-        kwargs: dict[str, Any] | None = None,
-        *,
-        task_id: str | None = None,
-        countdown: float | None = None,
-    ) -> LocalResult | EagerResult:
-        """Start one run and return at once; ``countdown`` delays its start, as on a worker.
 
-        Where the pool cannot be used (see ``_run_here``) the run happens in this process.
-        """
-        found = self._task(task)
-        args = list(args)  # read once: an iterator would be empty the second time
-        payload = dumps([args, kwargs or {}], serializer=found.app.conf.task_serializer)
-        settings = settings_of(self.app)
-        if _run_here(settings):
-            return found.apply(args, kwargs, task_id=task_id)
-        task_id = task_id or uuid()
-        job = (_ref(found), payload, task_id, countdown or 0.0)
-        pending = _shared_pool.apply_async(_execute, job, settings)
-        return LocalResult(task_id, found.name, pending)
+def submit_chunk(
+    task: Task, items: Sequence[Any], start: int = 0
+) -> multiprocessing.pool.AsyncResult | _Finished:
+    """Run ``task`` over ``items`` in one pool process; the result is a ChunkOutcome.
 
-    def submit_chunk(
-        self, task: str | Task, items: Sequence[Any], start: int = 0
-    ) -> multiprocessing.pool.AsyncResult | _Finished:
-        """Run ``task`` over ``items`` in one pool process; the result is a ChunkOutcome.
-
-        Items travel pickled between our own processes (no broker is involved), which keeps
-        bulk maps as fast as ``Pool.map``. The pool process first applies the map's integer
-        check (``start``: the first item's index in the map), off the caller's path.
-        """
-        found = self._task(task)
-        job = (_ref(found), items, start)
-        settings = settings_of(self.app)
-        if _run_here(settings):
-            return _Finished(_execute_chunk(*job))
-        return _shared_pool.apply_async(_execute_chunk, job, settings)
-
-    def map(self, task: str | Task, inputs: Iterable[Any]) -> list[Any]:
-        """Run ``task`` once per input, in chunks, and return the results in input order.
-
-        The bulk map on this pool (``workers.map`` with ``dispatch="local"``); the first
-        failure is raised, as ``Pool.map`` does.
-        """
-        from workers.mapping import map as bulk_map  # mapping builds on this module
-
-        return bulk_map(self._task(task), inputs, dispatch="local")
-
-    def _task(self, task: str | Task) -> Task:
-        if not isinstance(task, str):
-            return task
-        try:
-            return self.app.tasks[task]
-        except KeyError:
-            known = ", ".join(sorted(n for n in self.app.tasks if not n.startswith("celery.")))
-            raise LocalPoolError(
-                f"no task named {task!r} on app {self.app.main!r}; known: {known}"
-            ) from None
+    Items travel pickled between our own processes (no broker is involved), which keeps
+    bulk maps as fast as ``Pool.map``. The pool process first applies the map's integer
+    check (``start``: the first item's index in the map), off the caller's path.
+    """
+    job = (_ref(task), items, start)
+    settings = settings_of(task.app)
+    if _run_here(settings):
+        return _Finished(_execute_chunk(*job))
+    return _shared_pool.apply_async(_execute_chunk, job, settings)
 
 
 class _SharedPool:
@@ -183,7 +154,7 @@ class _SharedPool:
         method = self._start_method(settings)
         context = multiprocessing.get_context(method)
         if method == "forkserver":
-            modules = ["workers.local_pool"] + ([preload] if preload != "__main__" else [])
+            modules = ["taskpool.local_pool"] + ([preload] if preload != "__main__" else [])
             context.set_forkserver_preload(modules)
         processes = settings.processes
         self._pool = context.Pool(processes, initializer=_mark_pool_process)
@@ -242,7 +213,7 @@ def _run_here(settings: Settings) -> bool:
 
     Inside a pool process (a task calling a task), pool processes cannot start pools; while a
     pool process imports the main script, or when the caller is a main script's unguarded
-    top-level line, starting pool processes would re-run that line (see ``workers.main_guard``).
+    top-level line, starting pool processes would re-run that line (see ``taskpool.main_guard``).
     """
     return _in_pool_process or importing_main_in_child() or _shared_pool.caller_unguarded(settings)
 

@@ -1,4 +1,4 @@
-"""The ``taskpool`` command line (also ``python -m tasks``)."""
+"""The ``taskpool`` command line (also ``python -m taskpool``)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from typing import IO, Any
 
 import click
 
-from config import DISPATCH_MODES, ConfigError, TaskpoolError, current_settings
+from taskpool.errors import BrokerUnavailable, ConfigError, TaskpoolError
+from taskpool.settings import DISPATCH_MODES, current_settings
 
 #: Exit codes, listed in every ``--help`` and in the README.
 EXIT_OK = 0
@@ -50,8 +51,23 @@ def command(**kwargs: Any) -> Callable[[Callable[..., Any]], click.Command]:
     return decorate
 
 
+#: The app the commands use unless -A or TASKPOOL_APP names another: the demo's own.
+DEFAULT_APP = "taskpool.demo"
+
+
 @click.group(epilog=EXIT_CODES_HELP)
-def cli() -> None:
+@click.option(
+    "-A",
+    "--app",
+    "app_name",
+    envvar="TASKPOOL_APP",
+    default=DEFAULT_APP,
+    show_default=True,
+    help="The Celery app, as `celery -A` takes it (e.g. tasks, or proj.celery:app). "
+    "Default: TASKPOOL_APP, else the examples' own app. `demo` always uses its own.",
+)
+@click.pass_context
+def cli(ctx: click.Context, app_name: str) -> None:
     """taskpool: run Python work in parallel on one machine or many, with the same code.
 
     Tasks go to Celery workers through Redis when the broker answers, and run on a local
@@ -74,11 +90,10 @@ def demo(mode: str | None, as_json: bool) -> None:
     Example:
       taskpool demo --mode local
     """
-    from tasks import app
-    from tasks.demo import render, run_demo
+    from taskpool.demo import render, run_demo
 
     with json_stdout(as_json) as emit:
-        report = run_demo(app, _mode(mode))  # type: ignore[arg-type]
+        report = run_demo(mode)
         emit(json.dumps(report.as_dict()) if as_json else render(report))
 
 
@@ -91,8 +106,7 @@ def square_command(numbers: tuple[int, ...], mode: str | None, as_json: bool) ->
     Example:
       taskpool square 3 4 5          # square(3) = 9 ...
     """
-    from tasks import square
-
+    square = _find_task(_app(), "square")
     with json_stdout(as_json) as emit:
         dispatch = _dispatch(mode)
         pending = [square.apply_async((n,), dispatch=dispatch) for n in numbers]
@@ -116,8 +130,7 @@ def print_numbers(count: int, mode: str | None, as_json: bool) -> None:
     Example:
       taskpool print-numbers 4
     """
-    from tasks import print_number
-
+    print_number = _find_task(_app(), "print_number")
     with json_stdout(as_json) as emit:
         dispatch = _dispatch(mode)
         pending = [print_number.apply_async((n,), dispatch=dispatch) for n in range(count)]
@@ -170,13 +183,17 @@ def map_command(
       taskpool map square --range 1000000 --output squares.jsonl
       seq 10 | taskpool map square --input - --json
     """
-    from tasks import app
-    from workers import imap
+    from taskpool.mapping import imap
 
-    if (range_ is None) == (input_ is None):
+    app = _app()
+    inputs: Iterable[Any]
+    if range_ is not None and input_ is None:
+        inputs = range(range_)
+    elif input_ is not None and range_ is None:
+        inputs = _json_lines(input_)
+    else:
         raise click.UsageError("give exactly one of --range N or --input FILE")
     task = _find_task(app, task_name)
-    inputs: Iterable[Any] = range(range_) if range_ is not None else _json_lines(input_)  # type: ignore[arg-type]
     with json_stdout(as_json) as emit:
         sink = output or (None if as_json else sys.stdout)
         dispatch = _dispatch(mode)  # before the clock: finding a worker is not mapping
@@ -250,10 +267,9 @@ def status(mode: str | None, as_json: bool) -> None:  # mode: status asks the br
     Example:
       taskpool status --json
     """
-    from tasks import app
-    from tasks.status import read_status, render_status
+    from taskpool.status import read_status, render_status
 
-    report = read_status(app)
+    report = read_status(_app())
     click.echo(json.dumps(report) if as_json else render_status(report))
     if not report["broker"]["reachable"]:
         raise SystemExit(EXIT_BROKER_UNAVAILABLE)
@@ -262,7 +278,7 @@ def status(mode: str | None, as_json: bool) -> None:  # mode: status asks the br
 @command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def worker(celery_args: tuple[str, ...], mode: str | None, as_json: bool) -> None:
-    """Start the prefork worker with the settings: the same as `celery -A tasks worker`.
+    """Start the prefork worker of the app with the settings: `celery -A APP worker -P prefork`.
 
     Arguments after the options go to Celery (e.g. -n w1@%h -Q cpu). --json prints the
     command line instead of running it. A worker always consumes from the broker, so --mode
@@ -275,31 +291,40 @@ def worker(celery_args: tuple[str, ...], mode: str | None, as_json: bool) -> Non
     if mode == "local":
         raise click.UsageError("a worker consumes from the broker; --mode local does not apply")
     current_settings()  # a bad TASKPOOL_* value stops here with one clear line
-    argv = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-P", "prefork", *celery_args]
+    app_name = click.get_current_context().find_root().params["app_name"]
+    argv = [sys.executable, "-m", "celery", "-A", app_name, "worker", "-P", "prefork", *celery_args]
     if as_json:
         click.echo(json.dumps({"argv": argv}))
         return
     os.execv(sys.executable, argv)
 
 
-def _mode(mode: str | None) -> str:
-    return mode or current_settings().dispatch
+def _app() -> Any:
+    """The app named by -A (or TASKPOOL_APP), imported as `celery -A` would."""
+    from celery.app.utils import find_app
+
+    name = click.get_current_context().find_root().params["app_name"]
+    if name != DEFAULT_APP and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `celery -A` does: the app may live in this directory
+    try:
+        return find_app(name)
+    except (ImportError, AttributeError) as exc:
+        raise click.UsageError(f"cannot load the app {name!r} (-A / TASKPOOL_APP): {exc}") from None
 
 
 def _dispatch(mode: str | None) -> str:
-    """Where a command's tasks go: as the demo decides, so no command waits on an empty queue.
+    """Where a command's tasks go: the broker only when a worker answers too.
 
     With Redis up but no worker, a published task would wait for ever; in mode auto the
     command then uses the local pool, and in mode celery it stops with exit code 3.
     """
-    from tasks import app
-    from tasks.demo import choose_dispatch
+    from taskpool import dispatch
 
-    return choose_dispatch(app, _mode(mode))[0]  # type: ignore[arg-type]
+    return dispatch.route(_app(), mode, need_worker=True).dispatch
 
 
 def _backend_of(results: list[Any]) -> str:
-    from workers import LocalResult
+    from taskpool.results import LocalResult
 
     kinds = {"local pool" if isinstance(r, LocalResult) else "broker" for r in results}
     return ", ".join(sorted(kinds)) or "none"
@@ -329,8 +354,6 @@ def json_stdout(as_json: bool) -> Iterator[Callable[[str], None]]:
 
 def main(argv: list[str] | None = None) -> Any:
     """Entry point: map taskpool's errors onto the documented exit codes."""
-    from workers.errors import BrokerUnavailable
-
     try:
         return cli.main(args=argv, prog_name="taskpool", standalone_mode=False)
     except click.exceptions.Abort:

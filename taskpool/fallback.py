@@ -1,7 +1,8 @@
-"""The fallback decision: publish to the broker when it answers, else run on the local pool.
+"""``FallbackTask``: publish to the broker when it answers, else run on the local pool.
 
-``FallbackTask`` is a Celery task base class. Any app gets the behaviour with
-``Celery(..., task_cls=FallbackTask)``; taskpool's own app uses it.
+It is a Celery task base class. Any app gets the behaviour with
+``Celery(..., task_cls=FallbackTask)``; apps made by ``taskpool.create_app`` have it already.
+Where the work goes is decided in ``taskpool.dispatch``.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from celery.result import AsyncResult, EagerResult
 from celery.utils.time import maybe_iso8601, maybe_make_aware
 from kombu.exceptions import OperationalError
 
-from config import check_dispatch, mask_url, settings_of
-from workers.arguments import check_call
-from workers.broker_health import health_of
-from workers.errors import BrokerUnavailable, LocalPoolError
-from workers.local_pool import LocalRunner
-from workers.results import LocalResult
+from taskpool import dispatch
+from taskpool.arguments import check_call
+from taskpool.errors import LocalPoolError
+from taskpool.local_pool import submit
+from taskpool.results import LocalResult
+from taskpool.settings import settings_of
 
 #: What a failed publish raises: Celery wraps the broker's errors, the result store's may be raw.
 PUBLISH_ERRORS = (
@@ -30,7 +31,7 @@ PUBLISH_ERRORS = (
 )
 
 
-class FallbackTask(Task):  # type: ignore[misc]
+class FallbackTask(Task):
     """A task whose ``.delay()`` never hangs on a dead broker.
 
     Dispatch mode (``TASKPOOL_DISPATCH``, or ``dispatch=`` per call): ``auto`` publishes when
@@ -49,34 +50,22 @@ class FallbackTask(Task):  # type: ignore[misc]
         shadow: str | None = None,
         **options: Any,
     ) -> AsyncResult | LocalResult | EagerResult:
-        settings = settings_of(self.app)
-        mode = check_dispatch(options.pop("dispatch", None) or settings.dispatch)
+        requested = options.pop("dispatch", None)
         # Refused here, on either backend: the same call must not work locally and fail remotely.
+        settings = settings_of(self.app)
         check_call(self.name, args, kwargs, settings.max_message_bytes, self.serializer)
-        if mode == "auto" and self.app.current_worker_task is not None:
-            # Inside a Celery worker (a retry, a task calling a task) a local run's result
-            # would never reach the result store its caller waits on: stay on the broker.
-            mode = "celery"
+        celery_call = dict(
+            args=args, kwargs=kwargs, task_id=task_id, producer=producer,
+            link=link, link_error=link_error, shadow=shadow, **options,
+        )  # fmt: skip
         if self.app.conf.task_always_eager:
-            return super().apply_async(
-                args, kwargs, task_id, producer, link, link_error, shadow, **options
-            )
-        if mode == "local":
-            return self._run_locally(args, kwargs, task_id, options, link, link_error)
-        health = health_of(self.app, settings.broker_timeout, settings.broker_recheck)
-        if health.is_up():
+            return super().apply_async(**celery_call)
+        route = dispatch.route(self.app, requested)
+        if route.backend == "broker":
             try:
-                return super().apply_async(
-                    args, kwargs, task_id, producer, link, link_error, shadow, **options
-                )
+                return super().apply_async(**celery_call)
             except PUBLISH_ERRORS as exc:
-                health.mark_down(exc)
-        if mode == "celery":
-            raise BrokerUnavailable(
-                f"{health.reason}. TASKPOOL_DISPATCH=celery does not fall back: start the broker "
-                f"({mask_url(health.broker_url)}; e.g. `docker compose up redis`), "
-                "or set TASKPOOL_DISPATCH=auto to run on the local pool meanwhile"
-            )
+                route = dispatch.publish_failed(self.app, route.mode, exc)
         return self._run_locally(args, kwargs, task_id, options, link, link_error)
 
     def _run_locally(
@@ -101,6 +90,4 @@ class FallbackTask(Task):  # type: ignore[misc]
         if eta is not None:
             due = maybe_make_aware(maybe_iso8601(eta))
             countdown = (due - self.app.now()).total_seconds()
-        return LocalRunner(self.app).submit(
-            self, args or (), kwargs, task_id=task_id, countdown=countdown
-        )
+        return submit(self, args or (), kwargs, task_id=task_id, countdown=countdown)

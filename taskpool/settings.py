@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import weakref
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Literal, TypeVar, cast
@@ -13,13 +14,13 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from celery.app.backends import BACKEND_ALIASES
 from kombu.transport import TRANSPORT_ALIASES
 
-from config.errors import ConfigError
-from config.urls import mask_url, url_scheme
+from taskpool.errors import ConfigError
+from taskpool.urls import mask_url, url_scheme
 
 DispatchMode = Literal["auto", "celery", "local"]
 DISPATCH_MODES: tuple[DispatchMode, ...] = ("auto", "celery", "local")
 #: How the local pool starts its processes; ``auto`` forks a caller that runs one thread and
-#: holds no open socket, and uses the fork server otherwise (see workers/local_pool.py).
+#: holds no open socket, and uses the fork server otherwise (see taskpool/local_pool.py).
 LocalStartMethod = Literal["auto", "fork", "forkserver", "spawn"]
 LOCAL_START_METHODS: tuple[LocalStartMethod, ...] = ("auto", "fork", "forkserver", "spawn")
 
@@ -79,6 +80,8 @@ VARIABLES = (
     "TASKPOOL_REDIS_PASSWORD",
     "TASKPOOL_ROUTES",
     "TASKPOOL_LOCAL_START_METHOD",
+    # Read by the `taskpool` command only: the app its commands use (like `celery -A`).
+    "TASKPOOL_APP",
 )
 
 T = TypeVar("T")
@@ -109,6 +112,18 @@ class Settings:
     #: Task name -> queue name; workers started with ``-Q`` consume only the queues named.
     routes: tuple[tuple[str, str], ...] = ()
 
+    def __post_init__(self) -> None:
+        """The same checks however the settings were built: ``from_env`` or ``Settings(...)``."""
+        _check_choice("TASKPOOL_DISPATCH", self.dispatch, DISPATCH_MODES)
+        _check_choice("TASKPOOL_LOCAL_START_METHOD", self.local_start_method, LOCAL_START_METHODS)
+        _check_url("TASKPOOL_BROKER_URL", self.broker_url, TRANSPORT_ALIASES)
+        _check_url("TASKPOOL_RESULT_BACKEND", self.result_backend, BACKEND_ALIASES)
+        for name in _POSITIVE:
+            value = getattr(self, name)
+            if value is not None:
+                _check_positive(f"TASKPOOL_{name.upper()}", value)
+        self._check_limits()
+
     @property
     def processes(self) -> int:
         """How many processes a pool gets: the configured concurrency, else one per CPU."""
@@ -129,7 +144,7 @@ class Settings:
         )
         password = env.get("TASKPOOL_REDIS_PASSWORD", "")
         hard_limit = read.number("TASKPOOL_TASK_TIME_LIMIT", float, DEFAULT_TASK_TIME_LIMIT)
-        settings = cls(
+        return cls(
             broker_url=with_redis_password(broker_url, password),
             result_backend=with_redis_password(result_backend, password),
             routes=read.routes("TASKPOOL_ROUTES"),
@@ -165,8 +180,6 @@ class Settings:
             ),
             max_tasks_per_child=read.number("TASKPOOL_MAX_TASKS_PER_CHILD", int, None),
         )
-        settings._check_limits()
-        return settings
 
     def _check_limits(self) -> None:
         """Reject limits that contradict each other."""
@@ -188,8 +201,7 @@ class Settings:
 
 def check_dispatch(requested: str) -> DispatchMode:
     """A dispatch mode given per call (``dispatch=``), refused unless it is one of the modes."""
-    if requested not in DISPATCH_MODES:
-        raise ConfigError("dispatch", requested, "expected one of " + ", ".join(DISPATCH_MODES))
+    _check_choice("dispatch", requested, DISPATCH_MODES)
     return cast(DispatchMode, requested)
 
 
@@ -229,20 +241,8 @@ class _Reader:
         found = self.raw(name, alias)
         if found is None:
             return default
-        variable, value = found
-        try:
-            scheme = url_scheme(value)
-        except ValueError:
-            scheme = ""
-        if scheme not in schemes:
-            raise ConfigError(
-                variable,
-                mask_url(value),
-                "expected a URL such as redis://[:password@]host:6379/0 or "
-                "amqp://user:password@host:5672// (percent-encode / @ : in a password), "
-                "with a scheme among " + ", ".join(sorted(schemes)),
-            )
-        return value
+        _check_url(*found, schemes)
+        return found[1]
 
     def routes(self, name: str) -> tuple[tuple[str, str], ...]:
         """``task=queue`` pairs, comma-separated: ``tasks.sum_of_squares=cpu,tasks.square=fast``."""
@@ -266,22 +266,76 @@ class _Reader:
         if found is None:
             return default
         value = found[1].lower()
-        if value not in allowed:
-            raise ConfigError(name, found[1], "expected one of " + ", ".join(map(str, allowed)))
+        _check_choice(name, value, allowed, shown=found[1])
         return cast(T, value)
 
     def number(self, name: str, kind: Callable[[str], T], default: T) -> T:
         found = self.raw(name)
         if found is None:
             return default
-        word = "a whole number" if kind is int else "a number"
         try:
             value = kind(found[1])
         except ValueError:
-            raise ConfigError(name, found[1], f"expected {word} greater than 0") from None
-        if not (value > 0 and math.isfinite(value)):  # type: ignore[operator,arg-type]
-            raise ConfigError(name, found[1], f"expected {word} greater than 0")
+            raise ConfigError(name, found[1], _positive_rule(kind is int)) from None
+        _check_positive(name, value, shown=found[1])
         return value
+
+
+#: Fields that must be greater than 0 (None, where allowed, means "no limit" or "per CPU").
+_POSITIVE = (
+    "concurrency",
+    "broker_timeout",
+    "broker_recheck",
+    "task_time_limit",
+    "task_soft_time_limit",
+    "result_expires",
+    "visibility_timeout",
+    "socket_timeout",
+    "prefetch_multiplier",
+    "restore_interval",
+    "max_message_bytes",
+    "max_memory_per_child_mb",
+    "max_tasks_per_child",
+)
+
+
+def _positive_rule(whole: bool) -> str:
+    return f"expected {'a whole number' if whole else 'a number'} greater than 0"
+
+
+def _check_positive(name: str, value: object, shown: str | None = None) -> None:
+    whole = isinstance(value, int)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not (value > 0 and math.isfinite(value))
+    ):
+        raise ConfigError(name, str(value) if shown is None else shown, _positive_rule(whole))
+
+
+def _check_choice(
+    name: str, value: object, allowed: tuple[T, ...], shown: str | None = None
+) -> None:
+    if value not in allowed:
+        raise ConfigError(
+            name, str(value) if shown is None else shown,
+            "expected one of " + ", ".join(map(str, allowed)),
+        )  # fmt: skip
+
+
+def _check_url(name: str, url: str, schemes: Collection[str]) -> None:
+    try:
+        scheme = url_scheme(url)
+    except ValueError:
+        scheme = ""
+    if scheme not in schemes:
+        raise ConfigError(
+            name,
+            mask_url(url),
+            "expected a URL such as redis://[:password@]host:6379/0 or "
+            "amqp://user:password@host:5672// (percent-encode / @ : in a password), "
+            "with a scheme among " + ", ".join(sorted(schemes)),
+        )
 
 
 @functools.cache
@@ -290,6 +344,16 @@ def current_settings() -> Settings:
     return Settings.from_env(os.environ)
 
 
+#: Settings given to an app when it was created (``taskpool.create_app``); weak, so a
+#: discarded app is freed.
+_app_settings: weakref.WeakKeyDictionary[object, Settings] = weakref.WeakKeyDictionary()
+
+
+def bind_settings(app: object, settings: Settings) -> None:
+    """Make ``settings`` the ones ``settings_of(app)`` returns."""
+    _app_settings[app] = settings
+
+
 def settings_of(app: object) -> Settings:
-    """The settings an app was created with (``tasks.create_app``), else the environment's."""
-    return getattr(app, "taskpool_settings", None) or current_settings()
+    """The settings bound to ``app`` (``taskpool.create_app``), else the environment's."""
+    return _app_settings.get(app) or current_settings()

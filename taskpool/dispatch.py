@@ -1,0 +1,120 @@
+"""The one decision: does work go to the broker or to the local pool?
+
+Single calls (``FallbackTask.apply_async``), bulk maps (``taskpool.map``) and the ``taskpool``
+command all ask ``route`` and, when a publish fails after a good verdict, ``fall_back``. The
+dispatch mode (``TASKPOOL_DISPATCH``, or ``dispatch=`` per call) decides what happens when the
+broker does not answer: ``auto`` runs locally, ``celery`` raises BrokerUnavailable, ``local``
+never asks the broker at all.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+from celery import Celery
+
+from taskpool.errors import BrokerUnavailable
+from taskpool.health import BrokerHealth, health_of
+from taskpool.settings import DispatchMode, Settings, check_dispatch, settings_of
+from taskpool.urls import mask_url
+
+Backend = Literal["broker", "local"]
+
+#: How long ``route(..., need_worker=True)`` waits for any worker to answer a ping.
+WORKER_PING_TIMEOUT = 1.0
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where work goes, and why (a line for people: the broker and workers, or the failure)."""
+
+    backend: Backend
+    mode: DispatchMode
+    reason: str
+
+    @property
+    def dispatch(self) -> DispatchMode:
+        """The per-call ``dispatch=`` that sends work the same way without asking again."""
+        return "celery" if self.backend == "broker" else "local"
+
+
+_forced: DispatchMode | None = None
+_forced_lock = threading.Lock()
+
+
+@contextmanager
+def forced(mode: str) -> Iterator[None]:
+    """Within the block, every call and map of this process uses ``mode``, whatever it asks.
+
+    For tests (the pytest plugin's ``taskpool_local`` fixture); blocks do not nest.
+    """
+    global _forced
+    checked = check_dispatch(mode)
+    with _forced_lock:
+        if _forced is not None:
+            raise RuntimeError(f"dispatch is already forced to {_forced!r}")
+        _forced = checked
+    try:
+        yield
+    finally:
+        _forced = None
+
+
+def health(app: Celery, settings: Settings | None = None) -> BrokerHealth:
+    """``app``'s remembered broker verdict, with the timeouts from its settings."""
+    settings = settings or settings_of(app)
+    return health_of(app, settings.broker_timeout, settings.broker_recheck)
+
+
+def route(app: Celery, dispatch: str | None = None, *, need_worker: bool = False) -> Route:
+    """Decide where ``app``'s work goes now.
+
+    Inside a Celery worker (a retry, a task calling a task) mode ``auto`` stays on the broker:
+    a local result would never reach the result store its caller waits on. ``need_worker``
+    also asks for a worker to answer a ping, for callers that would otherwise wait on a queue
+    nobody consumes (the ``taskpool`` command).
+    """
+    settings = settings_of(app)
+    # A forced mode wins over the call's, which wins over the settings'.
+    mode = _forced or check_dispatch(dispatch or settings.dispatch)
+    if mode == "local":
+        return Route("local", mode, "dispatch mode local")
+    if mode == "auto" and app.current_worker_task is not None:
+        mode = "celery"
+    verdict = health(app, settings)
+    if not verdict.is_up():
+        return fall_back(app, mode, verdict.reason)
+    if not need_worker:
+        return Route("broker", mode, "the broker answers")  # no URL: this is every call's path
+    broker = mask_url(verdict.broker_url)
+    workers = sorted(
+        name for reply in app.control.ping(timeout=WORKER_PING_TIMEOUT) for name in reply
+    )
+    if not workers:
+        fix = f"start a worker (celery -A {app.main} worker)"
+        return fall_back(app, mode, f"no worker answered on {broker}", fix=fix)
+    return Route("broker", mode, f"{broker}, workers: {', '.join(workers)}")
+
+
+def fall_back(app: Celery, mode: DispatchMode, reason: str, *, fix: str | None = None) -> Route:
+    """The broker cannot take the work: the local pool in mode ``auto``, else BrokerUnavailable."""
+    if mode != "celery":
+        return Route("local", mode, reason)
+    fix = fix or (
+        f"start the broker ({mask_url(str(app.conf.broker_url))}; e.g. `docker compose up redis`)"
+    )
+    raise BrokerUnavailable(
+        f"{reason}. Dispatch mode celery does not fall back: {fix}, "
+        "or set TASKPOOL_DISPATCH=auto to run on the local pool meanwhile"
+    )
+
+
+def publish_failed(app: Celery, mode: DispatchMode, error: BaseException) -> Route:
+    """A publish (or a result read) failed after a good verdict: remember it, then fall back."""
+    verdict = health(app)
+    verdict.mark_down(error)
+    return fall_back(app, mode, verdict.reason)

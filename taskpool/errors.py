@@ -1,0 +1,71 @@
+"""Every exception taskpool raises on its own account, in one tree.
+
+::
+
+    TaskpoolError
+    ├── ConfigError (ValueError)          a setting holds a value taskpool cannot use
+    ├── BrokerUnavailable                 mode ``celery``, and no broker or result store answers
+    │   (kombu.exceptions.OperationalError)
+    ├── LocalPoolError (RuntimeError)     the local pool cannot run what was asked of it
+    ├── UnsafeInteger (ValueError)        an argument JSON would not carry exactly
+    ├── ArgumentTooLarge (ValueError)     arguments over TASKPOOL_MAX_MESSAGE_BYTES
+    └── MapItemFailed                     one input of a map failed (also of the task's own type)
+
+Each also derives from the built-in (or kombu) exception named beside it, so code written for
+Celery's errors catches taskpool's too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kombu.exceptions import OperationalError
+
+
+class TaskpoolError(Exception):
+    """Base class of every error taskpool raises on its own account."""
+
+
+class ConfigError(TaskpoolError, ValueError):
+    """Raised when a setting holds a value taskpool cannot use.
+
+    The message names the variable, the (password-masked) value and what is allowed.
+    """
+
+    def __init__(self, variable: str, value: str, allowed: str) -> None:
+        self.variable = variable
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"{variable}={value!r} is not valid: {allowed}")
+
+
+class BrokerUnavailable(TaskpoolError, OperationalError):
+    """Raised in dispatch mode ``celery`` when the broker or result store cannot be reached.
+
+    It subclasses kombu's (and Celery's) ``OperationalError``, so code that already catches
+    Celery's connection errors catches this too.
+    """
+
+
+class LocalPoolError(TaskpoolError, RuntimeError):
+    """Raised when the local pool cannot run a task (unknown task, or an option it refuses)."""
+
+
+class UnsafeInteger(TaskpoolError, ValueError):
+    """Raised before sending an integer that JSON would not carry exactly to other readers."""
+
+
+class ArgumentTooLarge(TaskpoolError, ValueError):
+    """Raised before sending arguments larger than TASKPOOL_MAX_MESSAGE_BYTES."""
+
+
+class MapItemFailed(TaskpoolError):
+    """Raised when one input of a map failed.
+
+    The raised object is also an instance of the task's own exception type, with the task's
+    message, and names the input's index: ``except TypeError`` still catches it.
+    """
+
+    def __init__(self, index: int, item: Any, error: BaseException) -> None:
+        self.index, self.item, self.error = index, item, error
+        super().__init__(f"input {index} ({item!r:.60}) failed: {type(error).__name__}: {error}")
