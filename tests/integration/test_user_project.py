@@ -1,0 +1,207 @@
+"""taskpool installed into someone else's Celery project, as a user would: ``pip install <repo>``.
+
+The project has its own ``tasks.py`` (the module name of Celery's tutorial) and a ``config/``
+package (the layout of many Django projects), the two names an earlier layout of taskpool
+shadowed. taskpool is installed from a wheel of this repository into a fresh virtualenv; its
+dependencies come from the test environment (a ``.pth`` file), so nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import sysconfig
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from taskpool.testing.celery_worker import CeleryWorker
+from taskpool.testing.redis_server import RedisServer, free_port
+from tests.conftest import client_app, node_name
+from tests.support.paths import REPO_ROOT
+
+pytestmark = pytest.mark.integration
+
+#: The README's example test of a user's own task, run as the user's project's test file.
+README_TEST = re.search(
+    r"```python\n(# test_tasks.py.*?)```", (REPO_ROOT / "README.md").read_text(), flags=re.DOTALL
+)
+
+USER_FILES = {
+    "config/__init__.py": "",
+    "config/settings.py": """
+        import os
+
+        # The project's own settings module; the environment may point it elsewhere.
+        broker_url = os.environ.get("PROJECT_REDIS_URL", "redis://127.0.0.1:1/0")
+        result_backend = broker_url
+        task_serializer = "json"
+        accept_content = ["json"]
+        """,
+    "tasks.py": """
+        from celery import Celery
+
+        from taskpool import FallbackTask
+
+        app = Celery("tasks", task_cls=FallbackTask)
+        app.config_from_object("config.settings")
+
+
+        @app.task
+        def add(x, y):
+            return x + y
+        """,
+    "test_backends.py": """
+        from tasks import add
+
+
+        def test_a_worker_runs_it_through_the_broker(taskpool_worker):
+            assert type(add.delay(2, 3)).__name__ == "AsyncResult"
+
+
+        def test_the_local_switch_keeps_it_off_the_broker(taskpool_local):
+            assert type(add.delay(2, 3)).__name__ == "LocalResult"
+        """,
+    "pytest.ini": """
+        [pytest]
+        taskpool_app = tasks
+        """,
+}
+
+
+@dataclass
+class UserProject:
+    root: Path
+    python: Path
+    site_packages: Path
+    #: What installing taskpool added to site-packages.
+    added: set[str]
+
+    def env(self, redis_url: str) -> dict[str, str]:
+        """The user's environment: their settings module and taskpool's both point at it."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("TASKPOOL_", "CELERY_"))}
+        env.update(PROJECT_REDIS_URL=redis_url, TASKPOOL_BROKER_URL=redis_url)
+        env["PATH"] = f"{self.python.parent}{os.pathsep}{env.get('PATH', '')}"
+        return env
+
+    def run(
+        self, *args: str | Path, redis_url: str, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(a) for a in args], cwd=self.root, env=self.env(redis_url),
+            capture_output=True, text=True, timeout=timeout,
+        )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> UserProject:
+    base = tmp_path_factory.mktemp("user-project")
+    wheels = base / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", wheels, REPO_ROOT],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    venv = base / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    site_packages = Path(
+        subprocess.run(
+            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            check=True, capture_output=True, text=True,
+        ).stdout.strip()
+    )  # fmt: skip
+    before = set(os.listdir(site_packages))
+    wheel = next(wheels.glob("taskpool-*.whl"))
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+         "--target", site_packages, wheel],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    added = {name for name in set(os.listdir(site_packages)) - before if name != "bin"}
+    # The dependencies (Celery, redis, ...) from this environment, behind the new venv's own.
+    (site_packages / "zz_test_dependencies.pth").write_text(sysconfig.get_paths()["purelib"])
+    (venv / "bin" / "taskpool").write_text(
+        f"#!{python}\nimport sys\nfrom taskpool.cli import main\nsys.exit(main())\n"
+    )
+    (venv / "bin" / "taskpool").chmod(0o755)
+    root = base / "project"
+    assert README_TEST is not None, "the README lost its example test"
+    for name, text in {**USER_FILES, "test_tasks.py": README_TEST.group(1)}.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(textwrap.dedent(text).lstrip())
+    return UserProject(root, python, site_packages, added)
+
+
+def test_installing_taskpool_adds_one_import_name_to_site_packages(project: UserProject) -> None:
+    packages = {name for name in project.added if not name.endswith((".dist-info", ".egg-info"))}
+    assert packages == {"taskpool"}
+    assert (project.site_packages / "taskpool" / "py.typed").exists()
+    done = project.run(
+        project.python, "-c", "import tasks, config; print(tasks.__file__, config.__file__)",
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [
+        str(project.root / "tasks.py"),
+        str(project.root / "config" / "__init__.py"),
+    ]
+
+
+def test_the_users_fallback_task_runs_locally_when_no_broker_answers(
+    project: UserProject,
+) -> None:
+    script = (
+        "from tasks import add\n"
+        "result = add.delay(2, 3)\n"
+        "print(type(result).__name__, result.get(timeout=30))\n"
+    )
+    done = project.run(project.python, "-c", script, redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["LocalResult", "5"]
+
+
+def test_the_users_app_runs_on_its_own_prefork_worker(
+    project: UserProject, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    url = redis_server.url(db=3)
+    node = node_name("user-project")
+    worker = CeleryWorker(
+        project.env(url), node, tmp_path / "worker.log", concurrency=2,
+        command=[str(project.python), "-m", "celery", "-A", "tasks", "worker", "-P", "prefork",
+                 "-c", "2", "--without-gossip", "--without-mingle", "-l", "info"],
+        cwd=project.root,
+    )  # fmt: skip
+    script = (
+        "from tasks import add\n"
+        "result = add.delay(2, 3)\n"
+        "print(type(result).__name__, result.get(timeout=30))\n"
+    )
+    try:
+        worker.start().wait_ready(client_app(url))
+        done = project.run(project.python, "-c", script, redis_url=url)
+    finally:
+        worker.stop()
+    assert done.returncode == 0, done.stderr + worker.log_tail()
+    assert done.stdout.split() == ["AsyncResult", "5"]
+
+
+def test_taskpool_demo_finishes_in_the_users_project(project: UserProject) -> None:
+    done = project.run("taskpool", "demo", redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "backend: local pool" in done.stdout
+    assert "square over [1, 2, 3, 4, 5] = [1, 4, 9, 16, 25]" in done.stdout
+    assert done.stdout.count("Process ID: ") == 4
+    assert "Traceback" not in done.stderr
+
+
+def test_the_users_own_tests_pass_with_taskpools_pytest_plugin(project: UserProject) -> None:
+    done = project.run(
+        project.python, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+        redis_url=f"redis://127.0.0.1:{free_port()}/0", timeout=240,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "4 passed" in done.stdout
