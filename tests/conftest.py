@@ -101,7 +101,29 @@ def client_app(broker_url: str, **settings: Any) -> Celery:
     )
     register(app)
     app.finalize()
+    _client_apps.append(app)
     return app
+
+
+#: Apps made by client_app; those made during a test are closed after it.
+_client_apps: list[Celery] = []
+
+
+def close_app(app: Celery) -> None:
+    """Close ``app``'s broker pool and result-store connections, so none is left to GC."""
+    backend = getattr(app._local, "backend", None)  # only if the app made one
+    client = getattr(backend, "client", None)
+    if client is not None:
+        client.connection_pool.disconnect()
+    app.close()
+
+
+@pytest.fixture(autouse=True)
+def close_client_apps() -> Iterator[None]:
+    before = len(_client_apps)
+    yield
+    while len(_client_apps) > before:
+        close_app(_client_apps.pop())
 
 
 @pytest.fixture
