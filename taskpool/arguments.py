@@ -1,8 +1,11 @@
-"""Arguments checked in the caller, before anything is sent: exact integers and a size limit.
+"""Arguments checked in the caller, before anything is sent: a size limit, and on request exact
+integers for other languages.
 
-A worker that receives a 50 MB argument decodes it in a pool process and stays large; an
-integer past 2**53 reaches another language's JSON reader (Flower's page, a Go or JS client)
-rounded. Both are refused here, with the argument named, instead of surfacing far away.
+A worker that receives a 50 MB argument decodes it in a pool process and stays large, so such
+arguments are refused here, naming the limit. Python's JSON carries integers of any size
+exactly, as stock Celery does (database and snowflake ids); with TASKPOOL_JSON_SAFE_INTEGERS,
+integers past 2**53, which another language's JSON reader (Flower's page, a Go or JS client)
+would round, are refused too, naming the argument.
 """
 
 from __future__ import annotations
@@ -24,11 +27,17 @@ _CONTAINERS = (list, tuple, set, frozenset)
 
 
 def check_call(
-    task_name: str, args: Any, kwargs: Any, max_bytes: int, serializer: str = "json"
+    task_name: str,
+    args: Any,
+    kwargs: Any,
+    max_bytes: int,
+    serializer: str = "json",
+    *,
+    json_safe_integers: bool = False,
 ) -> None:
-    """Raise UnsafeInteger or ArgumentTooLarge for a call that should not be sent."""
+    """Raise ArgumentTooLarge (or, when asked, UnsafeInteger) for a call that should not go."""
     positional, named = list(args or ()), dict(kwargs or {})
-    size = _rough_size([positional, named])
+    size = _rough_size([positional, named], json_safe_integers)
     if size < 0:  # an unsafe integer somewhere: find it and name it
         for index, value in enumerate(positional):
             _name_unsafe(task_name, value, f"args[{index}]")
@@ -93,16 +102,17 @@ def _all_safe_numbers(values: Sequence[Any]) -> bool:
     )
 
 
-def _rough_size(value: Any) -> int:
-    """About how many bytes ``value`` takes as JSON; -1 if it holds an unsafe integer."""
+def _rough_size(value: Any, refuse_unsafe: bool) -> int:
+    """About how many bytes ``value`` takes as JSON; -1 if it holds a refused integer."""
     if isinstance(value, (str, bytes)):
         return len(value) + 2
     if _unsafe_int(value):
-        return -1
+        return -1 if refuse_unsafe else value.bit_length() // 3 + 2  # its decimal digits, roughly
     if isinstance(value, dict):
-        parts = [_rough_size(k) for k in value] + [_rough_size(v) for v in value.values()]
+        parts = [_rough_size(k, refuse_unsafe) for k in value]
+        parts += [_rough_size(v, refuse_unsafe) for v in value.values()]
     elif isinstance(value, _CONTAINERS):
-        parts = [_rough_size(item) for item in value]
+        parts = [_rough_size(item, refuse_unsafe) for item in value]
     else:
         return 32  # safe ints, floats, None, and what the serializer spells as a short string
     return -1 if -1 in parts else sum(parts) + 2 * len(parts) + 2

@@ -53,7 +53,10 @@ class FallbackTask(Task):
         requested = options.pop("dispatch", None)
         # Refused here, on either backend: the same call must not work locally and fail remotely.
         settings = settings_of(self.app)
-        check_call(self.name, args, kwargs, settings.max_message_bytes, self.serializer)
+        check_call(
+            self.name, args, kwargs, settings.max_message_bytes, self.serializer,
+            json_safe_integers=settings.json_safe_integers,
+        )  # fmt: skip
         celery_call = dict(
             args=args, kwargs=kwargs, task_id=task_id, producer=producer,
             link=link, link_error=link_error, shadow=shadow, **options,

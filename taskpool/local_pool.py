@@ -71,15 +71,16 @@ def submit(
 
 
 def submit_chunk(
-    task: Task, items: Sequence[Any], start: int = 0
+    task: Task, items: Sequence[Any], start: int = 0, *, check_integers: bool = False
 ) -> multiprocessing.pool.AsyncResult | _Finished:
     """Run ``task`` over ``items`` in one pool process; the result is a ChunkOutcome.
 
     Items travel pickled between our own processes (no broker is involved), which keeps
-    bulk maps as fast as ``Pool.map``. The pool process first applies the map's integer
-    check (``start``: the first item's index in the map), off the caller's path.
+    bulk maps as fast as ``Pool.map``. With ``check_integers`` the pool process first applies
+    the map's integer check (``start``: the first item's index in the map), off the caller's
+    path.
     """
-    job = (_ref(task), items, start)
+    job = (_ref(task), items, start, check_integers)
     settings = settings_of(task.app)
     if _run_here(settings):
         return _Finished(_execute_chunk(*job))
@@ -249,14 +250,17 @@ def _execute(ref: TaskRef, payload: Payload, task_id: str, countdown: float) -> 
         return Outcome(states.FAILURE, get_pickleable_exception(exc), traceback.format_exc())
 
 
-def _execute_chunk(ref: TaskRef, items: Sequence[Any], start: int) -> ChunkOutcome:
+def _execute_chunk(
+    ref: TaskRef, items: Sequence[Any], start: int, check_integers: bool
+) -> ChunkOutcome:
     """Run one chunk in a pool process; failures travel back per input, picklable.
 
-    Inputs a broker could not carry exactly fail the whole chunk (UnsafeInteger), before any
-    of it runs, as they would on the broker.
+    With ``check_integers``, inputs other languages' JSON would round fail the whole chunk
+    (UnsafeInteger) before any of it runs, as they would on the broker.
     """
     task = _find_task(ref)
-    check_items(task.name, items, start)
+    if check_integers:
+        check_items(task.name, items, start)
     outcome = run_items(task, items, hostname=None)
     outcome.errors = [(i, get_pickleable_exception(exc)) for i, exc in outcome.errors]
     return outcome

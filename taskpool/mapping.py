@@ -122,10 +122,11 @@ class _LocalChunks:
 
     def __init__(self, task: Task) -> None:
         self.task = task
+        self.check_integers = settings_of(task.app).json_safe_integers
 
     def submit(self, items: Sequence[Any], start: int) -> Any:
         # The pool process checks the inputs (check_items): in parallel, off the caller's path.
-        return submit_chunk(self.task, items, start)
+        return submit_chunk(self.task, items, start, check_integers=self.check_integers)
 
     def collect(self, chunk: _Chunk) -> ChunkOutcome:
         return chunk.handle.get()
@@ -141,6 +142,7 @@ class _BrokerChunks:
     def __init__(self, app: Celery, task: Task) -> None:
         self.app, self.task = app, task
         self.health = dispatch.health(app)
+        self.check_integers = settings_of(app).json_safe_integers
         self.chunk_task = app.tasks[run_chunk.name]
         # Chunks go where the mapped task is routed, so `-Q` workers for it receive them.
         route = app.amqp.router.route({}, task.name)
@@ -148,7 +150,8 @@ class _BrokerChunks:
 
     def submit(self, items: Sequence[Any], start: int) -> str:
         """Check and publish one chunk (``start``: its first input's index); return its id."""
-        check_items(self.task.name, items, start)
+        if self.check_integers:
+            check_items(self.task.name, items, start)
         try:
             return str(
                 self.chunk_task.apply_async(

@@ -59,6 +59,9 @@ DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 #: task does not leave the worker large for good.
 DEFAULT_MAX_MEMORY_PER_CHILD_MB = 512
 
+#: How a yes/no variable may be spelled.
+FLAG_WORDS = ("1", "true", "yes", "on", "0", "false", "no", "off")
+
 #: Every variable taskpool reads, for docs and error messages.
 VARIABLES = (
     "TASKPOOL_BROKER_URL",
@@ -80,6 +83,7 @@ VARIABLES = (
     "TASKPOOL_REDIS_PASSWORD",
     "TASKPOOL_ROUTES",
     "TASKPOOL_LOCAL_START_METHOD",
+    "TASKPOOL_JSON_SAFE_INTEGERS",
     # Read by the `taskpool` command only: the app its commands use (like `celery -A`).
     "TASKPOOL_APP",
 )
@@ -111,6 +115,9 @@ class Settings:
     max_tasks_per_child: int | None = None
     #: Task name -> queue name; workers started with ``-Q`` consume only the queues named.
     routes: tuple[tuple[str, str], ...] = ()
+    #: Refuse integers past ±(2**53 - 1) before sending, for readers in other languages
+    #: (Python's JSON, and so stock Celery, carry any integer exactly).
+    json_safe_integers: bool = False
 
     def __post_init__(self) -> None:
         """The same checks however the settings were built: ``from_env`` or ``Settings(...)``."""
@@ -179,6 +186,7 @@ class Settings:
                 "TASKPOOL_MAX_MEMORY_PER_CHILD_MB", int, DEFAULT_MAX_MEMORY_PER_CHILD_MB
             ),
             max_tasks_per_child=read.number("TASKPOOL_MAX_TASKS_PER_CHILD", int, None),
+            json_safe_integers=read.flag("TASKPOOL_JSON_SAFE_INTEGERS", False),
         )
 
     def _check_limits(self) -> None:
@@ -268,6 +276,14 @@ class _Reader:
         value = found[1].lower()
         _check_choice(name, value, allowed, shown=found[1])
         return cast(T, value)
+
+    def flag(self, name: str, default: bool) -> bool:
+        found = self.raw(name)
+        if found is None:
+            return default
+        value = found[1].lower()
+        _check_choice(name, value, FLAG_WORDS, shown=found[1])
+        return value in ("1", "true", "yes", "on")
 
     def number(self, name: str, kind: Callable[[str], T], default: T) -> T:
         found = self.raw(name)

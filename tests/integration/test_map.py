@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import taskpool
-from taskpool import MapItemFailed
+from taskpool import MapItemFailed, current_settings
 from taskpool.errors import ArgumentTooLarge, UnsafeInteger
 from taskpool.testing.celery_worker import CeleryWorker
 from taskpool.testing.redis_server import RedisServer, free_port
@@ -74,6 +74,22 @@ def test_bound_tasks_see_who_ran_them(dispatch: str, request: pytest.FixtureRequ
         assert all(r["hostname"].startswith("local-pool@") for r in reports)
 
 
+@pytest.fixture
+def json_safe_integers(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """TASKPOOL_JSON_SAFE_INTEGERS=true for this test's calls and maps."""
+    monkeypatch.setenv("TASKPOOL_JSON_SAFE_INTEGERS", "true")
+    current_settings.cache_clear()
+    yield
+    monkeypatch.undo()
+    current_settings.cache_clear()
+
+
+def test_64_bit_and_larger_inputs_travel_exactly_by_default(dispatch: str) -> None:
+    inputs = [2**60, -(2**63), 2**70, 3]
+    assert taskpool.map(square, inputs, dispatch=dispatch) == [n * n for n in inputs]
+
+
+@pytest.mark.usefixtures("json_safe_integers")
 def test_inputs_json_would_not_carry_exactly_are_refused_before_anything_runs(
     dispatch: str,
 ) -> None:
@@ -83,6 +99,7 @@ def test_inputs_json_would_not_carry_exactly_are_refused_before_anything_runs(
     assert taskpool.map(square, [2**40, 2**35, 3], dispatch=dispatch) == [2**80, 2**70, 9]
 
 
+@pytest.mark.usefixtures("json_safe_integers")
 def test_an_unsafe_input_in_a_later_chunk_is_named_by_its_index_in_the_map(dispatch: str) -> None:
     inputs = list(range(1_000))
     inputs[750] = 2**60

@@ -20,6 +20,11 @@ def test_square_runs_on_the_worker(session_worker: CeleryWorker) -> None:
     assert result.successful()
 
 
+def test_a_64_bit_integer_goes_to_the_worker_and_back_exactly(session_worker: CeleryWorker) -> None:
+    # Database and snowflake ids: stock Celery carries them exactly between Python processes.
+    assert square.delay(2**62 + 1).get(timeout=10) == (2**62 + 1) ** 2
+
+
 def test_print_number_runs_in_a_worker_pool_process(session_worker: CeleryWorker) -> None:
     report = print_number.delay(3).get(timeout=10)
     assert report["number"] == 3

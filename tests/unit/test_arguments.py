@@ -27,8 +27,9 @@ LIMIT = 16 * 1024 * 1024
     ],
 )
 def test_an_unsafe_integer_is_named_where_it_is(args: tuple, kwargs: dict, where: str) -> None:
+    check_call("tasks.square", args, kwargs, LIMIT)  # by default, as stock Celery: carried
     with pytest.raises(UnsafeInteger) as caught:
-        check_call("tasks.square", args, kwargs, LIMIT)
+        check_call("tasks.square", args, kwargs, LIMIT, json_safe_integers=True)
     message = str(caught.value)
     assert message.startswith(f"tasks.square: {where} is an integer of ")
     assert "str(n)" in message
@@ -36,8 +37,20 @@ def test_an_unsafe_integer_is_named_where_it_is(args: tuple, kwargs: dict, where
 
 
 def test_safe_values_pass() -> None:
-    check_call("tasks.square", (JSON_SAFE_INTEGER, -JSON_SAFE_INTEGER, 1.5e300, True), {}, LIMIT)
-    check_call("tasks.square", ([1, 2], {"k": "v"}, None, "text"), {"x": (1,)}, LIMIT)
+    for strict in (False, True):
+        check_call(
+            "tasks.square", (JSON_SAFE_INTEGER, -JSON_SAFE_INTEGER, 1.5e300, True), {}, LIMIT,
+            json_safe_integers=strict,
+        )  # fmt: skip
+        check_call(
+            "tasks.square", ([1, 2], {"k": "v"}, None, "text"), {"x": (1,)}, LIMIT,
+            json_safe_integers=strict,
+        )  # fmt: skip
+
+
+def test_huge_integers_still_count_toward_the_size_limit() -> None:
+    with pytest.raises(ArgumentTooLarge):
+        check_call("tasks.square", (10**3000,), {}, 1000)
 
 
 def test_arguments_over_the_limit_are_refused_with_their_size() -> None:
@@ -101,8 +114,14 @@ def _app_with_no_broker(**settings: Any) -> Celery:
     return app
 
 
-def test_delay_refuses_an_unsafe_integer_before_it_tries_the_broker() -> None:
+def test_delay_sends_a_64_bit_integer_as_stock_celery_does() -> None:
     square = _app_with_no_broker().tasks["tasks.square"]
+    with pytest.raises(BrokerUnavailable):  # no argument error: it got as far as the broker
+        square.delay(2**60)
+
+
+def test_delay_refuses_an_unsafe_integer_before_it_tries_the_broker_when_asked() -> None:
+    square = _app_with_no_broker(json_safe_integers=True).tasks["tasks.square"]
     with pytest.raises(UnsafeInteger, match="tasks.square: args.0. is an integer of 61 bits"):
         square.delay(2**60)
     with pytest.raises(BrokerUnavailable):  # the same call with a fine argument gets that far
