@@ -6,6 +6,7 @@
     ├── ConfigError (ValueError)          a setting holds a value taskpool cannot use
     ├── BrokerUnavailable                 mode ``celery``, and no broker or result store answers
     │   (kombu.exceptions.OperationalError)
+    ├── BrokerUnsupported (RuntimeError)  the broker lacks what taskpool needs (Redis < 6.2)
     ├── LocalPoolError (RuntimeError)     the local pool cannot run what was asked of it
     ├── UnsafeInteger (ValueError)        an argument JSON would not carry exactly
     ├── ArgumentTooLarge (ValueError)     arguments over TASKPOOL_MAX_MESSAGE_BYTES
@@ -45,6 +46,10 @@ class BrokerUnavailable(TaskpoolError, OperationalError):
     It subclasses kombu's (and Celery's) ``OperationalError``, so code that already catches
     Celery's connection errors catches this too.
     """
+
+
+class BrokerUnsupported(TaskpoolError, RuntimeError):
+    """Raised when a consumer starts against a broker too old for taskpool's transport."""
 
 
 class LocalPoolError(TaskpoolError, RuntimeError):

@@ -4,55 +4,56 @@ kombu's Redis transport takes a message off the queue with BRPOP and only afterw
 as unacknowledged; a worker killed between the two takes the only copy with it. The soak test
 (tests/faults/test_soak.py) lost one task in 3,000 that way in about a third of its runs.
 
-Here one Lua script pops the message *and* records it as unacknowledged, atomically. To wait
-for work without taking anything, an idle consumer blocks on ``BLMOVE q q RIGHT RIGHT``, which
-moves a message onto the same place in the same list (it stays queued) and wakes the consumer,
-which then runs the script. The restore of a dead worker's messages after the visibility timeout
-is kombu's own, reading the same ``unacked`` hash. Consumers that do not ack (``no_ack``, e.g.
-remote-control replies) and prefixed keys keep kombu's path.
+Here one Lua script (``pop_and_record.lua``, registered once and called by its SHA) pops the
+next message in priority order *and* records it as unacknowledged, atomically. To wait for work
+without taking anything, an idle consumer blocks on ``BLMOVE q q RIGHT RIGHT`` on its first
+list (where messages without a priority land), which leaves the message where it was and wakes
+the consumer, which then runs the script over all its lists. Between waits the script also
+looks at the other lists (more queues, other priorities); the waits grow while nothing arrives
+(``IDLE_WAITS``). The restore of a dead worker's messages after the visibility timeout is
+kombu's own, reading the same ``unacked`` hash. Consumers that do not ack (``no_ack``, e.g.
+remote-control replies) keep kombu's path. Needs Redis 6.2 (BLMOVE), checked when a consumer
+starts. kombu private names used: ``_brpop_start``/``_brpop_read`` (overridden),
+``_brpop_sent_at``, ``_in_poll``, ``_flush_brpop_reauth``, ``_queue_cycle``, ``_tag_to_queue``,
+``_maybe_update_queues_expire`` and ``_q_for_pri``; kombu is pinned to the minor version tested.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from queue import Empty
 from time import monotonic
 from typing import Any
 
+import redis
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
-#: KEYS: the queue lists in priority order, then the unacked index and the unacked hash.
-#: Returns {key, message} once popped and recorded; {key, message, 0} for a message it could
-#: not read (kombu then records it, as it always did); nil when every list is empty.
-POP_AND_RECORD = """
-local index_key, unacked_key = KEYS[#KEYS - 1], KEYS[#KEYS]
-for i = 1, #KEYS - 2 do
-  local item = redis.call('RPOP', KEYS[i])
-  if item then
-    local ok, message = pcall(cjson.decode, item)
-    local properties = ok and type(message) == 'table' and message['properties']
-    local delivery = properties and properties['delivery_info']
-    local tag = properties and properties['delivery_tag']
-    if not (delivery and type(tag) == 'string') then
-      return {KEYS[i], item, 0}
-    end
-    local now = redis.call('TIME')
-    redis.call('ZADD', index_key, tonumber(now[1]) + tonumber(now[2]) / 1000000, tag)
-    redis.call('HSET', unacked_key, tag, '[' .. item .. ',' .. cjson.encode(delivery['exchange'])
-      .. ',' .. cjson.encode(delivery['routing_key']) .. ']')
-    return {KEYS[i], item}
-  end
-end
-return false
-"""
+from taskpool.errors import BrokerUnsupported
+from taskpool.urls import mask_url
 
-#: With several lists to watch, BLMOVE can wait on only the first; the others are polled this
-#: often while idle (a message of another queue or priority waits at most this long).
-OTHER_LISTS_POLL = 0.1
+#: The script's text, read once; Redis runs it by its SHA1 (EVALSHA).
+POP_AND_RECORD = Path(__file__).with_name("pop_and_record.lua").read_text()
+#: The first Redis with BLMOVE.
+MINIMUM_REDIS = (6, 2)
+#: While idle, the waits on the first list, longest last: a message on another list (a second
+#: queue, a priority) waits at most the current one, and a long-idle consumer sends about two
+#: commands a second (stock kombu: one BRPOP a second).
+IDLE_WAITS = (0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+def require_redis(version: str, url: str) -> None:
+    """Raise BrokerUnsupported, naming the server, for a Redis older than MINIMUM_REDIS."""
+    found = tuple(int(part) for part in version.split(".")[:2] if part.isdigit())
+    if found < MINIMUM_REDIS:
+        raise BrokerUnsupported(
+            f"Redis {version} at {mask_url(url)} is too old for taskpool's transport, which "
+            f"needs {'.'.join(map(str, MINIMUM_REDIS))} or newer (BLMOVE): upgrade Redis"
+        )
 
 
 class QoS(kombu_redis.QoS):
@@ -76,8 +77,11 @@ class Channel(kombu_redis.Channel):
         self.recorded_tags: set[str] = set()
         self._acking_queues: dict[str, int] = {}
         self._pending: str | None = None  # the reliable command awaiting its reply
-        self._idle = False  # the last pop found nothing: wait before popping again
+        self._waiting = False  # the last pop found nothing: wait before popping again
+        self._wait_index = 0  # into IDLE_WAITS: grows while waits time out
         self._client_of_pool: Any = None
+        self._script: Any = None  # POP_AND_RECORD registered on _client_of_pool
+        self._server_checked = False
         super().__init__(*args, **kwargs)
 
     @contextmanager
@@ -90,15 +94,22 @@ class Channel(kombu_redis.Channel):
         if client is not None:
             yield client
             return
+        yield self._pool_client()
+
+    def _pool_client(self) -> Any:
         pool = self.pool
         if self._client_of_pool is None or self._client_of_pool.connection_pool is not pool:
             self._client_of_pool = self._create_client()
-        yield self._client_of_pool
+            # A plain client on the same pool: the keys below carry their prefix already.
+            self._script = redis.Redis(connection_pool=pool).register_script(POP_AND_RECORD)
+        return self._client_of_pool
 
     # -- which consumers take the reliable path ------------------------------------------
 
     def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
         if not no_ack:
+            self._check_server()
+            # Insertion order is consume order: the first queue named (-Q a,b) is waited on.
             self._acking_queues[queue] = self._acking_queues.get(queue, 0) + 1
         return super().basic_consume(queue, no_ack, *args, **kwargs)
 
@@ -110,14 +121,26 @@ class Channel(kombu_redis.Channel):
                 del self._acking_queues[queue]
         return super().basic_cancel(consumer_tag)
 
+    def _check_server(self) -> None:
+        """Refuse, at once and by name, a Redis too old for BLMOVE."""
+        if self._server_checked:
+            return
+        with self.conn_or_acquire() as client:
+            version = str(client.info("server")["redis_version"])
+        require_redis(version, self.connection.client.as_uri(include_password=False))
+        self._server_checked = True
+
     def _reliable(self, queues: list[str]) -> bool:
-        return not self.global_keyprefix and all(q in self._acking_queues for q in queues)
+        return all(q in self._acking_queues for q in queues)
 
     def _keys(self, queues: list[str]) -> list[str]:
-        return [self._q_for_pri(q, pri) for pri in self.priority_steps for q in queues]
+        """The lists to pop from, in priority order, as Redis names them (prefix included)."""
+        prefix = self.global_keyprefix or ""
+        return [prefix + self._q_for_pri(q, pri) for pri in self.priority_steps for q in queues]
 
-    def _script_args(self, keys: list[str]) -> list[Any]:
-        return [POP_AND_RECORD, len(keys) + 2, *keys, self.unacked_index_key, self.unacked_key]
+    def _script_keys(self, keys: list[str]) -> list[str]:
+        prefix = self.global_keyprefix or ""
+        return [*keys, prefix + self.unacked_index_key, prefix + self.unacked_key]
 
     # -- the consuming loop --------------------------------------------------------------
 
@@ -131,16 +154,21 @@ class Channel(kombu_redis.Channel):
             self._pending = None
             return super()._brpop_start(timeout)
         keys = self._keys(queues)
+        self._pool_client()  # registers the script for this pool
         connection = self.client.connection
         self._in_poll = connection
         self._brpop_sent_at = monotonic()  # type: ignore[assignment]  # kombu declares it None
-        if self._idle:
-            wait = timeout if len(keys) == 1 else min(timeout or OTHER_LISTS_POLL, OTHER_LISTS_POLL)
+        if self._waiting:
+            wait = timeout if len(keys) == 1 else IDLE_WAITS[self._wait_index]
+            # The first queue's list for messages without a priority, whatever the fair cycle's
+            # rotation, so the usual message wakes the consumer at once.
+            first = (self.global_keyprefix or "") + next(iter(self._acking_queues))
             self._pending = "BLMOVE"
-            connection.send_command("BLMOVE", keys[0], keys[0], "RIGHT", "RIGHT", wait or 0)
+            connection.send_command("BLMOVE", first, first, "RIGHT", "RIGHT", wait or 0)
         else:
-            self._pending = "EVAL"
-            connection.send_command("EVAL", *self._script_args(keys))
+            self._pending = "EVALSHA"
+            script_keys = self._script_keys(keys)
+            connection.send_command("EVALSHA", self._script.sha, len(script_keys), *script_keys)
 
     def _brpop_read(self, **options: Any) -> bool:
         command, self._pending = self._pending, None
@@ -149,13 +177,23 @@ class Channel(kombu_redis.Channel):
         try:
             try:
                 reply = self.client.parse_response(self.client.connection, command, **options)
+            except redis.exceptions.NoScriptError:  # Redis restarted, or failed over
+                self._script.sha = self._pool_client().script_load(POP_AND_RECORD)
+                raise Empty() from None
             except self.connection_errors:
                 self.client.connection.disconnect()  # reconnects on the next round
                 raise
-            if command == "BLMOVE" or not reply:
-                # Woken by a message (pop it next round), or timed out / found nothing (wait).
-                self._idle = command == "EVAL" or reply is None
+            if command == "BLMOVE":
+                # Woken or not, the script looks at every list next (the others included);
+                # a wait that timed out makes the next one longer.
+                self._waiting = False
+                woken = reply is not None
+                self._wait_index = 0 if woken else min(self._wait_index + 1, len(IDLE_WAITS) - 1)
                 raise Empty()
+            if not reply:
+                self._waiting = True
+                raise Empty()
+            self._wait_index = 0
             self._deliver_popped(reply)
             return True
         finally:
@@ -171,15 +209,16 @@ class Channel(kombu_redis.Channel):
         key, item = bytes_to_str(reply[0]), loads(bytes_to_str(reply[1]))
         if len(reply) == 2:
             self.recorded_tags.add(item["properties"]["delivery_tag"])
+        key = key[len(self.global_keyprefix or "") :]
         return key.rsplit(self.sep, 1)[0], item
 
     # -- basic_get, the synchronous path ---------------------------------------------------
 
     def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
-        if no_ack or self.global_keyprefix:
+        if no_ack:
             return super().basic_get(queue, no_ack, **kwargs)
         with self.conn_or_acquire() as client:
-            reply = client.eval(*self._script_args(self._keys([queue])))
+            reply = self._script(keys=self._script_keys(self._keys([queue])))
             self._maybe_update_queues_expire(client, queue)
         if not reply:
             return None

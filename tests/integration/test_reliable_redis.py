@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import socket
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -10,8 +14,9 @@ import redis as redis_py
 from kombu import Connection, Consumer, Exchange, Message, Producer, Queue
 
 from taskpool import Settings, celery_config
+from taskpool.errors import BrokerUnsupported
 from taskpool.testing.redis_server import RedisServer
-from taskpool.transport import Transport
+from taskpool.transport import POP_AND_RECORD, Transport, require_redis
 
 pytestmark = pytest.mark.integration
 
@@ -141,3 +146,119 @@ def test_publishes_share_one_client_per_connection_pool(
         with channel.conn_or_acquire() as fresh:
             assert fresh is not used[0] and fresh.connection_pool is channel.pool
     assert client.llen(queue.name) == 4
+
+
+def drain_one(conn: Connection, queues: list[Queue], deadline: float) -> tuple[object, float]:
+    """The first message any of ``queues`` delivers (acked), and how long it took."""
+    got: list[object] = []
+
+    def record(body: object, message: Message) -> None:
+        got.append(body)
+        message.ack()
+
+    started = time.monotonic()
+    with Consumer(conn, queues, accept=["json"], callbacks=[record]):
+        while not got:
+            assert time.monotonic() - started < deadline, f"nothing delivered in {deadline}s"
+            with contextlib.suppress(socket.timeout):
+                conn.drain_events(timeout=0.2)
+    return got[0], time.monotonic() - started
+
+
+def test_an_idle_consumer_gets_a_message_of_its_second_queue_and_of_a_priority(
+    redis_server: RedisServer, client: redis_py.Redis
+) -> None:
+    first, second = Queue("first", routing_key="first"), Queue("second", routing_key="second")
+    with connection(redis_server) as conn:
+        consumer = Consumer(conn, [first, second], accept=["json"])
+        consumer.consume()
+        # Idle long enough that the waits have grown to their longest.
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            with contextlib.suppress(socket.timeout):
+                conn.drain_events(timeout=0.2)
+        consumer.cancel()
+        publish(redis_server, second, ["to the second queue"])
+        body, _ = drain_one(conn, [first, second], deadline=5)
+        assert body == "to the second queue"
+        with connection(redis_server) as producer_conn:
+            Producer(producer_conn).publish(
+                "urgent", routing_key="first", declare=[first], serializer="json", priority=9
+            )
+        body, _ = drain_one(conn, [first, second], deadline=5)
+        assert body == "urgent"
+    assert client.hlen("unacked") == 0
+
+
+def test_the_script_is_registered_once_and_called_by_its_sha(
+    redis_server: RedisServer, client: redis_py.Redis, queue: Queue
+) -> None:
+    publish(redis_server, queue, [{"n": n} for n in range(20)])
+    with connection(redis_server) as conn:
+        for _ in range(20):
+            drain_one(conn, [queue], deadline=5)
+    stats = client.info("commandstats")
+    assert "cmdstat_eval" not in stats  # the text is never sent with a pop
+    assert stats["cmdstat_evalsha"]["calls"] >= 20
+    assert client.script_exists(hashlib.sha1(POP_AND_RECORD.encode()).hexdigest()) == [True]
+
+
+def test_a_flushed_script_cache_is_reloaded_and_delivery_goes_on(
+    redis_server: RedisServer, client: redis_py.Redis, queue: Queue
+) -> None:
+    with connection(redis_server) as conn:
+        publish(redis_server, queue, ["before"])
+        assert drain_one(conn, [queue], deadline=5)[0] == "before"
+        client.script_flush()  # what a restarted or failed-over Redis has
+        publish(redis_server, queue, ["after"])
+        assert drain_one(conn, [queue], deadline=5)[0] == "after"
+    assert client.hlen("unacked") == 0
+
+
+def test_prefixed_keys_take_the_reliable_path_too(
+    redis_server: RedisServer, client: redis_py.Redis, queue: Queue
+) -> None:
+    options = {"global_keyprefix": "app1:"}
+    with Connection(redis_server.url(), transport=Transport, transport_options=options) as conn:
+        Producer(conn).publish("hello", routing_key=queue.name, declare=[queue], serializer="json")
+        assert client.llen(f"app1:{queue.name}") == 1
+        message = conn.default_channel.basic_get(queue.name, no_ack=False)
+        assert message is not None and message.payload == "hello"
+        assert client.hlen("app1:unacked") == 1 and client.hlen("unacked") == 0
+        message.ack()
+        assert client.hlen("app1:unacked") == 0
+
+
+def test_a_message_due_later_is_indexed_at_its_due_time(
+    redis_server: RedisServer, client: redis_py.Redis
+) -> None:
+    """So kombu's restore, after the visibility timeout, skips it until then: no second run."""
+    from tests.conftest import client_app
+
+    app = client_app(redis_server.url(), dispatch="celery")
+    app.tasks["tasks.square"].apply_async((3,), countdown=3600)
+    with connection(redis_server) as conn:
+        message = conn.default_channel.basic_get("celery", no_ack=False)
+        assert message is not None
+        due = client.zscore("unacked_index", message.delivery_tag)
+        assert due is not None and 3590 < due - time.time() < 3610
+        message.ack()
+
+
+@pytest.mark.parametrize(
+    ("version", "refused"),
+    [("6.0.16", True), ("5.0.7", True), ("6.2.14", False), ("7.0.15", False)],
+)
+def test_a_redis_without_blmove_is_refused_by_name(version: str, refused: bool) -> None:
+    if refused:
+        with pytest.raises(BrokerUnsupported, match=f"Redis {version} at redis://:\\*\\*@h"):
+            require_redis(version, "redis://:secret@h:6379/0")
+    else:
+        require_redis(version, "redis://h:6379/0")
+
+
+def test_a_consumer_checks_the_server_it_reads_from(
+    redis_server: RedisServer, queue: Queue
+) -> None:
+    with connection(redis_server) as conn, Consumer(conn, [queue], accept=["json"]):
+        assert conn.default_channel._server_checked

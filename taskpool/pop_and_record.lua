@@ -1,0 +1,67 @@
+-- Pop the next message and record it as unacknowledged, in one atomic step.
+-- KEYS[1..n-2] = the queue lists, in priority order
+-- KEYS[n-1]    = the unacked index (sorted set: delivery tag -> when to consider restoring)
+-- KEYS[n]      = the unacked hash (delivery tag -> [message, exchange, routing key])
+-- Returns {key, message} once popped and recorded; {key, message, 0} for a message it could
+-- not read (kombu then records it, as it always did); false when every list is empty.
+--
+-- A message due later (Celery's eta header, from countdown or eta) is indexed at its due time,
+-- not now: kombu's restore puts back messages indexed more than the visibility timeout ago, so
+-- one waiting for its eta on a live worker is not handed to a second worker and run twice
+-- (celery #4400, kombu #337).
+
+-- Unix seconds of an ISO 8601 time such as 2026-11-28T09:40:00.5+01:00 (UTC without an
+-- offset), or nil. Days from the civil date: Howard Hinnant's days_from_civil.
+local function unix_time(text)
+  if type(text) ~= 'string' then
+    return nil
+  end
+  local y, mo, d, h, mi, s = string.match(
+    text, '^(%d%d%d%d)-(%d%d)-(%d%d)[T ](%d%d):(%d%d):(%d%d)')
+  if not y then
+    return nil
+  end
+  y, mo = tonumber(y), tonumber(mo)
+  if mo <= 2 then
+    y = y - 1
+  end
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local doy = math.floor((153 * ((mo + 9) % 12) + 2) / 5) + tonumber(d) - 1
+  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+  local t = (era * 146097 + doe - 719468) * 86400 + tonumber(h) * 3600 + tonumber(mi) * 60
+    + tonumber(s)
+  local sign, oh, om = string.match(text, '([+-])(%d%d):?(%d%d)$')
+  if sign == '+' then
+    t = t - tonumber(oh) * 3600 - tonumber(om) * 60
+  elseif sign == '-' then
+    t = t + tonumber(oh) * 3600 + tonumber(om) * 60
+  end
+  return t
+end
+
+local index_key, unacked_key = KEYS[#KEYS - 1], KEYS[#KEYS]
+for i = 1, #KEYS - 2 do
+  local item = redis.call('RPOP', KEYS[i])
+  if item then
+    local ok, message = pcall(cjson.decode, item)
+    local properties = ok and type(message) == 'table' and message['properties']
+    local delivery = properties and properties['delivery_info']
+    local tag = properties and properties['delivery_tag']
+    if not (delivery and type(tag) == 'string') then
+      return {KEYS[i], item, 0}
+    end
+    local now = redis.call('TIME')
+    local score = tonumber(now[1]) + tonumber(now[2]) / 1000000
+    local headers = message['headers']
+    local due = type(headers) == 'table' and unix_time(headers['eta'])
+    if due and due > score then
+      score = due
+    end
+    redis.call('ZADD', index_key, score, tag)
+    redis.call('HSET', unacked_key, tag, '[' .. item .. ',' .. cjson.encode(delivery['exchange'])
+      .. ',' .. cjson.encode(delivery['routing_key']) .. ']')
+    return {KEYS[i], item}
+  end
+end
+return false
