@@ -7,9 +7,12 @@ from typing import Any
 
 from celery import Celery
 
-from taskpool import transport  # noqa: F401 - loaded before kombu asks for it by name
+from taskpool import (
+    dispatch,
+    transport,  # noqa: F401 - loaded before kombu asks for it by name
+)
 from taskpool.celery_conf import celery_config
-from taskpool.errors import ConfigError
+from taskpool.errors import BrokerUnavailable, ConfigError, LocalPoolError
 from taskpool.fallback import FallbackTask
 from taskpool.settings import Settings, bind_settings, settings_of
 
@@ -29,6 +32,28 @@ class TaskpoolCelery(Celery):
         super().__init__(main, **kwargs)
         if settings is not None:
             bind_settings(self, settings)
+
+    def send_task(self, name: str, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+        """Celery's ``send_task``, with the broker-or-local decision of ``.delay()``.
+
+        With no broker (mode auto) or in mode local, a task registered here runs on the local
+        pool; one that is not raises BrokerUnavailable (or LocalPoolError) at once, instead of
+        Celery's retries and "the Celery application must be restarted".
+        """
+        if dispatch.routed.get():  # FallbackTask.apply_async decided already
+            return super().send_task(name, args, kwargs, **options)
+        route = dispatch.route(self, options.pop("dispatch", None))
+        if route.backend == "broker":
+            return super().send_task(name, args, kwargs, **options)
+        task = self.tasks.get(name)
+        if isinstance(task, FallbackTask):
+            task.refuse_canvas(route, options)
+            return task.apply_async(args, kwargs, dispatch="local", **options)
+        error = LocalPoolError if route.mode == "local" else BrokerUnavailable
+        raise error(
+            f"send_task({name!r}): no broker to send it to ({route.reason}), and no task of "
+            f"that name is registered on app {self.main!r} to run on the local pool"
+        )
 
     def on_configure(self) -> None:
         try:

@@ -12,10 +12,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Literal
 
 from celery import Celery
+from celery.signals import beat_init
 
 from taskpool.errors import BrokerUnavailable
 from taskpool.health import BrokerHealth, health_of
@@ -26,6 +28,9 @@ Backend = Literal["broker", "local"]
 
 #: How long ``route(..., need_worker=True)`` waits for any worker to answer a ping.
 WORKER_PING_TIMEOUT = 1.0
+#: True while FallbackTask publishes a call it routed to the broker, so the app's
+#: ``send_task`` (which Celery's ``apply_async`` calls) does not decide again.
+routed: ContextVar[bool] = ContextVar("taskpool_routed", default=False)
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,17 @@ class Route:
 
 _forced: DispatchMode | None = None
 _forced_lock = threading.Lock()
+#: Set when this process is ``celery beat``: its scheduled tasks must reach the workers, and a
+#: local run there would drop their results, so beat never falls back.
+_in_beat = False
+
+
+def _mark_beat(**_: object) -> None:
+    global _in_beat
+    _in_beat = True
+
+
+beat_init.connect(_mark_beat, weak=False)
 
 
 @contextmanager
@@ -74,7 +90,8 @@ def route(app: Celery, dispatch: str | None = None, *, need_worker: bool = False
     """Decide where ``app``'s work goes now.
 
     Inside a Celery worker (a retry, a task calling a task) mode ``auto`` stays on the broker:
-    a local result would never reach the result store its caller waits on. ``need_worker``
+    a local result would never reach the result store its caller waits on; so does ``celery
+    beat``, whose scheduled tasks are meant for the workers. ``need_worker``
     also asks for a worker to answer a ping, for callers that would otherwise wait on a queue
     nobody consumes (the ``taskpool`` command).
     """
@@ -83,7 +100,7 @@ def route(app: Celery, dispatch: str | None = None, *, need_worker: bool = False
     mode = _forced or check_dispatch(dispatch or settings.dispatch)
     if mode == "local":
         return Route("local", mode, "dispatch mode local")
-    if mode == "auto" and app.current_worker_task is not None:
+    if mode == "auto" and (_in_beat or app.current_worker_task is not None):
         mode = "celery"
     verdict = health(app, settings)
     if not verdict.is_up():

@@ -17,10 +17,19 @@ from kombu.exceptions import OperationalError
 
 from taskpool import dispatch
 from taskpool.arguments import check_call
-from taskpool.errors import LocalPoolError
+from taskpool.errors import BrokerUnavailable, LocalPoolError
 from taskpool.local_pool import submit
 from taskpool.results import LocalResult
 from taskpool.settings import settings_of
+
+#: Options that make a call part of a canvas, and what each carries.
+CANVAS = {
+    "link": "a callback",
+    "link_error": "an error callback",
+    "chain": "a chain",
+    "group_id": "a group",
+    "chord": "a chord",
+}
 
 #: What a failed publish raises: Celery wraps the broker's errors, the result store's may be raw.
 PUBLISH_ERRORS = (
@@ -66,27 +75,37 @@ class FallbackTask(Task):
         route = dispatch.route(self.app, requested)
         if route.backend == "broker":
             try:
-                return super().apply_async(**celery_call)
+                token = dispatch.routed.set(True)  # the app's send_task need not decide again
+                try:
+                    return super().apply_async(**celery_call)
+                finally:
+                    dispatch.routed.reset(token)
             except PUBLISH_ERRORS as exc:
                 route = dispatch.publish_failed(self.app, route.mode, exc)
-        return self._run_locally(args, kwargs, task_id, options, link, link_error)
+        self.refuse_canvas(route, {"link": link, "link_error": link_error, **options})
+        return self._run_locally(args, kwargs, task_id, options)
+
+    def refuse_canvas(self, route: dispatch.Route, options: dict[str, Any]) -> None:
+        """Callbacks, chains, groups and chords are carried by broker messages and results kept
+        in the result store: run here, only the first step would run and the rest be dropped.
+        """
+        named = [f"{name}= ({what})" for name, what in CANVAS.items() if options.get(name)]
+        if not named:
+            return
+        what = ", ".join(named)
+        if route.mode == "local":
+            raise LocalPoolError(
+                f"{self.name}: {what} need the broker, and the local pool cannot run them; "
+                "use dispatch auto or celery, or call the steps one by one"
+            )
+        raise BrokerUnavailable(
+            f"{self.name}: {what} need the broker, and it does not answer ({route.reason}); "
+            "nothing was run. Start the broker, or call the steps one by one"
+        )
 
     def _run_locally(
-        self,
-        args: Any,
-        kwargs: Any,
-        task_id: str | None,
-        options: dict[str, Any],
-        link: Any = None,
-        link_error: Any = None,
+        self, args: Any, kwargs: Any, task_id: str | None, options: dict[str, Any]
     ) -> LocalResult | EagerResult:
-        if link or link_error or options.get("chain"):
-            # Callbacks and chains are carried by broker messages; running only the first
-            # step here would drop the rest without a word.
-            raise LocalPoolError(
-                f"{self.name}: callbacks (link, link_error) and chains need the broker, and "
-                "the local pool cannot run them; start the broker or call the steps one by one"
-            )
         # Routing options mean nothing to the local pool; a requested delay is still honoured.
         countdown = options.get("countdown")
         eta = options.get("eta")

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from celery import Celery
+from celery import Celery, chain, group
 from celery.result import AsyncResult
+from celery.signals import beat_init
 from kombu.exceptions import OperationalError
 
-from taskpool import BrokerUnavailable, FallbackTask, LocalResult
+from taskpool import BrokerUnavailable, FallbackTask, LocalPoolError, LocalResult, dispatch
 from taskpool.examples import LOCAL_NODE
 from taskpool.testing.redis_server import RedisServer, free_port
 from tests.conftest import client_app, node_name
@@ -163,3 +165,62 @@ def test_the_fallback_warning_never_shows_the_password(caplog: pytest.LogCapture
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "unreachable" in logged and ":**@127.0.0.1" in logged
     assert "hunter2" not in logged
+
+
+@pytest.mark.parametrize(
+    ("build", "option"),
+    [
+        (lambda sq: group(sq.s(i) for i in range(4)), "group_id= (a group)"),
+        (lambda sq: chain(sq.s(2), sq.s()), "chain= (a chain)"),
+        (lambda sq: sq.signature((2,), link=sq.s()), "link= (a callback)"),
+        (lambda sq: sq.signature((2,), link_error=sq.s()), "link_error= (an error callback)"),
+    ],
+    ids=["group", "chain", "link", "link_error"],
+)
+def test_a_canvas_with_no_broker_raises_broker_unavailable_at_once_and_runs_nothing(
+    build: Callable[[Any], Any], option: str, tmp_path: Any
+) -> None:
+    app = client_app(f"redis://127.0.0.1:{free_port()}/0")
+    square = app.tasks["tasks.square"]
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable, match=re.escape(option) + ".*nothing was run"):
+        build(square).apply_async()
+    assert time.monotonic() - started < NO_HANG
+    # Celery's own way out was "the Celery application must be restarted": not here.
+    assert square.delay(5).get(timeout=NO_HANG) == 25
+
+
+def test_a_canvas_in_mode_local_is_refused_with_local_pool_error_naming_the_option() -> None:
+    app = client_app(f"redis://127.0.0.1:{free_port()}/0", dispatch="local")
+    square = app.tasks["tasks.square"]
+    with pytest.raises(LocalPoolError, match=re.escape("chain= (a chain)")):
+        chain(square.s(2), square.s()).apply_async()
+
+
+def test_send_task_with_no_broker_runs_a_known_task_locally_and_refuses_an_unknown_one() -> None:
+    app = client_app(f"redis://127.0.0.1:{free_port()}/0")
+    result, seconds = timed(lambda: app.send_task("tasks.square", args=(6,)))
+    assert isinstance(result, LocalResult) and result.get(timeout=NO_HANG) == 36
+    with pytest.raises(BrokerUnavailable, match="no task of that name is registered"):
+        app.send_task("elsewhere.cube", args=(2,))
+    assert seconds < NO_HANG
+
+
+def test_send_task_goes_to_the_worker_when_the_broker_answers(
+    session_worker: Any, redis_server: RedisServer
+) -> None:
+    app = client_app(redis_server.url())
+    result = app.send_task("tasks.square", args=(7,))
+    assert isinstance(result, AsyncResult) and result.get(timeout=10) == 49
+
+
+def test_beat_never_falls_back_to_the_local_pool() -> None:
+    app = client_app(f"redis://127.0.0.1:{free_port()}/0")
+    square = app.tasks["tasks.square"]
+    assert isinstance(square.delay(2), LocalResult)
+    beat_init.send(sender=None)  # what `celery beat` sends when it starts
+    try:
+        with pytest.raises(BrokerUnavailable):
+            square.delay(2)
+    finally:
+        dispatch._in_beat = False

@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 
 import pytest
+from celery import chain, chord, group
 from celery.result import AsyncResult
 
 from taskpool.testing.celery_worker import CeleryWorker
-from tasks import print_number, square
+from tasks import app, print_number, square
 
 pytestmark = pytest.mark.integration
 
@@ -80,3 +81,16 @@ def test_a_worker_with_a_bad_setting_stops_with_one_clear_line() -> None:
     assert done.stderr.strip() == (
         "taskpool: TASKPOOL_DISPATCH='sideways' is not valid: expected one of auto, celery, local"
     )
+
+
+def test_canvas_primitives_run_on_the_worker_as_on_stock_celery(
+    session_worker: CeleryWorker,
+) -> None:
+    assert group(square.s(i) for i in range(4))().get(timeout=20) == [0, 1, 4, 9]
+    assert chain(square.s(2), square.s())().get(timeout=20) == 16
+    body = app.signature("celery.accumulate", kwargs={"index": 0})
+    assert chord(square.s(i) for i in range(3))(body).get(timeout=20) == [0, 1, 4]
+    callback = square.s()
+    called = callback.freeze()
+    square.apply_async((3,), link=callback).get(timeout=20)
+    assert called.get(timeout=20) == 81
