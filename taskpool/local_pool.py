@@ -15,7 +15,6 @@ import atexit
 import importlib
 import logging
 import multiprocessing
-import multiprocessing.pool
 import os
 import signal
 import sys
@@ -23,6 +22,9 @@ import threading
 import time
 import traceback
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, NamedTuple
 
 from celery import Task, states
@@ -72,7 +74,7 @@ def submit(
 
 def submit_chunk(
     task: Task, items: Sequence[Any], start: int = 0, *, check_integers: bool = False
-) -> multiprocessing.pool.AsyncResult | _Finished:
+) -> _Run | _Finished:
     """Run ``task`` over ``items`` in one pool process; the result is a ChunkOutcome.
 
     Items travel pickled between our own processes (no broker is involved), which keeps
@@ -87,12 +89,25 @@ def submit_chunk(
     return _shared_pool.apply_async(_execute_chunk, job, settings)
 
 
+#: How many times one call is started: a call whose pool broke (a pool process was killed, or
+#: could not start) runs once more on a fresh pool, as a broker redelivers a lost task.
+ATTEMPTS = 2
+
+
 class _SharedPool:
-    """One pool per process, created on first use, closed at interpreter exit."""
+    """One executor per process, created on first use, replaced when broken, closed at exit.
+
+    ``concurrent.futures.ProcessPoolExecutor``, chosen by measurement (see bench/README.md):
+    a pool process killed from outside, or one that cannot start, fails the calls in flight
+    within milliseconds (BrokenProcessPool), where ``multiprocessing.Pool`` waits for ever and
+    ``billiard.Pool`` takes ten seconds to notice a lost process and respawns one that cannot
+    start without end.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._pool: multiprocessing.pool.Pool | None = None
+        self._executor: ProcessPoolExecutor | None = None
+        self._processes: list[Any] = []  # the executor's, kept to read their exit codes
         self._in_flight = 0
         self._unguarded: bool | None = None
         self._method: str | None = None
@@ -106,38 +121,63 @@ class _SharedPool:
         with self._lock:
             if self._unguarded is None:
                 self._unguarded = (
-                    self._pool is None
+                    self._executor is None
                     and self._start_method(settings) != "fork"
                     and unguarded_main_call() is not None
                 )
             return self._unguarded
 
-    def apply_async(
-        self, func: Any, job: tuple[Any, ...], settings: Settings
-    ) -> multiprocessing.pool.AsyncResult:
-        """Queue ``func(*job)``; the first call starts the pool, sized by ``settings``."""
+    def apply_async(self, func: Any, job: tuple[Any, ...], settings: Settings) -> _Run:
+        """Start ``func(*job)``; the first call starts the pool, sized by ``settings``."""
+        return _Run(self, func, job, settings)
+
+    def submit(self, func: Any, job: tuple[Any, ...], settings: Settings) -> Future[Any]:
         with self._lock:
-            pool = self._pool or self._start(job[0].module, settings)
+            executor = self._executor
+            if executor is None or getattr(executor, "_broken", False):
+                executor = self._start(job[0].module, settings)
+            future = executor.submit(func, *job)
             self._in_flight += 1
-        return pool.apply_async(func, job, callback=self._done, error_callback=self._done)
+        future.add_done_callback(self._done)
+        with self._lock:
+            if not self._processes and self._executor is executor:
+                self._processes = list(getattr(executor, "_processes", {}).values())
+        return future
+
+    def exit_reason(self) -> str:
+        """How the pool's processes ended, for the message of a call the pool lost."""
+        with self._lock:
+            processes = list(self._processes)
+        # The executor's own thread may be reaping them right now: give it a moment.
+        deadline = time.monotonic() + 1.0
+        while any(p.exitcode is None for p in processes) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        codes = [p.exitcode for p in processes if p.exitcode is not None]
+        lost = [code for code in codes if code != -signal.SIGTERM] or codes
+        if not lost:
+            return "exited"
+        code = lost[0]
+        if code < 0:
+            return f"was killed by signal {-code} ({signal.Signals(-code).name})"
+        return f"exited with code {code} (its error, if any, is on stderr above)"
 
     def shutdown(self, grace: float) -> None:
         """Let submitted runs finish (up to ``grace`` seconds), then stop every pool process."""
         with self._lock:
-            pool, self._pool = self._pool, None
-            if pool is None:
+            executor, self._executor = self._executor, None
+            processes, self._processes = self._processes, []
+            if executor is None:
                 return
             if self._in_flight:
                 log.warning(
                     "waiting up to %gs for %d local task(s) to finish", grace, self._in_flight
                 )
             finished = self._idle.wait_for(lambda: self._in_flight == 0, timeout=grace)
-        if finished:
-            pool.close()
-        else:
+        if not finished:
             log.error("local tasks still running after %gs; stopping the local pool", grace)
-            pool.terminate()
-        pool.join()
+            for process in processes:
+                process.terminate()
+        executor.shutdown(wait=True, cancel_futures=True)
 
     def _start_method(self, settings: Settings) -> str:
         """Decided once (TASKPOOL_LOCAL_START_METHOD; ``auto``: see the module's docstring).
@@ -151,22 +191,76 @@ class _SharedPool:
             self._method = requested
         return self._method
 
-    def _start(self, preload: str, settings: Settings) -> multiprocessing.pool.Pool:
+    def _start(self, preload: str, settings: Settings) -> ProcessPoolExecutor:
+        """A new executor; the caller holds the lock."""
         method = self._start_method(settings)
         context = multiprocessing.get_context(method)
         if method == "forkserver":
             modules = ["taskpool.local_pool"] + ([preload] if preload != "__main__" else [])
             context.set_forkserver_preload(modules)
         processes = settings.processes
-        self._pool = context.Pool(processes, initializer=_mark_pool_process)
-        atexit.register(self.shutdown, grace=settings.task_time_limit)
+        first = self._executor is None and not self._processes
+        self._executor = ProcessPoolExecutor(
+            processes, mp_context=context, initializer=_mark_pool_process
+        )
+        self._processes = []
+        if first:
+            atexit.register(self.shutdown, grace=settings.task_time_limit)
         log.debug("started a local pool of %d processes (%s)", processes, method)
-        return self._pool
+        return self._executor
 
     def _done(self, _: object) -> None:
         with self._lock:
             self._in_flight -= 1
             self._idle.notify_all()
+
+
+class _Run:
+    """One call on the local pool, with the ``ready``/``get`` of ``multiprocessing``'s result.
+
+    A call whose pool broke runs again on a fresh pool (ATTEMPTS in all), then fails with
+    LocalPoolError saying how the pool process ended.
+    """
+
+    def __init__(
+        self, pool: _SharedPool, func: Any, job: tuple[Any, ...], settings: Settings
+    ) -> None:
+        self._pool, self._func, self._job, self._settings = pool, func, job, settings
+        self.attempt = 1
+        self._future = pool.submit(func, job, settings)
+
+    def ready(self) -> bool:
+        if not self._future.done():
+            return False
+        error = self._future.exception()
+        if isinstance(error, BrokenProcessPool):
+            self._again(error)
+            return False
+        return True
+
+    def get(self, timeout: float | None = None) -> Any:
+        """The call's value; multiprocessing.TimeoutError when ``timeout`` passes first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                return self._future.result(remaining)
+            except FutureTimeout:
+                raise multiprocessing.TimeoutError() from None
+            except BrokenProcessPool as exc:
+                self._again(exc)
+
+    def _again(self, broken: BrokenProcessPool) -> None:
+        reason = self._pool.exit_reason()
+        if self.attempt >= ATTEMPTS:
+            name = self._job[0].name
+            raise LocalPoolError(
+                f"{name}: a local pool process {reason} while the call was running or "
+                f"waiting, {ATTEMPTS} times; the pool keeps serving other calls"
+            ) from broken
+        log.warning("a local pool process %s; running its calls again on a new pool", reason)
+        self.attempt += 1
+        self._future = self._pool.submit(self._func, self._job, self._settings)
 
 
 _shared_pool = _SharedPool()
@@ -203,10 +297,26 @@ def _safe_to_fork() -> bool:
     return True
 
 
+#: How often a pool process checks that the process that started it is still there.
+PARENT_CHECK_SECONDS = 1.0
+
+
 def _mark_pool_process() -> None:
     global _in_pool_process
     _in_pool_process = True
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the caller, who stops the pool.
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """End this pool process once its parent is gone (SIGKILLed, say).
+
+    Its siblings hold the task queue's write end too, so it would never see end-of-file and
+    would wait for work for ever, an orphan.
+    """
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_SECONDS)
+    os._exit(1)
 
 
 def _run_here(settings: Settings) -> bool:

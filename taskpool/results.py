@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import multiprocessing
-import multiprocessing.pool
 import traceback
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -11,6 +10,13 @@ from typing import Any, Protocol
 from celery import states
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from kombu.serialization import loads
+
+
+class Pending(Protocol):
+    """A call in flight on the local pool (``multiprocessing``'s result API)."""
+
+    def ready(self) -> bool: ...
+    def get(self, timeout: float | None = None) -> Any: ...
 
 
 class TaskResult(Protocol):
@@ -53,9 +59,7 @@ class Outcome:
 class LocalResult:
     """A pending or finished local run; behaves like ``celery.result.AsyncResult``."""
 
-    def __init__(
-        self, task_id: str, task_name: str, pending: multiprocessing.pool.AsyncResult
-    ) -> None:
+    def __init__(self, task_id: str, task_name: str, pending: Pending) -> None:
         self.id = task_id
         self.name = task_name
         self._pending = pending

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -157,16 +159,17 @@ def test_the_pool_shuts_down_at_exit_leaving_no_process_behind(tmp_path: Path) -
             pids = [print_number.delay(n).get(timeout=10)["pid"] for n in range(4)]
             assert os.getpid() not in pids, "a guarded script runs tasks in pool processes"
             print(" ".join(map(str, pids)))
-            slow = square.apply_async((5,), countdown=1.0)  # still running at exit: must finish
+            slow = print_number.apply_async((99,), countdown=1.0)  # running at exit: must finish
         """,
     )
     assert done.returncode == 0, done.stderr
-    pids = {int(p) for p in done.stdout.split()[-4:]}
+    listed = [line for line in done.stdout.splitlines() if not line.startswith("Process ID")]
+    pids = {int(p) for p in listed[-1].split()}
     deadline = time.monotonic() + 5
     while any(Path(f"/proc/{pid}").exists() for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]
-    assert "waiting up to" in done.stderr  # the pending run was waited for, not dropped
+    assert done.stdout.rstrip().endswith("Number: 99")  # the pending run finished, not dropped
 
 
 #: A script line that starts a thread before any task is called, so the pool uses the fork server.
@@ -279,3 +282,141 @@ def test_a_naive_eta_delays_a_local_run() -> None:
     due = datetime.now() + timedelta(seconds=0.4)
     assert tasks.square.apply_async((5,), eta=due, dispatch="local").get(timeout=5) == 25
     assert time.monotonic() - started >= 0.3
+
+
+NAPPER = """
+import os, time
+from pathlib import Path
+from celery import Celery
+from taskpool import FallbackTask
+
+app = Celery("napper", task_cls=FallbackTask)
+
+
+@app.task(name="napper.nap")
+def nap(seconds, marker):
+    Path(marker).write_text(str(os.getpid()))
+    time.sleep(seconds)
+    return os.getpid()
+"""
+
+
+def wait_for_pid(marker: Path, other_than: int = 0) -> int:
+    """The pid a nap wrote, once one other than ``other_than`` has."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        text = marker.read_text() if marker.exists() else ""
+        if text and int(text) != other_than:
+            return int(text)
+        time.sleep(0.02)
+    raise AssertionError("no nap started")
+
+
+@pytest.mark.parametrize("kills", [1, 2])
+def test_a_killed_pool_process_reruns_its_call_once_then_fails_by_name(
+    tmp_path: Path, kills: int
+) -> None:
+    (tmp_path / "napper.py").write_text(NAPPER)
+    marker = tmp_path / "pid"
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import sys, time\n"
+        "from napper import nap\n"
+        "if __name__ == '__main__':\n"
+        f"    result = nap.delay(2.0, {str(marker)!r})\n"
+        "    started = time.monotonic()\n"
+        "    try:\n"
+        "        print('value', result.get(timeout=30))\n"
+        "    except Exception as exc:\n"
+        "        print('error', type(exc).__name__, exc)\n"
+        "    print('seconds', round(time.monotonic() - started, 1))\n"
+        "    print('after', nap.delay(0.0, sys.argv[1] + '.after').get(timeout=30))\n"
+    )
+    env = {**os.environ, "TASKPOOL_DISPATCH": "local", "PYTHONPATH": str(REPO_ROOT)}
+    process = subprocess.Popen(
+        [sys.executable, str(script), str(marker)], cwd=tmp_path, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,  # its pool processes too are in its process group
+    )  # fmt: skip
+    try:
+        victim = wait_for_pid(marker)
+        os.kill(victim, signal.SIGKILL)
+        if kills == 2:
+            os.kill(wait_for_pid(marker, other_than=victim), signal.SIGKILL)
+        out, err = process.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # whatever of the script is left
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    lines = dict(line.split(" ", 1) for line in out.splitlines())
+    if kills == 1:
+        assert lines["value"].isdigit(), err  # ran again on a fresh pool
+    else:
+        assert lines["error"].startswith("LocalPoolError napper.nap: a local pool process was")
+        assert "killed by signal 9 (SIGKILL)" in lines["error"]
+    assert float(lines["seconds"]) < 15  # noticed at once, not after a timeout
+    assert lines["after"].isdigit()  # the pool keeps serving
+
+
+def test_pool_processes_that_cannot_start_fail_the_call_fast_without_a_respawn_storm(
+    tmp_path: Path,
+) -> None:
+    done = run_script(
+        tmp_path,
+        """
+        import time
+        if __name__ != "__main__":  # a spawned pool process imports the script again
+            raise RuntimeError("this pool process cannot start")
+        from tasks import square
+        if __name__ == "__main__":
+            started = time.monotonic()
+            try:
+                square.delay(3).get(timeout=30)
+            except Exception as exc:
+                print(type(exc).__name__, exc)
+            print("seconds", round(time.monotonic() - started, 1))
+        """,
+        TASKPOOL_LOCAL_START_METHOD="spawn",
+        TASKPOOL_CONCURRENCY="2",
+    )
+    assert done.returncode == 0, done.stderr
+    first, seconds = done.stdout.splitlines()[-2:]
+    assert first.startswith("LocalPoolError tasks.square: a local pool process exited with code 1")
+    assert float(seconds.split()[1]) < 20
+    # Each of the two attempts started its two processes once: no respawn storm.
+    assert done.stderr.count("this pool process cannot start") <= 4
+
+
+def test_pool_processes_exit_when_their_caller_is_killed(tmp_path: Path) -> None:
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import time\n"
+        "from tasks import print_number\n"
+        "if __name__ == '__main__':\n"
+        "    pids = {print_number.delay(n).get(timeout=10)['pid'] for n in range(6)}\n"
+        "    print(' '.join(map(str, pids)), flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    env = {**os.environ, "TASKPOOL_DISPATCH": "local", "PYTHONPATH": str(REPO_ROOT)}
+    caller = subprocess.Popen(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert caller.stdout is not None
+        line = next(line for line in caller.stdout if not line.startswith("Process ID"))
+        pids = [int(pid) for pid in line.split()]
+        caller.kill()  # SIGKILL: no atexit, no pool shutdown
+        caller.wait(10)
+        deadline = time.monotonic() + 10
+        while any(Path(f"/proc/{pid}").exists() for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+        for pid in left:  # stopped here, by PID, whatever the verdict
+            os.kill(pid, signal.SIGKILL)
+        assert not left, f"orphaned pool processes {left}"
+    finally:
+        if caller.poll() is None:
+            caller.kill()
+            caller.wait()
+        assert caller.stdout is not None
+        caller.stdout.close()
