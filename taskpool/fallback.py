@@ -7,6 +7,8 @@ Where the work goes is decided in ``taskpool.dispatch``.
 
 from __future__ import annotations
 
+import time
+from datetime import datetime
 from typing import Any
 
 import redis
@@ -18,7 +20,7 @@ from kombu.exceptions import OperationalError
 from taskpool import dispatch
 from taskpool.arguments import check_call
 from taskpool.errors import BrokerUnavailable, LocalPoolError
-from taskpool.local_pool import submit
+from taskpool.local_pool import RunOptions, submit
 from taskpool.results import LocalResult
 from taskpool.settings import settings_of
 
@@ -106,10 +108,24 @@ class FallbackTask(Task):
     def _run_locally(
         self, args: Any, kwargs: Any, task_id: str | None, options: dict[str, Any]
     ) -> LocalResult | EagerResult:
-        # Routing options mean nothing to the local pool; a requested delay is still honoured.
-        countdown = options.get("countdown")
+        # Routing options mean nothing to one local queue; timing options are honoured.
+        countdown = options.get("countdown") or 0.0
         eta = options.get("eta")
         if eta is not None:
-            due = maybe_make_aware(maybe_iso8601(eta))
-            countdown = (due - self.app.now()).total_seconds()
-        return submit(self, args or (), kwargs, task_id=task_id, countdown=countdown)
+            countdown = (self._as_time(eta) - self.app.now()).total_seconds()
+        expires = options.get("expires")
+        if isinstance(expires, (int, float)):
+            expires_at: float | None = time.time() + expires
+        else:
+            expires_at = None if expires is None else self._as_time(expires).timestamp()
+        run = RunOptions(
+            countdown=max(0.0, countdown),
+            expires_at=expires_at,
+            time_limit=options.get("time_limit"),
+            soft_time_limit=options.get("soft_time_limit"),
+        )
+        return submit(self, args or (), kwargs, task_id=task_id, options=run)
+
+    def _as_time(self, value: Any) -> datetime:
+        """An eta or expires, given as a datetime or an ISO string, made timezone-aware."""
+        return maybe_make_aware(maybe_iso8601(value), self.app.timezone)

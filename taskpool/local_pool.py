@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 
 from celery import Task, states
 from celery.app.utils import find_app
-from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.exceptions import SoftTimeLimitExceeded, TaskRevokedError, TimeLimitExceeded
 from celery.result import EagerResult
 from celery.utils import uuid
 from celery.utils.serialization import get_pickleable_exception
@@ -49,15 +49,27 @@ log = logging.getLogger("taskpool.local_pool")
 Payload = tuple[str, str, bytes | str]
 
 
+class RunOptions(NamedTuple):
+    """What a worker would honour for one run, as the local pool does."""
+
+    #: Seconds to wait before starting.
+    countdown: float = 0.0
+    #: Unix time after which the run does not start (REVOKED, as on a worker).
+    expires_at: float | None = None
+    #: Per-call limits; None: the task's, else the app's.
+    time_limit: float | None = None
+    soft_time_limit: float | None = None
+
+
 def submit(
     task: Task,
     args: Iterable[Any] = (),
     kwargs: dict[str, Any] | None = None,
     *,
     task_id: str | None = None,
-    countdown: float | None = None,
+    options: RunOptions = RunOptions(),  # noqa: B008 - an immutable NamedTuple
 ) -> LocalResult | EagerResult:
-    """Start one run of ``task`` and return at once; ``countdown`` delays its start.
+    """Start one run of ``task`` and return at once.
 
     Where the pool cannot be used (see ``_run_here``) the run happens in this process.
     """
@@ -67,7 +79,7 @@ def submit(
     if _run_here(settings):
         return task.apply(args, kwargs, task_id=task_id)
     task_id = task_id or uuid()
-    job = (_ref(task), payload, task_id, countdown or 0.0)
+    job = (_ref(task), payload, task_id, options)
     pending = _shared_pool.apply_async(_execute, job, settings)
     return LocalResult(task_id, task.name, pending)
 
@@ -238,6 +250,10 @@ class _Run:
             return False
         return True
 
+    def cancel(self) -> bool:
+        """Withdraw the call if it has not started; True if it will not run."""
+        return self._future.cancel()
+
     def get(self, timeout: float | None = None) -> Any:
         """The call's value; multiprocessing.TimeoutError when ``timeout`` passes first."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -338,15 +354,20 @@ class _Finished:
     def get(self, timeout: float | None = None) -> ChunkOutcome:
         return self.value
 
+    def cancel(self) -> bool:
+        return False
 
-def _execute(ref: TaskRef, payload: Payload, task_id: str, countdown: float) -> Outcome:
+
+def _execute(ref: TaskRef, payload: Payload, task_id: str, options: RunOptions) -> Outcome:
     """Run one task in a pool process; every failure becomes an Outcome, never a pool error."""
     try:
         task = _find_task(ref)
         args, kwargs = loads(*_reorder(payload), accept=[payload[0]])
-        if countdown > 0:
-            time.sleep(countdown)
-        with _time_limits(task):
+        if options.countdown > 0:
+            time.sleep(options.countdown)
+        if options.expires_at is not None and time.time() >= options.expires_at:
+            return Outcome(states.REVOKED, TaskRevokedError("expired"))  # as a worker does
+        with _time_limits(task, options):
             run = task.apply(args, kwargs, task_id=task_id, throw=False)
     except BaseException as exc:  # noqa: BLE001 - reported to the caller, not swallowed
         return Outcome(states.FAILURE, get_pickleable_exception(exc), traceback.format_exc())
@@ -415,10 +436,10 @@ def _find_task(ref: TaskRef) -> Task:
 class _time_limits:
     """Soft then hard time limit for one run, raised inside the task as on a Celery worker."""
 
-    def __init__(self, task: Task) -> None:
+    def __init__(self, task: Task, options: RunOptions) -> None:
         conf = task.app.conf
-        self.hard = task.time_limit or conf.task_time_limit
-        self.soft = task.soft_time_limit or conf.task_soft_time_limit
+        self.hard = options.time_limit or task.time_limit or conf.task_time_limit
+        self.soft = options.soft_time_limit or task.soft_time_limit or conf.task_soft_time_limit
 
     def __enter__(self) -> None:
         first = self.soft or self.hard
@@ -430,8 +451,9 @@ class _time_limits:
         signal.setitimer(signal.ITIMER_REAL, 0)
 
     def _expired(self, *_: object) -> None:
-        if self.soft and self.hard and self.hard > self.soft:
-            signal.setitimer(signal.ITIMER_REAL, self.hard - self.soft)
+        if self.soft:  # the first limit to pass was the soft one; the hard one may follow
+            if self.hard and self.hard > self.soft:
+                signal.setitimer(signal.ITIMER_REAL, self.hard - self.soft)
             self.soft = None
             raise SoftTimeLimitExceeded()
         raise TimeLimitExceeded(self.hard)

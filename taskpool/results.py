@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import multiprocessing
+import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, Protocol
 
 from celery import states
+from celery.exceptions import TaskRevokedError
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from kombu.serialization import loads
+
+from taskpool.errors import LocalPoolError
 
 
 class Pending(Protocol):
@@ -17,6 +22,7 @@ class Pending(Protocol):
 
     def ready(self) -> bool: ...
     def get(self, timeout: float | None = None) -> Any: ...
+    def cancel(self) -> bool: ...
 
 
 class TaskResult(Protocol):
@@ -48,6 +54,8 @@ class Outcome:
     error: BaseException | None = None
     traceback: str | None = None
     payload: tuple[str, str, bytes | str] | None = None
+    #: When the run ended (Unix time, set where it ran).
+    done_at: float = field(default_factory=time.time)
 
     def value(self) -> Any:
         if self.payload is None:
@@ -119,6 +127,31 @@ class LocalResult:
 
     def forget(self) -> None:
         """Nothing is stored outside this process, so there is nothing to forget."""
+
+    def revoke(self, terminate: bool = False, **_: Any) -> None:
+        """As on a worker: a run not started yet never starts; a running one is left to finish.
+
+        ``terminate=True`` on a running call is refused: the local pool cannot stop one call
+        without stopping the others sharing its process.
+        """
+        if self._outcome is None and self._pending.cancel():
+            self._outcome = Outcome(states.REVOKED, TaskRevokedError("revoked"))
+        elif terminate and not self.ready():
+            raise LocalPoolError(
+                f"{self.name}: revoke(terminate=True) of a running local call is not "
+                "supported; it runs to its time limit"
+            )
+
+    @property
+    def date_done(self) -> datetime | None:
+        """When the run ended (UTC), or None while pending."""
+        outcome = self._poll()
+        return None if outcome is None else datetime.fromtimestamp(outcome.done_at, timezone.utc)
+
+    #: Calls made from inside a local run are not tracked, as with a result store that does
+    #: not keep them; a local call has no parent.
+    children = None
+    parent = None
 
     def _poll(self) -> Outcome | None:
         if self._outcome is None and self._pending.ready():

@@ -30,9 +30,8 @@ class LocalRunner:
         countdown: float | None = None,
     ) -> LocalResult | EagerResult:
         """Start one run and return at once; ``countdown`` delays its start, as on a worker."""
-        return local_pool.submit(
-            self.task(task), args, kwargs, task_id=task_id, countdown=countdown
-        )
+        options = local_pool.RunOptions(countdown=countdown or 0.0)
+        return local_pool.submit(self.task(task), args, kwargs, task_id=task_id, options=options)
 
     def submit_chunk(self, task: str | Task, items: Sequence[Any], start: int = 0) -> Any:
         """Run ``task`` over ``items`` in one pool process; ``.get()`` gives a ChunkOutcome."""

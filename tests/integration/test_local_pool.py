@@ -9,12 +9,12 @@ import subprocess
 import sys
 import textwrap
 import time
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from celery import Celery, chain, states
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import SoftTimeLimitExceeded, TaskRevokedError
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from kombu.exceptions import EncodeError
 
@@ -420,3 +420,37 @@ def test_pool_processes_exit_when_their_caller_is_killed(tmp_path: Path) -> None
             caller.wait()
         assert caller.stdout is not None
         caller.stdout.close()
+
+
+def test_an_expired_call_is_revoked_as_on_a_worker_and_does_not_run() -> None:
+    past = datetime.now(tz=tasks.app.timezone) - timedelta(seconds=1)
+    for expires in (past, past.isoformat()):
+        result = tasks.square.apply_async((4,), expires=expires, dispatch="local")
+        with pytest.raises(TaskRevokedError, match="expired"):
+            result.get(timeout=10)
+        assert result.state == states.REVOKED
+    # Expiring while its countdown runs: not started either.
+    late = tasks.square.apply_async((4,), countdown=0.5, expires=0.2, dispatch="local")
+    with pytest.raises(TaskRevokedError):
+        late.get(timeout=10)
+    assert tasks.square.apply_async((4,), expires=60, dispatch="local").get(timeout=10) == 16
+
+
+def test_a_per_call_time_limit_is_honoured_on_the_local_pool() -> None:
+    started = time.monotonic()
+    with pytest.raises(SoftTimeLimitExceeded):
+        nap.apply_async((3.0,), soft_time_limit=0.3, dispatch="local").get(timeout=10)
+    assert time.monotonic() - started < 2.5
+
+
+def test_revoke_withdraws_a_call_that_has_not_started_and_date_done_says_when_one_ended() -> None:
+    busy = [nap.apply_async((0.5,), dispatch="local") for _ in range(6)]
+    last = nap.apply_async((0.0,), dispatch="local")
+    last.revoke()
+    assert last.state == states.REVOKED
+    with pytest.raises(TaskRevokedError, match="revoked"):
+        last.get(timeout=10)
+    assert [r.get(timeout=30) for r in busy] == [0.5] * 6
+    done = busy[0].date_done
+    assert done is not None and done <= datetime.now(tz=timezone.utc)
+    assert busy[0].children is None and busy[0].parent is None
