@@ -134,10 +134,25 @@ def test_a_countdown_delays_a_local_run() -> None:
     assert time.monotonic() - started >= 0.5
 
 
+def local_env(**settings: str) -> dict[str, str]:
+    """This environment, with the local pool and the repository's tasks importable."""
+    return {**os.environ, "TASKPOOL_DISPATCH": "local", "PYTHONPATH": str(REPO_ROOT), **settings}
+
+
+def start_script(tmp_path: Path, source: str, *argv: str) -> subprocess.Popen[str]:
+    """A script in the background, in a process group of its own (its pool processes too)."""
+    script = tmp_path / "script.py"
+    script.write_text(source)
+    return subprocess.Popen(
+        [sys.executable, str(script), *argv], cwd=tmp_path, env=local_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+
+
 def run_script(tmp_path: Path, body: str, **settings: str) -> subprocess.CompletedProcess[str]:
     script = tmp_path / "script.py"
     script.write_text(textwrap.dedent(body))
-    env = {**os.environ, "TASKPOOL_DISPATCH": "local", "PYTHONPATH": str(REPO_ROOT), **settings}
+    env = local_env(**settings)
     return subprocess.run(
         [sys.executable, str(script)],
         cwd=tmp_path,
@@ -318,8 +333,8 @@ def test_a_killed_pool_process_reruns_its_call_once_then_fails_by_name(
 ) -> None:
     (tmp_path / "napper.py").write_text(NAPPER)
     marker = tmp_path / "pid"
-    script = tmp_path / "script.py"
-    script.write_text(
+    process = start_script(
+        tmp_path,
         "import sys, time\n"
         "from napper import nap\n"
         "if __name__ == '__main__':\n"
@@ -330,14 +345,9 @@ def test_a_killed_pool_process_reruns_its_call_once_then_fails_by_name(
         "    except Exception as exc:\n"
         "        print('error', type(exc).__name__, exc)\n"
         "    print('seconds', round(time.monotonic() - started, 1))\n"
-        "    print('after', nap.delay(0.0, sys.argv[1] + '.after').get(timeout=30))\n"
+        "    print('after', nap.delay(0.0, sys.argv[1] + '.after').get(timeout=30))\n",
+        str(marker),
     )
-    env = {**os.environ, "TASKPOOL_DISPATCH": "local", "PYTHONPATH": str(REPO_ROOT)}
-    process = subprocess.Popen(
-        [sys.executable, str(script), str(marker)], cwd=tmp_path, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True,  # its pool processes too are in its process group
-    )  # fmt: skip
     try:
         victim = wait_for_pid(marker)
         os.kill(victim, signal.SIGKILL)
@@ -388,19 +398,15 @@ def test_pool_processes_that_cannot_start_fail_the_call_fast_without_a_respawn_s
 
 
 def test_pool_processes_exit_when_their_caller_is_killed(tmp_path: Path) -> None:
-    script = tmp_path / "script.py"
-    script.write_text(
+    caller = start_script(
+        tmp_path,
         "import time\n"
         "from tasks import print_number\n"
         "if __name__ == '__main__':\n"
         "    pids = {print_number.delay(n).get(timeout=10)['pid'] for n in range(6)}\n"
         "    print(' '.join(map(str, pids)), flush=True)\n"
-        "    time.sleep(60)\n"
+        "    time.sleep(60)\n",
     )
-    env = {**os.environ, "TASKPOOL_DISPATCH": "local", "PYTHONPATH": str(REPO_ROOT)}
-    caller = subprocess.Popen(
-        [sys.executable, str(script)], cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
     try:
         assert caller.stdout is not None
         line = next(line for line in caller.stdout if not line.startswith("Process ID"))
@@ -418,8 +424,9 @@ def test_pool_processes_exit_when_their_caller_is_killed(tmp_path: Path) -> None
         if caller.poll() is None:
             caller.kill()
             caller.wait()
-        assert caller.stdout is not None
+        assert caller.stdout is not None and caller.stderr is not None
         caller.stdout.close()
+        caller.stderr.close()
 
 
 def test_an_expired_call_is_revoked_as_on_a_worker_and_does_not_run() -> None:
