@@ -52,7 +52,7 @@ Payload = tuple[str, str, bytes | str]
 class RunOptions(NamedTuple):
     """What a worker would honour for one run, as the local pool does."""
 
-    #: Seconds to wait before starting.
+    #: Seconds to wait before starting (on a timer in the caller, not in a pool process).
     countdown: float = 0.0
     #: Unix time after which the run does not start (REVOKED, as on a worker).
     expires_at: float | None = None
@@ -80,7 +80,11 @@ def submit(
         return task.apply(args, kwargs, task_id=task_id)
     task_id = task_id or uuid()
     job = (_ref(task), payload, task_id, options)
-    pending = _shared_pool.apply_async(_execute, job, settings)
+    pending: _Run | _Later
+    if options.countdown > 0:
+        pending = _Later(options.countdown, job, settings)
+    else:
+        pending = _shared_pool.apply_async(_execute, job, settings)
     return LocalResult(task_id, task.name, pending)
 
 
@@ -346,16 +350,58 @@ def _run_here(settings: Settings) -> bool:
 
 
 class _Finished:
-    """A chunk that already ran in this process, shaped like a pool result."""
+    """A call or chunk that already ran in this process, shaped like a pool result."""
 
-    def __init__(self, value: ChunkOutcome) -> None:
+    def __init__(self, value: Any) -> None:
         self.value = value
 
-    def get(self, timeout: float | None = None) -> ChunkOutcome:
+    def ready(self) -> bool:
+        return True
+
+    def get(self, timeout: float | None = None) -> Any:
         return self.value
 
     def cancel(self) -> bool:
         return False
+
+
+class _Later:
+    """A call due later: a timer here submits it when due, so it holds no pool process meanwhile.
+
+    The timer thread is not a daemon, so a script waits for its delayed calls at exit, as it
+    would for a worker's. By then the pool takes no new work, so a call falling due during
+    exit runs in this process (in the timer's thread, where no time limit can be raised).
+    """
+
+    def __init__(self, delay: float, job: tuple[Any, ...], settings: Settings) -> None:
+        self._job, self._settings = job, settings
+        self._started = threading.Event()
+        self._run: _Run | _Finished | None = None
+        self._timer = threading.Timer(delay, self._start)
+        self._timer.start()
+
+    def _start(self) -> None:
+        try:
+            self._run = _shared_pool.apply_async(_execute, self._job, self._settings)
+        except RuntimeError:  # "cannot schedule new futures after interpreter shutdown"
+            self._run = _Finished(_execute(*self._job))
+        self._started.set()
+
+    def ready(self) -> bool:
+        return self._run is not None and self._started.is_set() and self._run.ready()
+
+    def get(self, timeout: float | None = None) -> Any:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._started.wait(timeout):
+            raise multiprocessing.TimeoutError()
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        assert self._run is not None  # set before _started
+        return self._run.get(remaining)
+
+    def cancel(self) -> bool:
+        self._timer.cancel()
+        self._timer.join()  # had it fired already, its submit is done now
+        return self._run.cancel() if self._run is not None else True
 
 
 def _execute(ref: TaskRef, payload: Payload, task_id: str, options: RunOptions) -> Outcome:
@@ -363,8 +409,6 @@ def _execute(ref: TaskRef, payload: Payload, task_id: str, options: RunOptions) 
     try:
         task = _find_task(ref)
         args, kwargs = loads(*_reorder(payload), accept=[payload[0]])
-        if options.countdown > 0:
-            time.sleep(options.countdown)
         if options.expires_at is not None and time.time() >= options.expires_at:
             return Outcome(states.REVOKED, TaskRevokedError("expired"))  # as a worker does
         with _time_limits(task, options):
@@ -440,15 +484,20 @@ class _time_limits:
         conf = task.app.conf
         self.hard = options.time_limit or task.time_limit or conf.task_time_limit
         self.soft = options.soft_time_limit or task.soft_time_limit or conf.task_soft_time_limit
+        self.armed = False
 
     def __enter__(self) -> None:
+        # Signals reach the main thread only: a delayed call run by its timer thread at
+        # interpreter exit (see _Later) runs without limits.
+        self.armed = threading.current_thread() is threading.main_thread()
         first = self.soft or self.hard
-        if first:
+        if first and self.armed:
             signal.signal(signal.SIGALRM, self._expired)
             signal.setitimer(signal.ITIMER_REAL, first)
 
     def __exit__(self, *_: object) -> None:
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        if self.armed:
+            signal.setitimer(signal.ITIMER_REAL, 0)
 
     def _expired(self, *_: object) -> None:
         if self.soft:  # the first limit to pass was the soft one; the hard one may follow

@@ -461,3 +461,33 @@ def test_revoke_withdraws_a_call_that_has_not_started_and_date_done_says_when_on
     done = busy[0].date_done
     assert done is not None and done <= datetime.now(tz=timezone.utc)
     assert busy[0].children is None and busy[0].parent is None
+
+
+def test_a_countdown_waits_on_a_timer_not_in_a_pool_process() -> None:
+    processes = current_settings().processes
+    delayed = [
+        tasks.square.apply_async((n,), countdown=1.5, dispatch="local") for n in range(processes)
+    ]
+    started = time.monotonic()
+    assert tasks.square.apply_async((9,), dispatch="local").get(timeout=10) == 81
+    assert time.monotonic() - started < 1.0  # not queued behind the delayed calls
+    assert not any(result.ready() for result in delayed)
+    assert [result.get(timeout=10) for result in delayed] == [n * n for n in range(processes)]
+
+
+def test_revoking_a_delayed_call_means_it_never_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    (tmp_path / "napper.py").write_text(NAPPER)
+    done = run_script(
+        tmp_path,
+        f"""
+        from napper import nap
+        if __name__ == "__main__":
+            result = nap.apply_async((0.0, {str(marker)!r}), countdown=0.5)
+            result.revoke()
+            print(result.state)
+        """,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["REVOKED"]
+    assert not marker.exists()
