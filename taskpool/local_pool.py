@@ -39,7 +39,7 @@ from taskpool.arguments import check_items
 from taskpool.chunks import ChunkOutcome, run_items
 from taskpool.errors import LocalPoolError
 from taskpool.main_guard import importing_main_in_child, unguarded_main_call
-from taskpool.results import LocalResult, Outcome
+from taskpool.results import PROGRESS, LocalResult, Outcome
 from taskpool.settings import Settings, settings_of
 
 log = logging.getLogger("taskpool.local_pool")
@@ -124,6 +124,7 @@ class _SharedPool:
         self._lock = threading.Lock()
         self._executor: ProcessPoolExecutor | None = None
         self._processes: list[Any] = []  # the executor's, kept to read their exit codes
+        self._reports: Any = None  # the executor's update_state reports (a SimpleQueue)
         self._in_flight = 0
         self._unguarded: bool | None = None
         self._method: str | None = None
@@ -158,6 +159,9 @@ class _SharedPool:
         with self._lock:
             if not self._processes and self._executor is executor:
                 self._processes = list(getattr(executor, "_processes", {}).values())
+                # Started once the processes exist: none of them is forked with it running.
+                reader = threading.Thread(target=_read_reports, args=(self._reports,), daemon=True)
+                reader.start()
         return future
 
     def exit_reason(self) -> str:
@@ -216,9 +220,11 @@ class _SharedPool:
             context.set_forkserver_preload(modules)
         processes = settings.processes
         first = self._executor is None and not self._processes
+        self._reports = context.SimpleQueue()
         self._executor = ProcessPoolExecutor(
-            processes, mp_context=context, initializer=_mark_pool_process
-        )
+            processes, mp_context=context, initializer=_mark_pool_process,
+            initargs=(self._reports,),
+        )  # fmt: skip
         self._processes = []
         if first:
             atexit.register(self.shutdown, grace=settings.task_time_limit)
@@ -287,6 +293,28 @@ _shared_pool = _SharedPool()
 
 #: Set by the pool's initializer inside each pool process.
 _in_pool_process = False
+#: Inside a pool process: where update_state reports go (to the caller's PROGRESS).
+_reports: Any = None
+
+
+class _StateReporter:
+    """A task's ``update_state`` inside a pool process: the report reaches the caller, whose
+    LocalResult shows it, as a worker's reaches the result store."""
+
+    def __init__(self, task: Task, queue: Any) -> None:
+        self.task, self.queue = task, queue
+
+    def __call__(
+        self, task_id: str | None = None, state: str | None = None, meta: Any = None, **_: Any
+    ) -> None:
+        self.queue.put((task_id or self.task.request.id, state, meta))
+
+
+def _read_reports(queue: Any) -> None:
+    """In the caller: keep PROGRESS up to date from the pool processes' reports."""
+    while True:
+        task_id, state, meta = queue.get()
+        PROGRESS[task_id] = (state, meta)
 
 
 def _safe_to_fork() -> bool:
@@ -321,9 +349,10 @@ def _safe_to_fork() -> bool:
 PARENT_CHECK_SECONDS = 1.0
 
 
-def _mark_pool_process() -> None:
-    global _in_pool_process
+def _mark_pool_process(reports: Any) -> None:
+    global _in_pool_process, _reports
     _in_pool_process = True
+    _reports = reports
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the caller, who stops the pool.
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
 
@@ -411,8 +440,13 @@ def _execute(ref: TaskRef, payload: Payload, task_id: str, options: RunOptions) 
         args, kwargs = loads(*_reorder(payload), accept=[payload[0]])
         if options.expires_at is not None and time.time() >= options.expires_at:
             return Outcome(states.REVOKED, TaskRevokedError("expired"))  # as a worker does
-        with _time_limits(task, options):
-            run = task.apply(args, kwargs, task_id=task_id, throw=False)
+        if _reports is not None:  # update_state reports to the caller, not the result store
+            task.update_state = _StateReporter(task, _reports)
+        try:
+            with _time_limits(task, options):
+                run = task.apply(args, kwargs, task_id=task_id, throw=False)
+        finally:
+            vars(task).pop("update_state", None)
     except BaseException as exc:  # noqa: BLE001 - reported to the caller, not swallowed
         return Outcome(states.FAILURE, get_pickleable_exception(exc), traceback.format_exc())
     if run.state != states.SUCCESS:

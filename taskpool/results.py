@@ -16,6 +16,10 @@ from kombu.serialization import loads
 
 from taskpool.errors import LocalPoolError
 
+#: ``update_state`` reports of local runs still going: task id -> (state, meta). The local pool
+#: writes them as its processes send them; a LocalResult reads its own until the run ends.
+PROGRESS: dict[str, tuple[str, Any]] = {}
+
 
 class Pending(Protocol):
     """A call in flight on the local pool (``multiprocessing``'s result API)."""
@@ -92,15 +96,20 @@ class LocalResult:
     @property
     def state(self) -> str:
         outcome = self._poll()
-        return outcome.state if outcome else states.PENDING
+        if outcome is not None:
+            return outcome.state
+        return PROGRESS.get(self.id, (states.PENDING, None))[0]
 
     status = state
 
     @property
     def result(self) -> Any:
-        """The return value, or the exception on failure, or None while pending."""
+        """The return value, the exception on failure, or while running the last meta given
+        to ``update_state`` (None before any)."""
         outcome = self._poll()
-        return outcome.value() if outcome else None
+        if outcome is not None:
+            return outcome.value()
+        return PROGRESS.get(self.id, (None, None))[1]
 
     info = result
 
@@ -166,4 +175,5 @@ class LocalResult:
                 raise
             except Exception as exc:  # the pool itself failed, e.g. a value it could not send
                 self._outcome = Outcome(states.FAILURE, exc, traceback.format_exc())
+            PROGRESS.pop(self.id, None)
         return self._outcome

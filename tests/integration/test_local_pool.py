@@ -11,6 +11,7 @@ import textwrap
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from celery import Celery, chain, states
@@ -21,6 +22,7 @@ from kombu.exceptions import EncodeError
 import tasks
 from taskpool import FallbackTask, LocalPoolError, LocalResult, LocalRunner, current_settings
 from taskpool.testing.redis_server import RedisServer, free_port
+from taskpool.testing.waiting import wait_for
 from tests.support.paths import REPO_ROOT
 
 local_app = Celery(
@@ -491,3 +493,21 @@ def test_revoking_a_delayed_call_means_it_never_runs(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["REVOKED"]
     assert not marker.exists()
+
+
+@local_app.task(bind=True)
+def reports_progress(self: Any, steps: int) -> int:
+    for step in range(steps):
+        self.update_state(state="PROGRESS", meta={"step": step})
+        time.sleep(0.3)
+    return steps
+
+
+def test_update_state_on_the_local_pool_reaches_the_callers_result() -> None:
+    result = reports_progress.apply_async((4,), dispatch="local")
+    wait_for(
+        lambda: result.state == "PROGRESS" and result.info in ({"step": 1}, {"step": 2}),
+        10, "a progress report",
+    )  # fmt: skip
+    assert result.get(timeout=10) == 4
+    assert result.state == states.SUCCESS and result.info == 4
