@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 from taskpool.settings import Settings
@@ -12,6 +13,20 @@ from taskpool.urls import url_scheme
 RELIABLE_REDIS_TRANSPORT = "taskpool.transport:Transport"
 
 
+#: TASKPOOL_REDIS_TLS_VERIFY -> what Python's ssl module calls it.
+CERT_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
+
+
+def redis_tls(settings: Settings) -> dict[str, Any]:
+    """redis-py's TLS options for ``rediss://`` URLs, as Celery's ``*_use_ssl`` take them."""
+    return {
+        "ssl_cert_reqs": CERT_REQS[settings.redis_tls_verify],
+        "ssl_ca_certs": settings.redis_tls_ca_file,
+        "ssl_certfile": settings.redis_tls_cert_file,
+        "ssl_keyfile": settings.redis_tls_key_file,
+    }
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Map taskpool settings onto Celery's, with hardened defaults (each says why)."""
     redis_timeouts = {
@@ -19,8 +34,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "socket_timeout": settings.socket_timeout,
         "socket_connect_timeout": settings.broker_timeout,
     }
-    reliable = url_scheme(settings.broker_url) == "redis"
+    reliable = url_scheme(settings.broker_url) in ("redis", "rediss")
+    tls = redis_tls(settings)
     return {
+        # rediss:// brokers and result stores: the CA, client certificate and check from the
+        # settings (without them, redis-py refuses a rediss:// URL at first use).
+        "broker_use_ssl": tls if url_scheme(settings.broker_url) == "rediss" else None,
+        "redis_backend_use_ssl": tls if url_scheme(settings.result_backend) == "rediss" else None,
         "broker_url": settings.broker_url,
         # A message is popped and recorded as unacknowledged in one step, so a worker killed in
         # between cannot take the only copy with it (kombu's BRPOP path can).

@@ -6,7 +6,8 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 import redis
@@ -102,7 +103,7 @@ class BrokerHealth:
             return self.scrub(f"broker {mask_url(self.broker_url)} unreachable ({_describe(exc)})")
         if urlsplit(self.backend_url).scheme in REDIS_SCHEMES:
             try:
-                probe_redis(self.backend_url, self.timeout)
+                probe_redis(self.backend_url, self.timeout, self.app.conf.redis_backend_use_ssl)
             except Exception as exc:
                 return self.scrub(
                     f"result store {mask_url(self.backend_url)} unreachable ({_describe(exc)})"
@@ -117,10 +118,17 @@ def probe_broker(app: Celery, timeout: float) -> None:
         conn.ensure_connection(max_retries=0, timeout=timeout)
 
 
-def probe_redis(url: str, timeout: float) -> None:
-    """PING the Redis at ``url`` once, no retries, every wait cut to ``timeout``."""
+def probe_redis(url: str, timeout: float, tls: Mapping[str, Any] | None = None) -> None:
+    """PING the Redis at ``url`` once, no retries, every wait cut to ``timeout``.
+
+    ``tls``: redis-py's ``ssl_*`` options for a ``rediss://`` URL (the app's
+    ``redis_backend_use_ssl``).
+    """
+    options = {k: v for k, v in (tls or {}).items() if v is not None}
+    if not url.startswith("rediss://"):
+        options = {}
     client = redis.Redis.from_url(
-        url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=None
+        url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=None, **options
     )
     try:
         client.ping()

