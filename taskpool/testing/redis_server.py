@@ -64,25 +64,22 @@ def free_port() -> int:
 
 @dataclass(frozen=True)
 class TlsFiles:
-    """A throwaway certificate authority and a server certificate it signed, for 127.0.0.1."""
+    """A throwaway certificate authority, and a server and a client certificate it signed."""
 
     ca: Path
     cert: Path
     key: Path
+    client_cert: Path
+    client_key: Path
+    #: The server refuses clients without a certificate signed by ``ca``.
+    require_client_cert: bool = False
 
     @classmethod
-    def make(cls, folder: Path, name: str = "ca") -> TlsFiles:
-        """Made with the openssl command, valid for a day."""
+    def make(cls, folder: Path, name: str = "ca", require_client_cert: bool = False) -> TlsFiles:
+        """Made with the openssl command, valid for a day; the server's is for 127.0.0.1."""
         folder.mkdir(parents=True, exist_ok=True)
         ca, ca_key = folder / f"{name}.crt", folder / f"{name}.key"
-        cert, key, request = folder / "server.crt", folder / "server.key", folder / "server.csr"
-        extensions = folder / "server.ext"
-        extensions.write_text("subjectAltName=IP:127.0.0.1\n")
-
-        def openssl(*args: str) -> None:
-            subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
-
-        openssl(
+        _openssl(
             "req",
             "-x509",
             "-newkey",
@@ -97,45 +94,47 @@ class TlsFiles:
             "-subj",
             f"/CN=taskpool test {name}",
         )
-        openssl(
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(request),
-            "-subj",
-            "/CN=127.0.0.1",
-        )
-        openssl(
-            "x509",
-            "-req",
-            "-in",
-            str(request),
-            "-CA",
-            str(ca),
-            "-CAkey",
-            str(ca_key),
-            "-CAcreateserial",
-            "-out",
-            str(cert),
-            "-days",
-            "1",
-            "-extfile",
-            str(extensions),
-        )
-        return cls(ca, cert, key)  # fmt: skip
+        server = _signed(folder / "server", "127.0.0.1", ca, ca_key, "IP:127.0.0.1")
+        client = _signed(folder / "client", "taskpool test client", ca, ca_key, None)
+        return cls(ca, *server, *client, require_client_cert)  # fmt: skip
 
     def server_args(self) -> list[str]:
         return [
             "--tls-cert-file", str(self.cert), "--tls-key-file", str(self.key),
-            "--tls-ca-cert-file", str(self.ca), "--tls-auth-clients", "no",
+            "--tls-ca-cert-file", str(self.ca),
+            "--tls-auth-clients", "yes" if self.require_client_cert else "no",
         ]  # fmt: skip
 
     def client_options(self) -> dict[str, Any]:
-        return {"ssl": True, "ssl_ca_certs": str(self.ca)}
+        return {
+            "ssl": True, "ssl_ca_certs": str(self.ca),
+            "ssl_certfile": str(self.client_cert), "ssl_keyfile": str(self.client_key),
+        }  # fmt: skip
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+
+def _signed(
+    stem: Path, subject: str, ca: Path, ca_key: Path, alt_name: str | None
+) -> tuple[Path, Path]:
+    """A key and a certificate for ``subject``, signed by ``ca``: (certificate, key)."""
+    cert, key, request = (
+        stem.with_suffix(".crt"),
+        stem.with_suffix(".key"),
+        stem.with_suffix(".csr"),
+    )
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(request),
+             "-subj", f"/CN={subject}")  # fmt: skip
+    extra: list[str] = []
+    if alt_name:
+        extensions = stem.with_suffix(".ext")
+        extensions.write_text(f"subjectAltName={alt_name}\n")
+        extra = ["-extfile", str(extensions)]
+    _openssl("x509", "-req", "-in", str(request), "-CA", str(ca), "-CAkey", str(ca_key),
+             "-CAcreateserial", "-out", str(cert), "-days", "1", *extra)  # fmt: skip
+    return cert, key
 
 
 class RedisServer:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import redis as redis_py
 from celery.result import AsyncResult
 
 from taskpool import BrokerUnavailable, celery_config
@@ -71,3 +72,26 @@ def test_tls_settings_reach_both_the_broker_and_the_result_store(tls: TlsFiles) 
     for key in ("broker_use_ssl", "redis_backend_use_ssl"):
         assert conf[key]["ssl_ca_certs"] == str(tls.ca)
     assert celery_config(Settings())["broker_use_ssl"] is None
+
+
+def test_a_server_that_asks_for_a_client_certificate_gets_it_from_the_settings(
+    redis_factory: Callable[..., RedisServer], tmp_path: Path
+) -> None:
+    tls = TlsFiles.make(tmp_path / "mutual", require_client_cert=True)
+    server = redis_factory(tls=tls)
+    without = client_app(server.url(), dispatch="celery", redis_tls_ca_file=str(tls.ca))
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable, match="unreachable"):
+        without.tasks["tasks.square"].delay(3)
+    assert time.monotonic() - started < FAILS_WITHIN
+    with_cert = client_app(
+        server.url(), dispatch="celery", redis_tls_ca_file=str(tls.ca),
+        redis_tls_cert_file=str(tls.client_cert), redis_tls_key_file=str(tls.client_key),
+    )  # fmt: skip
+    # Published over mutual TLS (no worker here: the message waits in the queue).
+    assert with_cert.tasks["tasks.square"].delay(3).id
+    probe = redis_py.Redis(host="127.0.0.1", port=server.port, **tls.client_options())
+    try:
+        assert probe.llen("celery") == 1
+    finally:
+        probe.close()
