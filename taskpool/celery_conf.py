@@ -34,12 +34,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "socket_timeout": settings.socket_timeout,
         "socket_connect_timeout": settings.broker_timeout,
     }
-    reliable = url_scheme(settings.broker_url) in ("redis", "rediss")
+    broker_scheme = url_scheme(settings.broker_url)
+    reliable = broker_scheme in ("redis", "rediss")
     tls = redis_tls(settings)
     return {
         # rediss:// brokers and result stores: the CA, client certificate and check from the
         # settings (without them, redis-py refuses a rediss:// URL at first use).
-        "broker_use_ssl": tls if url_scheme(settings.broker_url) == "rediss" else None,
+        "broker_use_ssl": tls if broker_scheme == "rediss" else None,
         "redis_backend_use_ssl": tls if url_scheme(settings.result_backend) == "rediss" else None,
         "broker_url": settings.broker_url,
         # A message is popped and recorded as unacknowledged in one step, so a worker killed in
