@@ -69,6 +69,10 @@ def test_no_two_taskpool_modules_import_each_other_even_indirectly() -> None:
         visit(name, [])
 
 
+def test_the_public_names_and_the_lazy_table_list_the_same_names() -> None:
+    assert sorted(taskpool.__all__) == sorted(taskpool._EXPORTS)
+
+
 @pytest.mark.parametrize("name", taskpool.__all__)
 def test_every_public_name_resolves(name: str) -> None:
     assert getattr(taskpool, name) is not None
