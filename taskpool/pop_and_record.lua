@@ -1,7 +1,10 @@
 -- Pop the next message and record it as unacknowledged, in one atomic step.
--- KEYS[1..n-2] = the queue lists, in priority order
--- KEYS[n-1]    = the unacked index (sorted set: delivery tag -> when to consider restoring)
--- KEYS[n]      = the unacked hash (delivery tag -> [message, exchange, routing key])
+-- KEYS[1..l]     = the queue lists, priority by priority, each with one list per queue
+-- KEYS[l+1..l+q] = the queues' wake lists (one token per message published by taskpool)
+-- KEYS[n-1]      = the unacked index (sorted set: delivery tag -> when to consider restoring)
+-- KEYS[n]        = the unacked hash (delivery tag -> [message, exchange, routing key])
+-- ARGV[1] = q, the number of queues; ARGV[2] = '1' to take the popped message's wake token
+-- (an idle consumer woken by that token has taken it already, and passes '0').
 -- Returns {key, message} once popped and recorded; {key, message, 0} for a message it could
 -- not read (kombu then records it, as it always did); false when every list is empty.
 --
@@ -41,9 +44,15 @@ local function unix_time(text)
 end
 
 local index_key, unacked_key = KEYS[#KEYS - 1], KEYS[#KEYS]
-for i = 1, #KEYS - 2 do
+local queues = tonumber(ARGV[1])
+local lists = #KEYS - 2 - queues
+for i = 1, lists do
   local item = redis.call('RPOP', KEYS[i])
   if item then
+    -- Tokens track the messages waiting, so the next message still wakes a consumer of its own.
+    if ARGV[2] == '1' then
+      redis.call('RPOP', KEYS[lists + (i - 1) % queues + 1])
+    end
     local ok, message = pcall(cjson.decode, item)
     local properties = ok and type(message) == 'table' and message['properties']
     local delivery = properties and properties['delivery_info']

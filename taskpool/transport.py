@@ -5,17 +5,24 @@ as unacknowledged; a worker killed between the two takes the only copy with it. 
 (tests/faults/test_soak.py) lost one task in 3,000 that way in about a third of its runs.
 
 Here one Lua script (``pop_and_record.lua``, registered once and called by its SHA) pops the
-next message in priority order *and* records it as unacknowledged, atomically. To wait for work
-without taking anything, an idle consumer blocks on ``BLMOVE q q RIGHT RIGHT`` on its first
-list (where messages without a priority land), which leaves the message where it was and wakes
-the consumer, which then runs the script over all its lists. Between waits the script also
-looks at the other lists (more queues, other priorities); the waits grow while nothing arrives
-(``IDLE_WAITS``). The restore of a dead worker's messages after the visibility timeout is
-kombu's own, reading the same ``unacked`` hash. Consumers that do not ack (``no_ack``, e.g.
-remote-control replies) keep kombu's path. Needs Redis 6.2 (BLMOVE), checked when a consumer
-starts. kombu private names used: ``_brpop_start``/``_brpop_read`` (overridden),
-``_brpop_sent_at``, ``_in_poll``, ``_flush_brpop_reauth``, ``_queue_cycle``, ``_tag_to_queue``,
-``_maybe_update_queues_expire`` and ``_q_for_pri``; kombu is pinned to the minor version tested.
+next message in priority order *and* records it as unacknowledged, atomically.
+
+An idle consumer must wait without taking a message, and a blocking pop takes one. So each
+publish also pushes a token onto the queue's wake list (``<queue>\x06\x16wake``, capped at
+``WAKE_CAP``), and an idle consumer waits with ``BRPOP`` on the wake lists of all its queues:
+Redis hands each token to one waiter, so one message wakes one consumer, whatever its queue or
+priority. The woken consumer runs the script, which pops from all its lists; each pop also takes
+one token, so tokens track the messages waiting. A token is only a hint: a message published
+without one (by stock kombu) is found when the consumer's wait times out, and the waits grow
+while nothing arrives (``IDLE_WAITS``, up to a second, as kombu's BRPOP timeout).
+
+The restore of a dead worker's messages after the visibility timeout is kombu's own, reading
+the same ``unacked`` hash. Consumers that do not ack (``no_ack``, e.g. remote-control replies)
+keep kombu's path. Needs Redis 6.2, checked when a consumer starts. kombu private names used:
+``_brpop_start``/``_brpop_read``/``_put``/``_purge``/``_delete`` (overridden), the
+``_publish_batch`` argument of ``_put``, ``_brpop_sent_at``, ``_in_poll``,
+``_flush_brpop_reauth``, ``_queue_cycle``, ``_tag_to_queue``, ``_maybe_update_queues_expire``
+and ``_q_for_pri``; kombu is pinned to the minor version tested.
 """
 
 from __future__ import annotations
@@ -38,12 +45,25 @@ from taskpool.urls import mask_url
 
 #: The script's text, read once; Redis runs it by its SHA1 (EVALSHA).
 POP_AND_RECORD = Path(__file__).with_name("pop_and_record.lua").read_text()
-#: The first Redis with BLMOVE.
+#: The oldest Redis tested; the transport refuses older ones rather than guess.
 MINIMUM_REDIS = (6, 2)
-#: While idle, the waits on the first list, longest last: a message on another list (a second
-#: queue, a priority) waits at most the current one, and a long-idle consumer sends about two
-#: commands a second (stock kombu: one BRPOP a second).
+#: While idle, the waits on the wake lists, longest last: a message published without a token
+#: waits at most the current one, and a long-idle consumer sends about two commands a second
+#: (stock kombu: one BRPOP a second).
 IDLE_WAITS = (0.05, 0.1, 0.2, 0.5, 1.0)
+#: The most tokens a wake list holds: as many idle consumers as a burst can wake at once. Tokens
+#: left by messages that stock consumers took cost a woken consumer one empty pop each.
+WAKE_CAP = 100
+
+
+class _Pipeline:
+    """kombu's publish batch interface (``add``) over a redis-py pipeline."""
+
+    def __init__(self, pipeline: Any) -> None:
+        self.pipeline = pipeline
+
+    def add(self, name: str, *args: Any) -> None:
+        getattr(self.pipeline, name)(*args)
 
 
 def require_redis(version: str, url: str) -> None:
@@ -52,7 +72,7 @@ def require_redis(version: str, url: str) -> None:
     if found < MINIMUM_REDIS:
         raise BrokerUnsupported(
             f"Redis {version} at {mask_url(url)} is too old for taskpool's transport, which "
-            f"needs {'.'.join(map(str, MINIMUM_REDIS))} or newer (BLMOVE): upgrade Redis"
+            f"needs {'.'.join(map(str, MINIMUM_REDIS))} or newer (the oldest tested): upgrade Redis"
         )
 
 
@@ -78,6 +98,7 @@ class Channel(kombu_redis.Channel):
         self._acking_queues: dict[str, int] = {}
         self._pending: str | None = None  # the reliable command awaiting its reply
         self._waiting = False  # the last pop found nothing: wait before popping again
+        self._woken = False  # the last wait took a token: the next pop must not take another
         self._wait_index = 0  # into IDLE_WAITS: grows while waits time out
         self._client_of_pool: Any = None
         self._script: Any = None  # POP_AND_RECORD registered on _client_of_pool
@@ -122,7 +143,7 @@ class Channel(kombu_redis.Channel):
         return super().basic_cancel(consumer_tag)
 
     def _check_server(self) -> None:
-        """Refuse, at once and by name, a Redis too old for BLMOVE."""
+        """Refuse, at once and by name, a Redis older than the oldest tested."""
         if self._server_checked:
             return
         with self.conn_or_acquire() as client:
@@ -138,9 +159,51 @@ class Channel(kombu_redis.Channel):
         prefix = self.global_keyprefix or ""
         return [prefix + self._q_for_pri(q, pri) for pri in self.priority_steps for q in queues]
 
-    def _script_keys(self, keys: list[str]) -> list[str]:
+    def _wake_key(self, queue: str) -> str:
+        return f"{queue}{self.sep}wake"
+
+    def _wake_keys(self, queues: list[str]) -> list[str]:
         prefix = self.global_keyprefix or ""
-        return [*keys, prefix + self.unacked_index_key, prefix + self.unacked_key]
+        return [prefix + self._wake_key(q) for q in queues]
+
+    def _script_keys(self, queues: list[str]) -> list[str]:
+        prefix = self.global_keyprefix or ""
+        return [
+            *self._keys(queues),
+            *self._wake_keys(queues),
+            prefix + self.unacked_index_key,
+            prefix + self.unacked_key,
+        ]
+
+    # -- publishing: the message and its wake token, in one round trip ------------------
+
+    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
+        batch = kwargs.pop("_publish_batch", None)
+        if batch is not None:
+            super()._put(queue, message, _publish_batch=batch, **kwargs)
+            self._ring(batch, queue)
+            return
+        with self.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
+            commands = _Pipeline(pipe)
+            super()._put(queue, message, _publish_batch=commands, **kwargs)
+            self._ring(commands, queue)
+            pipe.execute()
+
+    def _ring(self, commands: Any, queue: str) -> None:
+        key = self._wake_key(queue)
+        commands.add("lpush", key, 1)
+        # kombu's prefixing client prefixes LPUSH but passes LTRIM through unchanged.
+        commands.add("ltrim", (self.global_keyprefix or "") + key, 0, WAKE_CAP - 1)
+
+    def _purge(self, queue: str) -> int:
+        with self.conn_or_acquire() as client:
+            client.delete(self._wake_key(queue))
+        return int(super()._purge(queue))
+
+    def _delete(self, queue: str, *args: Any, **kwargs: Any) -> None:
+        with self.conn_or_acquire(client=kwargs.get("client")) as client:
+            client.delete(self._wake_key(queue))
+        super()._delete(queue, *args, **kwargs)
 
     # -- the consuming loop --------------------------------------------------------------
 
@@ -153,22 +216,22 @@ class Channel(kombu_redis.Channel):
         if not self._reliable(queues):
             self._pending = None
             return super()._brpop_start(timeout)
-        keys = self._keys(queues)
         self._pool_client()  # registers the script for this pool
         connection = self.client.connection
         self._in_poll = connection
         self._brpop_sent_at = monotonic()  # type: ignore[assignment]  # kombu declares it None
         if self._waiting:
-            wait = timeout if len(keys) == 1 else IDLE_WAITS[self._wait_index]
-            # The first queue's list for messages without a priority, whatever the fair cycle's
-            # rotation, so the usual message wakes the consumer at once.
-            first = (self.global_keyprefix or "") + next(iter(self._acking_queues))
-            self._pending = "BLMOVE"
-            connection.send_command("BLMOVE", first, first, "RIGHT", "RIGHT", wait or 0)
+            self._pending = "BRPOP"
+            wait = IDLE_WAITS[self._wait_index]
+            connection.send_command("BRPOP", *self._wake_keys(queues), wait)
         else:
             self._pending = "EVALSHA"
-            script_keys = self._script_keys(keys)
-            connection.send_command("EVALSHA", self._script.sha, len(script_keys), *script_keys)
+            keys = self._script_keys(queues)
+            take_token = 0 if self._woken else 1
+            self._woken = False
+            connection.send_command(
+                "EVALSHA", self._script.sha, len(keys), *keys, len(queues), take_token
+            )
 
     def _brpop_read(self, **options: Any) -> bool:
         command, self._pending = self._pending, None
@@ -183,12 +246,15 @@ class Channel(kombu_redis.Channel):
             except self.connection_errors:
                 self.client.connection.disconnect()  # reconnects on the next round
                 raise
-            if command == "BLMOVE":
-                # Woken or not, the script looks at every list next (the others included);
-                # a wait that timed out makes the next one longer.
+            if command == "BRPOP":
+                # Woken or not, the script looks at every list next; a wait that timed out
+                # makes the next one longer.
                 self._waiting = False
-                woken = reply is not None
-                self._wait_index = 0 if woken else min(self._wait_index + 1, len(IDLE_WAITS) - 1)
+                self._woken = reply is not None
+                if self._woken:
+                    self._wait_index = 0
+                else:
+                    self._wait_index = min(self._wait_index + 1, len(IDLE_WAITS) - 1)
                 raise Empty()
             if not reply:
                 self._waiting = True
@@ -218,7 +284,7 @@ class Channel(kombu_redis.Channel):
         if no_ack:
             return super().basic_get(queue, no_ack, **kwargs)
         with self.conn_or_acquire() as client:
-            reply = self._script(keys=self._script_keys(self._keys([queue])))
+            reply = self._script(keys=self._script_keys([queue]), args=[1, 1])
             self._maybe_update_queues_expire(client, queue)
         if not reply:
             return None

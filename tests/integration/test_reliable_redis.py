@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -13,12 +14,14 @@ import pytest
 import redis as redis_py
 from kombu import Connection, Consumer, Exchange, Message, Producer, Queue
 
-from taskpool import Settings, celery_config
+from taskpool import Settings, celery_config, transport
 from taskpool.errors import BrokerUnsupported
 from taskpool.testing.redis_server import RedisServer
 from taskpool.transport import POP_AND_RECORD, Transport, require_redis
 
 pytestmark = pytest.mark.integration
+#: kombu's separator between a queue's name and its priority, and taskpool's wake list suffix.
+SEP = "\x06\x16"
 
 
 @pytest.fixture
@@ -165,29 +168,107 @@ def drain_one(conn: Connection, queues: list[Queue], deadline: float) -> tuple[o
     return got[0], time.monotonic() - started
 
 
-def test_an_idle_consumer_gets_a_message_of_its_second_queue_and_of_a_priority(
-    redis_server: RedisServer, client: redis_py.Redis
+def test_an_idle_consumer_is_woken_at_once_for_its_second_queue_and_for_a_priority(
+    redis_server: RedisServer, client: redis_py.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Waits far longer than the deadlines below: only the wake token can deliver in time.
+    monkeypatch.setattr(transport, "IDLE_WAITS", (30.0,))
     first, second = Queue("first", routing_key="first"), Queue("second", routing_key="second")
     with connection(redis_server) as conn:
-        consumer = Consumer(conn, [first, second], accept=["json"])
-        consumer.consume()
-        # Idle long enough that the waits have grown to their longest.
-        deadline = time.monotonic() + 4
-        while time.monotonic() < deadline:
-            with contextlib.suppress(socket.timeout):
-                conn.drain_events(timeout=0.2)
-        consumer.cancel()
+        idle = Consumer(conn, [first, second], accept=["json"])
+        idle.consume()
+        with contextlib.suppress(socket.timeout):
+            conn.drain_events(timeout=0.5)  # the pop found nothing: now waiting
+        idle.cancel()
         publish(redis_server, second, ["to the second queue"])
-        body, _ = drain_one(conn, [first, second], deadline=5)
-        assert body == "to the second queue"
+        body, took = drain_one(conn, [first, second], deadline=5)
+        assert body == "to the second queue" and took < 5
         with connection(redis_server) as producer_conn:
             Producer(producer_conn).publish(
                 "urgent", routing_key="first", declare=[first], serializer="json", priority=9
             )
-        body, _ = drain_one(conn, [first, second], deadline=5)
-        assert body == "urgent"
+        body, took = drain_one(conn, [first, second], deadline=5)
+        assert body == "urgent" and took < 5
     assert client.hlen("unacked") == 0
+    assert client.llen(f"first{SEP}wake") == 0 and client.llen(f"second{SEP}wake") == 0
+
+
+def test_one_message_wakes_one_idle_consumer(
+    redis_server: RedisServer, client: redis_py.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(transport, "IDLE_WAITS", (30.0,))
+    queue = Queue("shared", routing_key="shared")
+    got: list[object] = []
+    stop = threading.Event()
+    waiting = threading.Barrier(6)
+
+    def record(body: object, message: Message) -> None:
+        got.append(body)
+        message.ack()
+
+    def consume() -> None:
+        with connection(redis_server) as conn, Consumer(conn, [queue], accept=["json"]) as c:
+            c.register_callback(record)
+            with contextlib.suppress(socket.timeout):
+                conn.drain_events(timeout=0.3)  # found nothing: now waiting
+            waiting.wait(timeout=10)
+            while not stop.is_set():
+                with contextlib.suppress(socket.timeout):
+                    conn.drain_events(timeout=0.2)
+
+    consumers = [threading.Thread(target=consume) for _ in range(5)]
+    for thread in consumers:
+        thread.start()
+    try:
+        waiting.wait(timeout=10)
+        time.sleep(0.3)  # every consumer is blocked on the wake list now
+        client.config_resetstat()
+        publish(redis_server, queue, ["once"])
+        deadline = time.monotonic() + 5
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # a wake-everyone design would show its extra pops by now
+        pops = client.info("commandstats")["cmdstat_evalsha"]["calls"]
+    finally:
+        stop.set()
+        for thread in consumers:
+            thread.join(timeout=10)
+    assert got == ["once"]
+    # The woken consumer's pop that took the message, and its next one, which found nothing.
+    assert pops == 2
+
+
+def test_a_message_published_without_a_token_is_found_when_the_wait_times_out(
+    redis_server: RedisServer, client: redis_py.Redis, queue: Queue
+) -> None:
+    """Stock kombu producers push no token: an idle consumer still gets their messages."""
+    with Connection(redis_server.url()) as stock:
+        stock_producer = Producer(stock)
+        with connection(redis_server) as conn:
+            idle = Consumer(conn, [queue], accept=["json"])
+            idle.consume()
+            deadline = time.monotonic() + 3  # long enough for the waits to reach a second
+            while time.monotonic() < deadline:
+                with contextlib.suppress(socket.timeout):
+                    conn.drain_events(timeout=0.2)
+            idle.cancel()
+            stock_producer.publish(
+                "untokened", routing_key=queue.name, declare=[queue], serializer="json"
+            )
+            assert client.llen(f"{queue.name}{SEP}wake") == 0
+            body, took = drain_one(conn, [queue], deadline=5)
+    assert body == "untokened" and took < 5
+
+
+def test_wake_lists_are_capped_and_go_with_a_purge(
+    redis_server: RedisServer, client: redis_py.Redis, queue: Queue
+) -> None:
+    publish(redis_server, queue, list(range(transport.WAKE_CAP + 20)))
+    assert client.llen(queue.name) == transport.WAKE_CAP + 20
+    assert client.llen(f"{queue.name}{SEP}wake") == transport.WAKE_CAP
+    with connection(redis_server) as conn:
+        assert conn.default_channel.queue_purge(queue.name) == transport.WAKE_CAP + 20
+    assert not client.exists(f"{queue.name}{SEP}wake")
 
 
 def test_the_script_is_registered_once_and_called_by_its_sha(
@@ -222,6 +303,7 @@ def test_prefixed_keys_take_the_reliable_path_too(
     with Connection(redis_server.url(), transport=Transport, transport_options=options) as conn:
         Producer(conn).publish("hello", routing_key=queue.name, declare=[queue], serializer="json")
         assert client.llen(f"app1:{queue.name}") == 1
+        assert client.llen(f"app1:{queue.name}{SEP}wake") == 1
         message = conn.default_channel.basic_get(queue.name, no_ack=False)
         assert message is not None and message.payload == "hello"
         assert client.hlen("app1:unacked") == 1 and client.hlen("unacked") == 0
@@ -249,7 +331,7 @@ def test_a_message_due_later_is_indexed_at_its_due_time(
     ("version", "refused"),
     [("6.0.16", True), ("5.0.7", True), ("6.2.14", False), ("7.0.15", False)],
 )
-def test_a_redis_without_blmove_is_refused_by_name(version: str, refused: bool) -> None:
+def test_a_redis_older_than_the_oldest_tested_is_refused(version: str, refused: bool) -> None:
     if refused:
         with pytest.raises(BrokerUnsupported, match=f"Redis {version} at redis://:\\*\\*@h"):
             require_redis(version, "redis://:secret@h:6379/0")
