@@ -88,22 +88,7 @@ class FallbackTask(Task):
         return self._run_locally(args, kwargs, task_id, options)
 
     def refuse_canvas(self, route: dispatch.Route, options: dict[str, Any]) -> None:
-        """Callbacks, chains, groups and chords are carried by broker messages and results kept
-        in the result store: run here, only the first step would run and the rest be dropped.
-        """
-        named = [f"{name}= ({what})" for name, what in CANVAS.items() if options.get(name)]
-        if not named:
-            return
-        what = ", ".join(named)
-        if route.mode == "local":
-            raise LocalPoolError(
-                f"{self.name}: {what} need the broker, and the local pool cannot run them; "
-                "use dispatch auto or celery, or call the steps one by one"
-            )
-        raise BrokerUnavailable(
-            f"{self.name}: {what} need the broker, and it does not answer ({route.reason}); "
-            "nothing was run. Start the broker, or call the steps one by one"
-        )
+        refuse_canvas(self.name, route, options)
 
     def _run_locally(
         self, args: Any, kwargs: Any, task_id: str | None, options: dict[str, Any]
@@ -129,3 +114,23 @@ class FallbackTask(Task):
     def _as_time(self, value: Any) -> datetime:
         """An eta or expires, given as a datetime or an ISO string, made timezone-aware."""
         return maybe_make_aware(maybe_iso8601(value), self.app.timezone)
+
+
+def refuse_canvas(caller: str, route: dispatch.Route, options: dict[str, Any]) -> None:
+    """Callbacks, chains, groups and chords are carried by broker messages and results kept in
+    the result store: run on the local pool, only the first step would run and the rest be
+    dropped. So off the broker they raise, naming the options, before anything runs.
+    """
+    named = [f"{name}= ({what})" for name, what in CANVAS.items() if options.get(name)]
+    if not named:
+        return
+    what = ", ".join(named)
+    if route.mode == "local":
+        raise LocalPoolError(
+            f"{caller}: {what} need the broker, and the local pool cannot run them; "
+            "use dispatch auto or celery, or call the steps one by one"
+        )
+    raise BrokerUnavailable(
+        f"{caller}: {what} need the broker, and it does not answer ({route.reason}); "
+        "nothing was run. Start the broker, or call the steps one by one"
+    )

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from celery import Celery, chain, group
+from celery import Celery, chain, chord, group
 from celery.result import AsyncResult
 from celery.signals import beat_init
 from kombu.exceptions import OperationalError
@@ -174,8 +174,9 @@ def test_the_fallback_warning_never_shows_the_password(caplog: pytest.LogCapture
         (lambda sq: chain(sq.s(2), sq.s()), "chain= (a chain)"),
         (lambda sq: sq.signature((2,), link=sq.s()), "link= (a callback)"),
         (lambda sq: sq.signature((2,), link_error=sq.s()), "link_error= (an error callback)"),
+        (lambda sq: chord([sq.s(i) for i in range(3)], sq.s()), "chord= (a chord)"),
     ],
-    ids=["group", "chain", "link", "link_error"],
+    ids=["group", "chain", "link", "link_error", "chord"],
 )
 def test_a_canvas_with_no_broker_raises_broker_unavailable_at_once_and_runs_nothing(
     build: Callable[[Any], Any], option: str, tmp_path: Any
@@ -195,6 +196,8 @@ def test_a_canvas_in_mode_local_is_refused_with_local_pool_error_naming_the_opti
     square = app.tasks["tasks.square"]
     with pytest.raises(LocalPoolError, match=re.escape("chain= (a chain)")):
         chain(square.s(2), square.s()).apply_async()
+    with pytest.raises(LocalPoolError, match=re.escape("chord= (a chord)")):
+        chord([square.s(1), square.s(2)], square.s()).apply_async()
 
 
 def test_send_task_with_no_broker_runs_a_known_task_locally_and_refuses_an_unknown_one() -> None:
