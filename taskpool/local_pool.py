@@ -1,4 +1,4 @@
-"""The local pool: a lazily started ``multiprocessing.Pool`` that runs tasks outside a worker.
+"""The local pool: a lazily started process pool that runs tasks outside a worker.
 
 Start method, chosen once when the pool first starts (TASKPOOL_LOCAL_START_METHOD; by default
 ``auto``): ``fork`` while the caller runs a single thread and holds no open socket, as a plain
@@ -23,23 +23,24 @@ import time
 import traceback
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, NamedTuple
 
 from celery import Task, states
 from celery.app.utils import find_app
-from celery.exceptions import SoftTimeLimitExceeded, TaskRevokedError, TimeLimitExceeded
+from celery.exceptions import Retry, SoftTimeLimitExceeded, TaskRevokedError, TimeLimitExceeded
+from celery.local import maybe_evaluate
 from celery.result import EagerResult
 from celery.utils import uuid
 from celery.utils.serialization import get_pickleable_exception
+from celery.utils.time import maybe_iso8601, maybe_make_aware
 from kombu.serialization import dumps, loads
 
 from taskpool.arguments import check_items
 from taskpool.chunks import ChunkOutcome, run_items
 from taskpool.errors import LocalPoolError
 from taskpool.main_guard import importing_main_in_child, unguarded_main_call
-from taskpool.results import PROGRESS, LocalResult, Outcome
+from taskpool.results import PROGRESS, Again, LocalResult, Outcome
 from taskpool.settings import Settings, settings_of
 
 log = logging.getLogger("taskpool.local_pool")
@@ -59,6 +60,8 @@ class RunOptions(NamedTuple):
     #: Per-call limits; None: the task's, else the app's.
     time_limit: float | None = None
     soft_time_limit: float | None = None
+    #: ``request.retries`` of this run: how many times ``self.retry()`` sent it round already.
+    retries: int = 0
 
 
 def submit(
@@ -80,17 +83,12 @@ def submit(
         return task.apply(args, kwargs, task_id=task_id)
     task_id = task_id or uuid()
     job = (_ref(task), payload, task_id, options)
-    pending: _Run | _Later
-    if options.countdown > 0:
-        pending = _Later(options.countdown, job, settings)
-    else:
-        pending = _shared_pool.apply_async(_execute, job, settings)
-    return LocalResult(task_id, task.name, pending)
+    return LocalResult(task_id, task.name, _Call(_execute, job, settings, options.countdown))
 
 
 def submit_chunk(
     task: Task, items: Sequence[Any], start: int = 0, *, check_integers: bool = False
-) -> _Run | _Finished:
+) -> _Call | _Finished:
     """Run ``task`` over ``items`` in one pool process; the result is a ChunkOutcome.
 
     Items travel pickled between our own processes (no broker is involved), which keeps
@@ -102,7 +100,7 @@ def submit_chunk(
     settings = settings_of(task.app)
     if _run_here(settings):
         return _Finished(_execute_chunk(*job))
-    return _shared_pool.apply_async(_execute_chunk, job, settings)
+    return _Call(_execute_chunk, job, settings)
 
 
 #: How many times one call is started: a call whose pool broke (a pool process was killed, or
@@ -144,11 +142,8 @@ class _SharedPool:
                 )
             return self._unguarded
 
-    def apply_async(self, func: Any, job: tuple[Any, ...], settings: Settings) -> _Run:
-        """Start ``func(*job)``; the first call starts the pool, sized by ``settings``."""
-        return _Run(self, func, job, settings)
-
     def submit(self, func: Any, job: tuple[Any, ...], settings: Settings) -> Future[Any]:
+        """Start ``func(*job)``; the first call starts the pool, sized by ``settings``."""
         with self._lock:
             executor = self._executor
             if executor is None or getattr(executor, "_broken", False):
@@ -237,56 +232,127 @@ class _SharedPool:
             self._idle.notify_all()
 
 
-class _Run:
-    """One call on the local pool, with the ``ready``/``get`` of ``multiprocessing``'s result.
+class _Call:
+    """One local call through every run a worker would give it, each started by a timer thread
+    (never by the executor's own thread, which delivers results):
 
-    A call whose pool broke runs again on a fresh pool (ATTEMPTS in all), then fails with
-    LocalPoolError saying how the pool process ended.
+    - after its countdown, holding no pool process meanwhile;
+    - once more on a fresh pool if its pool process is lost (ATTEMPTS in all), as a broker
+      redelivers a lost task, then LocalPoolError saying how the process ended;
+    - again after each ``self.retry()``, at the retry's countdown or eta and with
+      ``request.retries`` one higher, as a worker runs the retry message it publishes.
+
+    The timers are not daemons, so a script waits for its delayed calls and retries at exit, as
+    a worker would run them. By then the pool takes no new work, so a run falling due during
+    exit happens in the timer's thread (where no time limit can be raised).
     """
 
     def __init__(
-        self, pool: _SharedPool, func: Any, job: tuple[Any, ...], settings: Settings
+        self, func: Any, job: tuple[Any, ...], settings: Settings, delay: float = 0.0
     ) -> None:
-        self._pool, self._func, self._job, self._settings = pool, func, job, settings
+        self._func, self._job, self._settings = func, job, settings
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._future: Future[Any] | None = None
+        self._timer: threading.Timer | None = None
+        self._cancelled = False
         self.attempt = 1
-        self._future = pool.submit(func, job, settings)
+        if delay > 0:
+            self._later(delay)
+        else:
+            self._submit()
 
     def ready(self) -> bool:
-        if not self._future.done():
-            return False
-        error = self._future.exception()
-        if isinstance(error, BrokenProcessPool):
-            self._again(error)
-            return False
-        return True
+        return self._done.is_set()
 
     def cancel(self) -> bool:
-        """Withdraw the call if it has not started; True if it will not run."""
-        return self._future.cancel()
+        """Withdraw the call if no run of it has started; True if it will not run again."""
+        with self._lock:
+            if self._future is not None and not self._future.cancel():
+                return False
+            if self._timer is not None:
+                self._timer.cancel()
+            self._cancelled = True
+            return True
 
     def get(self, timeout: float | None = None) -> Any:
         """The call's value; multiprocessing.TimeoutError when ``timeout`` passes first."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                return self._future.result(remaining)
-            except FutureTimeout:
-                raise multiprocessing.TimeoutError() from None
-            except BrokenProcessPool as exc:
-                self._again(exc)
+        if not self._done.wait(timeout):
+            raise multiprocessing.TimeoutError()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
-    def _again(self, broken: BrokenProcessPool) -> None:
-        reason = self._pool.exit_reason()
-        if self.attempt >= ATTEMPTS:
-            name = self._job[0].name
-            raise LocalPoolError(
-                f"{name}: a local pool process {reason} while the call was running or "
-                f"waiting, {ATTEMPTS} times; the pool keeps serving other calls"
-            ) from broken
-        log.warning("a local pool process %s; running its calls again on a new pool", reason)
-        self.attempt += 1
-        self._future = self._pool.submit(self._func, self._job, self._settings)
+    def _later(self, delay: float, broken: BaseException | None = None) -> None:
+        with self._lock:
+            if self._cancelled:
+                return
+            self._future = None
+            self._timer = threading.Timer(delay, self._submit, kwargs={"broken": broken})
+            self._timer.start()
+
+    def _submit(self, broken: BaseException | None = None) -> None:
+        if broken is not None:
+            reason = _shared_pool.exit_reason()
+            if self.attempt >= ATTEMPTS:
+                name = self._job[0].name
+                error = LocalPoolError(
+                    f"{name}: a local pool process {reason} while the call was running or "
+                    f"waiting, {ATTEMPTS} times; the pool keeps serving other calls"
+                )
+                error.__cause__ = broken
+                self._finish(None, error)
+                return
+            log.warning("a local pool process %s; running its calls again on a new pool", reason)
+            self.attempt += 1
+        with self._lock:
+            if self._cancelled:
+                return
+            try:
+                self._future = _shared_pool.submit(self._func, self._job, self._settings)
+            except RuntimeError:  # "cannot schedule new futures after interpreter shutdown"
+                self._future = None
+        if self._future is None:  # exiting: no new timer would be waited for either
+            value = self._func(*self._job)
+            while (again := self._next_run(value)) is not None:
+                time.sleep(again.delay)
+                value = self._func(*self._job)
+            self._finish(value, None)
+        else:
+            self._future.add_done_callback(self._returned)
+
+    def _returned(self, future: Future[Any]) -> None:
+        if future.cancelled():
+            return
+        error = future.exception()
+        if isinstance(error, BrokenProcessPool):
+            self._later(0, broken=error)
+        elif error is not None:  # the pool itself failed, e.g. a value it could not send
+            self._finish(None, error)
+        else:
+            self._ran(future.result())
+
+    def _ran(self, value: Any) -> None:
+        again = self._next_run(value)
+        if again is None:
+            self._finish(value, None)
+        else:
+            self._later(again.delay)
+
+    def _next_run(self, value: Any) -> Again | None:
+        """For a run that retried: the next one's job set up, its state RETRY meanwhile."""
+        again: Again | None = getattr(value, "again", None)
+        if again is not None:
+            ref, _, task_id, options = self._job
+            PROGRESS[task_id] = (states.RETRY, value.error)
+            self._job = (ref, again.payload, task_id, options._replace(retries=again.retries))
+        return again
+
+    def _finish(self, value: Any, error: BaseException | None) -> None:
+        self._value, self._error = value, error
+        self._done.set()
 
 
 _shared_pool = _SharedPool()
@@ -394,45 +460,6 @@ class _Finished:
         return False
 
 
-class _Later:
-    """A call due later: a timer here submits it when due, so it holds no pool process meanwhile.
-
-    The timer thread is not a daemon, so a script waits for its delayed calls at exit, as it
-    would for a worker's. By then the pool takes no new work, so a call falling due during
-    exit runs in this process (in the timer's thread, where no time limit can be raised).
-    """
-
-    def __init__(self, delay: float, job: tuple[Any, ...], settings: Settings) -> None:
-        self._job, self._settings = job, settings
-        self._started = threading.Event()
-        self._run: _Run | _Finished | None = None
-        self._timer = threading.Timer(delay, self._start)
-        self._timer.start()
-
-    def _start(self) -> None:
-        try:
-            self._run = _shared_pool.apply_async(_execute, self._job, self._settings)
-        except RuntimeError:  # "cannot schedule new futures after interpreter shutdown"
-            self._run = _Finished(_execute(*self._job))
-        self._started.set()
-
-    def ready(self) -> bool:
-        return self._run is not None and self._started.is_set() and self._run.ready()
-
-    def get(self, timeout: float | None = None) -> Any:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        if not self._started.wait(timeout):
-            raise multiprocessing.TimeoutError()
-        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        assert self._run is not None  # set before _started
-        return self._run.get(remaining)
-
-    def cancel(self) -> bool:
-        self._timer.cancel()
-        self._timer.join()  # had it fired already, its submit is done now
-        return self._run.cancel() if self._run is not None else True
-
-
 def _execute(ref: TaskRef, payload: Payload, task_id: str, options: RunOptions) -> Outcome:
     """Run one task in a pool process; every failure becomes an Outcome, never a pool error."""
     try:
@@ -442,11 +469,18 @@ def _execute(ref: TaskRef, payload: Payload, task_id: str, options: RunOptions) 
             return Outcome(states.REVOKED, TaskRevokedError("expired"))  # as a worker does
         if _reports is not None:  # update_state reports to the caller, not the result store
             task.update_state = _StateReporter(task, _reports)
+        retry = _RetryLater()
+        task.apply = retry  # what Celery's eager retry calls to run the retry at once
         try:
             with _time_limits(task, options):
-                run = task.apply(args, kwargs, task_id=task_id, throw=False)
+                run = type(task).apply(
+                    task, args, kwargs, task_id=task_id, throw=False, retries=options.retries
+                )
         finally:
             vars(task).pop("update_state", None)
+            vars(task).pop("apply", None)
+        if retry.called:
+            return retry.outcome(task)
     except BaseException as exc:  # noqa: BLE001 - reported to the caller, not swallowed
         return Outcome(states.FAILURE, get_pickleable_exception(exc), traceback.format_exc())
     if run.state != states.SUCCESS:
@@ -457,6 +491,37 @@ def _execute(ref: TaskRef, payload: Payload, task_id: str, options: RunOptions) 
         )
     except Exception as exc:  # a value the result serializer refuses fails as it would on a worker
         return Outcome(states.FAILURE, get_pickleable_exception(exc), traceback.format_exc())
+
+
+class _RetryLater:
+    """Stands in for ``task.apply`` during a local run.
+
+    On ``self.retry()`` in an eager run, Celery runs the retry at once (``sig.apply()``), with
+    no countdown. Caught here, the retry's arguments and timing go back to the caller instead,
+    which runs it when due (``_Call``), as a worker runs the retry message it publishes; Celery
+    itself has applied ``max_retries``, ``autoretry_for`` and ``retry_backoff`` by then.
+    """
+
+    def __init__(self) -> None:
+        self.called = False
+        self.args: Any = ()
+        self.kwargs: Any = {}
+        self.options: dict[str, Any] = {}
+
+    def __call__(self, args: Any = None, kwargs: Any = None, **options: Any) -> None:
+        self.called = True
+        self.args, self.kwargs, self.options = args or (), kwargs or {}, options
+
+    def outcome(self, task: Task) -> Outcome:
+        countdown, eta = self.options.get("countdown"), self.options.get("eta")
+        delay = float(countdown or 0)
+        if countdown is None and eta is not None:
+            due = maybe_make_aware(maybe_iso8601(eta), task.app.timezone)
+            delay = (due - task.app.now()).total_seconds()
+        payload = dumps([list(self.args), self.kwargs], serializer=task.app.conf.task_serializer)
+        retries = int(self.options.get("retries", 1))
+        again = Again(payload, max(0.0, delay), retries)
+        return Outcome(states.RETRY, Retry(when=delay), again=again)
 
 
 def _execute_chunk(
@@ -494,17 +559,20 @@ def _ref(task: Task) -> TaskRef:
 
 
 def _find_task(ref: TaskRef) -> Task:
-    """Import what defines the task, then find it: on the app ``-A`` would find, or by scan."""
+    """Import what defines the task, then find it: on the app ``-A`` would find, or by scan.
+
+    The task itself, not a lazy proxy of it: a run sets attributes on it for its duration.
+    """
     module = sys.modules.get(ref.module) or importlib.import_module(ref.module)
     try:
         app = find_app(ref.app_main) if ref.app_main else None
     except (ImportError, AttributeError):  # an app whose name is not a module
         app = None
     if app is not None and ref.name in app.tasks:
-        return app.tasks[ref.name]
+        return maybe_evaluate(app.tasks[ref.name])
     for value in list(vars(module).values()):
         if isinstance(value, Task) and value.name == ref.name:  # evaluates lazy task proxies
-            return value
+            return maybe_evaluate(value)
     raise LocalPoolError(
         f"task {ref.name!r} was not found after importing {ref.module!r}: define tasks at the "
         "top level of an importable module"
@@ -522,7 +590,7 @@ class _time_limits:
 
     def __enter__(self) -> None:
         # Signals reach the main thread only: a delayed call run by its timer thread at
-        # interpreter exit (see _Later) runs without limits.
+        # interpreter exit (see _Call) runs without limits.
         self.armed = threading.current_thread() is threading.main_thread()
         first = self.soft or self.hard
         if first and self.armed:

@@ -7,7 +7,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from celery import states
 from celery.exceptions import TaskRevokedError
@@ -46,6 +46,16 @@ class TaskResult(Protocol):
     def get(self, timeout: float | None = None, propagate: bool = True, **options: Any) -> Any: ...
 
 
+class Again(NamedTuple):
+    """A run that called ``self.retry()``: run it again with these arguments (serialized as
+    ``[args, kwargs]``) after ``delay`` seconds, as a worker runs the retry message it publishes.
+    """
+
+    payload: tuple[str, str, bytes | str]
+    delay: float
+    retries: int
+
+
 @dataclass(frozen=True)
 class Outcome:
     """How a run ended, as sent back from a pool process.
@@ -60,6 +70,8 @@ class Outcome:
     payload: tuple[str, str, bytes | str] | None = None
     #: When the run ended (Unix time, set where it ran).
     done_at: float = field(default_factory=time.time)
+    #: Set when the run retried: the call is not over.
+    again: Again | None = None
 
     def value(self) -> Any:
         if self.payload is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import subprocess
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 from celery import Celery, chain, states
-from celery.exceptions import SoftTimeLimitExceeded, TaskRevokedError
+from celery.exceptions import MaxRetriesExceededError, SoftTimeLimitExceeded, TaskRevokedError
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from kombu.exceptions import EncodeError
 
@@ -511,3 +512,80 @@ def test_update_state_on_the_local_pool_reaches_the_callers_result() -> None:
     )  # fmt: skip
     assert result.get(timeout=10) == 4
     assert result.state == states.SUCCESS and result.info == 4
+
+
+@local_app.task(bind=True, max_retries=3)
+def fails_then_succeeds(self: Any, log: str, failures: int, countdown: float) -> int:
+    """Logs each run's start and process, retries ``failures`` times, then returns its retries."""
+    with open(log, "a") as out:
+        out.write(f"{time.time()} {os.getpid()}\n")
+    if self.request.retries < failures:
+        raise self.retry(countdown=countdown)
+    return int(self.request.retries)
+
+
+@local_app.task(
+    bind=True, autoretry_for=(ValueError,), retry_backoff=1, retry_jitter=False, max_retries=2
+)
+def backs_off(self: Any, log: str) -> str:
+    with open(log, "a") as out:
+        out.write(f"{time.time()} {os.getpid()}\n")
+    if self.request.retries < 2:
+        raise ValueError("not yet")
+    return "done"
+
+
+def runs_logged(log: Path) -> list[tuple[float, int]]:
+    return [
+        (float(t), int(pid))
+        for t, pid in (line.split() for line in log.read_text().split("\n") if line)
+    ]
+
+
+def test_a_retry_on_the_local_pool_waits_its_countdown_and_counts_its_retries(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "runs"
+    result = fails_then_succeeds.apply_async((str(log), 2, 1.0), dispatch="local")
+    wait_for(lambda: result.state == states.RETRY, 10, "the RETRY state between runs")
+    assert result.get(timeout=30) == 2  # the last run saw request.retries == 2, as on a worker
+    runs = runs_logged(log)
+    assert len(runs) == 3
+    gaps = [later[0] - earlier[0] for earlier, later in itertools.pairwise(runs)]
+    assert all(gap >= 0.9 for gap in gaps), gaps  # Celery's eager mode retries at once
+    assert all(pid != os.getpid() for _, pid in runs)
+
+
+def test_max_retries_ends_a_local_call_as_on_a_worker(tmp_path: Path) -> None:
+    result = fails_then_succeeds.apply_async((str(tmp_path / "runs"), 10, 0.1), dispatch="local")
+    with pytest.raises(MaxRetriesExceededError):
+        result.get(timeout=30)
+    assert result.state == states.FAILURE
+    assert len(runs_logged(tmp_path / "runs")) == 4  # the first run and max_retries=3 more
+
+
+def test_autoretry_with_backoff_on_the_local_pool_waits_longer_each_time(tmp_path: Path) -> None:
+    log = tmp_path / "runs"
+    assert backs_off.apply_async((str(log),), dispatch="local").get(timeout=30) == "done"
+    runs = runs_logged(log)
+    gaps = [later[0] - earlier[0] for earlier, later in itertools.pairwise(runs)]
+    # retry_backoff=1 without jitter: 1 s, then 2 s, as Celery computes them on a worker.
+    assert len(gaps) == 2 and gaps[0] >= 0.9 and gaps[1] >= 1.9, gaps
+
+
+def test_a_retry_waiting_its_countdown_holds_no_pool_process_and_can_be_revoked(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "runs"
+    processes = current_settings().processes
+    waiting = [
+        fails_then_succeeds.apply_async((str(log), 1, 30.0), dispatch="local")
+        for _ in range(processes)
+    ]
+    wait_for(lambda: all(r.state == states.RETRY for r in waiting), 10, "every call retrying")
+    # Every pool process would be asleep if retries waited inside them.
+    assert nap.apply_async((0,), dispatch="local").get(timeout=10) == 0
+    for result in waiting:
+        result.revoke()
+        assert result.state == states.REVOKED
+    assert len(runs_logged(log)) == processes  # the revoked retries never ran
