@@ -9,11 +9,12 @@ from celery import Celery
 
 from taskpool import (
     dispatch,
+    result_store,
     transport,  # noqa: F401 - loaded before kombu asks for it by name
 )
 from taskpool.celery_conf import celery_config
 from taskpool.errors import BrokerUnavailable, ConfigError, LocalPoolError
-from taskpool.fallback import FallbackTask, refuse_canvas
+from taskpool.fallback import FallbackTask
 from taskpool.settings import Settings, bind_settings, settings_of
 
 
@@ -56,23 +57,9 @@ class TaskpoolCelery(Celery):
         )
 
     def _get_backend(self) -> Any:
-        """Celery's result backend, whose ``apply_chord`` first asks where calls go.
-
-        A chord prepares the result store before its header's tasks are sent, and with no
-        Redis that ends in Celery's "the Celery application must be restarted". Off the
-        broker, the chord is refused at once instead, as groups and chains are.
-        """
-        backend = super()._get_backend()
-        apply_chord = backend.apply_chord
-
-        def guarded_apply_chord(header_result_args: Any, body: Any, **options: Any) -> Any:
-            route = dispatch.route(self, None)
-            if route.backend != "broker":
-                refuse_canvas(f"chord({body.name})", route, {"chord": body})
-            return apply_chord(header_result_args, body, **options)
-
-        backend.apply_chord = guarded_apply_chord
-        return backend
+        """Celery's result backend, adapted by ``taskpool.result_store`` (chords refused off
+        the broker; result writes that wait for replicas when asked to)."""
+        return result_store.adapt(self, super()._get_backend())
 
     def on_configure(self) -> None:
         try:

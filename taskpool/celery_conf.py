@@ -8,9 +8,13 @@ from typing import Any
 from taskpool.settings import Settings
 from taskpool.urls import url_scheme
 
-#: kombu's Redis transport with delivery that cannot lose a message to a killed worker
-#: (taskpool/transport.py); a dotted path, so configuring imports nothing.
-RELIABLE_REDIS_TRANSPORT = "taskpool.transport:Transport"
+#: kombu's Redis transports with delivery that cannot lose a message to a killed worker
+#: (taskpool/transport.py), by URL scheme; dotted paths, so configuring imports nothing.
+RELIABLE_TRANSPORTS = {
+    "redis": "taskpool.transport:Transport",
+    "rediss": "taskpool.transport:Transport",
+    "sentinel": "taskpool.transport:SentinelTransport",
+}
 
 
 #: TASKPOOL_REDIS_TLS_VERIFY -> what Python's ssl module calls it.
@@ -27,6 +31,23 @@ def redis_tls(settings: Settings) -> dict[str, Any]:
     }
 
 
+def sentinel_options(settings: Settings) -> dict[str, Any]:
+    """What kombu's and Celery's Sentinel support read from the transport options.
+
+    The sentinels' clients get the same timeouts as Redis's (given ``sentinel_kwargs``, redis-py
+    copies none), and no retries of their own: redis-py's default retries each sentinel three
+    times with backoff, about 12 s when none answers, while kombu and Celery retry anyway.
+    """
+    sentinel_kwargs: dict[str, Any] = {
+        "socket_timeout": settings.socket_timeout,
+        "socket_connect_timeout": settings.broker_timeout,
+        "retry": None,
+    }
+    if settings.sentinel_password:
+        sentinel_kwargs["password"] = settings.sentinel_password
+    return {"master_name": settings.sentinel_master, "sentinel_kwargs": sentinel_kwargs}
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Map taskpool settings onto Celery's, with hardened defaults (each says why)."""
     redis_timeouts = {
@@ -35,17 +56,18 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "socket_connect_timeout": settings.broker_timeout,
     }
     broker_scheme = url_scheme(settings.broker_url)
-    reliable = broker_scheme in ("redis", "rediss")
+    backend_scheme = url_scheme(settings.result_backend)
     tls = redis_tls(settings)
+    sentinel = sentinel_options(settings)
     return {
         # rediss:// brokers and result stores: the CA, client certificate and check from the
         # settings (without them, redis-py refuses a rediss:// URL at first use).
         "broker_use_ssl": tls if broker_scheme == "rediss" else None,
-        "redis_backend_use_ssl": tls if url_scheme(settings.result_backend) == "rediss" else None,
+        "redis_backend_use_ssl": tls if backend_scheme == "rediss" else None,
         "broker_url": settings.broker_url,
         # A message is popped and recorded as unacknowledged in one step, so a worker killed in
         # between cannot take the only copy with it (kombu's BRPOP path can).
-        "broker_transport": RELIABLE_REDIS_TRANSPORT if reliable else None,
+        "broker_transport": RELIABLE_TRANSPORTS.get(broker_scheme),
         "result_backend": settings.result_backend,
         # JSON only, both ways: a pickle message from the broker would be code execution.
         "task_serializer": "json",
@@ -87,6 +109,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "unacked_restore_interval": settings.restore_interval,
             "unacked_restore_throttle": 1,
             **redis_timeouts,
+            **(sentinel if broker_scheme == "sentinel" else {}),
+            # Read by taskpool's transport: publishes wait for replicas (Redis WAIT).
+            "wait_replicas": settings.redis_wait_replicas,
+            "wait_timeout": settings.redis_wait_timeout,
         },
         # Publishing retries briefly, then fails, so .delay() cannot spin on a dead broker.
         "task_publish_retry_policy": {
@@ -105,5 +131,19 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "interval_step": 0.1,
                 "interval_max": 0.2,
             },
+            **(sentinel if backend_scheme == "sentinel" else {}),
         },
     }
+
+
+#: What a worker adds to celery_config: a result write that fails on a lost connection is
+#: retried with backoff (up to about 10 s, random full jitter, each wait at most 1 s) rather
+#: than after the client's two quick retries. A worker that gives up on storing a result still
+#: acks the message, and the result is lost; a Redis failover takes a few seconds. Clients keep
+#: the short policy, so ``.get()`` and ``.state`` fail within their bounds.
+WORKER_RESULT_RETRIES = {
+    "result_backend_always_retry": True,
+    "result_backend_max_retries": 30,
+    "result_backend_base_sleep_between_retries_ms": 10,
+    "result_backend_max_sleep_between_retries_ms": 1000,
+}

@@ -7,6 +7,8 @@
     ├── BrokerUnavailable                 mode ``celery``, and no broker or result store answers
     │   (kombu.exceptions.OperationalError)
     ├── BrokerUnsupported (RuntimeError)  the broker lacks what taskpool needs (Redis < 6.2)
+    ├── NotReplicated                     a publish no replica confirmed in time (Redis WAIT)
+    │   (redis.exceptions.ConnectionError)
     ├── LocalPoolError (RuntimeError)     the local pool cannot run what was asked of it
     ├── UnsafeInteger (ValueError)        an argument JSON would not carry exactly
     ├── ArgumentTooLarge (ValueError)     arguments over TASKPOOL_MAX_MESSAGE_BYTES
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis
 from kombu.exceptions import OperationalError
 
 
@@ -50,6 +53,14 @@ class BrokerUnavailable(TaskpoolError, OperationalError):
 
 class BrokerUnsupported(TaskpoolError, RuntimeError):
     """Raised when a consumer starts against a broker too old for taskpool's transport."""
+
+
+class NotReplicated(TaskpoolError, redis.exceptions.ConnectionError):
+    """Raised when a publish was not confirmed by TASKPOOL_REDIS_WAIT_REPLICAS replicas in time.
+
+    A connection error to kombu, which retries the publish: the message may then be queued
+    twice, and run twice (at least once), but a failover cannot lose it.
+    """
 
 
 class LocalPoolError(TaskpoolError, RuntimeError):

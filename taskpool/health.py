@@ -13,12 +13,13 @@ from urllib.parse import urlsplit
 import redis
 from celery import Celery
 
+from taskpool import sentinel
 from taskpool.urls import mask_url
 
 log = logging.getLogger("taskpool.fallback")
 
 #: Result stores that taskpool probes itself; others (rpc://, databases) are not probed.
-REDIS_SCHEMES = ("redis", "rediss")
+REDIS_SCHEMES = ("redis", "rediss", "sentinel")
 
 
 class BrokerHealth:
@@ -70,9 +71,10 @@ class BrokerHealth:
     def scrub(self, text: str) -> str:
         """Remove the broker's and result store's passwords from ``text``."""
         for url in (self.broker_url, self.backend_url):
-            password = urlsplit(url).password
-            if password:
-                text = text.replace(password, "**")
+            for part in url.split(";"):
+                password = urlsplit(part).password
+                if password:
+                    text = text.replace(password, "**")
         return text
 
     @property
@@ -102,8 +104,14 @@ class BrokerHealth:
         except Exception as exc:
             return self.scrub(f"broker {mask_url(self.broker_url)} unreachable ({_describe(exc)})")
         if urlsplit(self.backend_url).scheme in REDIS_SCHEMES:
+            conf = self.app.conf
             try:
-                probe_redis(self.backend_url, self.timeout, self.app.conf.redis_backend_use_ssl)
+                probe_redis(
+                    self.backend_url,
+                    self.timeout,
+                    conf.redis_backend_use_ssl,
+                    conf.result_backend_transport_options,
+                )
             except Exception as exc:
                 return self.scrub(
                     f"result store {mask_url(self.backend_url)} unreachable ({_describe(exc)})"
@@ -113,17 +121,29 @@ class BrokerHealth:
 
 def probe_broker(app: Celery, timeout: float) -> None:
     """Connect to ``app``'s broker once, with its own settings and every wait cut to ``timeout``."""
-    bounded = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    bounded: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    sentinel_kwargs = app.conf.broker_transport_options.get("sentinel_kwargs")
+    if sentinel_kwargs is not None:  # the sentinels' own clients, bounded alike
+        bounded["sentinel_kwargs"] = {**sentinel_kwargs, **bounded}
     with app.connection_for_write(connect_timeout=timeout, transport_options=bounded) as conn:
         conn.ensure_connection(max_retries=0, timeout=timeout)
 
 
-def probe_redis(url: str, timeout: float, tls: Mapping[str, Any] | None = None) -> None:
+def probe_redis(
+    url: str,
+    timeout: float,
+    tls: Mapping[str, Any] | None = None,
+    transport_options: Mapping[str, Any] | None = None,
+) -> None:
     """PING the Redis at ``url`` once, no retries, every wait cut to ``timeout``.
 
     ``tls``: redis-py's ``ssl_*`` options for a ``rediss://`` URL (the app's
-    ``redis_backend_use_ssl``).
+    ``redis_backend_use_ssl``). For ``sentinel://`` URLs, the sentinels name the primary
+    (``transport_options``: the app's ``result_backend_transport_options``).
     """
+    if url.startswith("sentinel://"):
+        sentinel.ping_primary(url, timeout, transport_options)
+        return
     options = {k: v for k, v in (tls or {}).items() if v is not None}
     if not url.startswith("rediss://"):
         options = {}

@@ -1,4 +1,5 @@
-"""Starting a worker: refuse at once when the broker rejects our credentials.
+"""Starting a worker: refuse at once when the broker rejects our credentials, and retry result
+writes through a broker failover.
 
 Celery treats a rejected password like a broker that is not up yet and retries forever, so a
 typo in a deployment looks like a hang. A rejected password will not get better by waiting: the
@@ -17,7 +18,8 @@ from amqp.exceptions import AccessRefused
 from celery import Celery
 from celery.signals import worker_init
 
-from taskpool.health import probe_broker, probe_redis
+from taskpool.celery_conf import WORKER_RESULT_RETRIES
+from taskpool.health import REDIS_SCHEMES, probe_broker, probe_redis
 from taskpool.urls import mask_url
 
 log = logging.getLogger("taskpool.worker")
@@ -36,9 +38,11 @@ def credentials_rejected(app: Celery) -> str | None:
         ("broker", app.conf.broker_url, lambda: probe_broker(app, CHECK_TIMEOUT))
     ]
     backend = str(app.conf.result_backend or "")
-    if backend.startswith(("redis://", "rediss://")):
-        tls = app.conf.redis_backend_use_ssl
-        checks.append(("result store", backend, lambda: probe_redis(backend, CHECK_TIMEOUT, tls)))
+    if backend.split("://", 1)[0] in REDIS_SCHEMES:
+        tls, options = app.conf.redis_backend_use_ssl, app.conf.result_backend_transport_options
+        checks.append(
+            ("result store", backend, lambda: probe_redis(backend, CHECK_TIMEOUT, tls, options))
+        )
     for role, url, check in checks:
         try:
             check()
@@ -59,6 +63,16 @@ def refuse_rejected_credentials(sender: Any = None, **_: Any) -> None:
         raise SystemExit(EXIT_BAD_CREDENTIALS)
 
 
+def retry_result_writes(sender: Any = None, **_: Any) -> None:
+    """``worker_init`` receiver: the worker's result writes retry longer (WORKER_RESULT_RETRIES).
+
+    Set before the worker makes its first result backend, which reads them once.
+    """
+    app = getattr(sender, "app", None)
+    if app is not None:
+        app.conf.update(WORKER_RESULT_RETRIES)
+
+
 def _is_rejection(exc: BaseException | None) -> bool:
     seen = 0
     while exc is not None and seen < 10:
@@ -70,5 +84,7 @@ def _is_rejection(exc: BaseException | None) -> bool:
 
 
 def watch_worker_start() -> None:
-    """Have every worker started in this process check its credentials first (idempotent)."""
+    """Have every worker started in this process check its credentials first, and retry its
+    result writes longer (idempotent)."""
     worker_init.connect(refuse_rejected_credentials, weak=False)
+    worker_init.connect(retry_result_writes, weak=False)

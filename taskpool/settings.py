@@ -26,6 +26,8 @@ LOCAL_START_METHODS: tuple[LocalStartMethod, ...] = ("auto", "fork", "forkserver
 
 #: Where a laptop's Redis listens; broker and result backend share it by default.
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+#: The URL schemes of a Redis: plain, TLS, and a list of sentinels that name the primary.
+REDIS_SCHEMES = ("redis", "rediss", "sentinel")
 #: A refused port answers at once; this bounds a broker that accepts and never answers.
 DEFAULT_BROKER_TIMEOUT = 0.5
 #: How long a broker verdict is trusted: a burst of calls probes once,
@@ -63,6 +65,9 @@ DEFAULT_MAX_MEMORY_PER_CHILD_MB = 512
 TlsVerify = Literal["required", "optional", "none"]
 TLS_VERIFY: tuple[TlsVerify, ...] = ("required", "optional", "none")
 
+#: How long a publish waits for its replicas (TASKPOOL_REDIS_WAIT_REPLICAS) before failing.
+DEFAULT_WAIT_TIMEOUT = 1.0
+
 #: How a yes/no variable may be spelled.
 FLAG_WORDS = ("1", "true", "yes", "on", "0", "false", "no", "off")
 
@@ -92,6 +97,10 @@ VARIABLES = (
     "TASKPOOL_REDIS_TLS_CERT_FILE",
     "TASKPOOL_REDIS_TLS_KEY_FILE",
     "TASKPOOL_REDIS_TLS_VERIFY",
+    "TASKPOOL_SENTINEL_MASTER",
+    "TASKPOOL_SENTINEL_PASSWORD",
+    "TASKPOOL_REDIS_WAIT_REPLICAS",
+    "TASKPOOL_REDIS_WAIT_TIMEOUT",
     # Read by the `taskpool` command only: the app its commands use (like `celery -A`).
     "TASKPOOL_APP",
 )
@@ -132,6 +141,25 @@ class Settings:
     redis_tls_cert_file: str | None = None
     redis_tls_key_file: str | None = None
     redis_tls_verify: TlsVerify = "required"
+    #: For ``sentinel://`` URLs (a list of sentinels, ``;``-separated): the name the sentinels
+    #: monitor (``sentinel monitor NAME ...``), and the sentinels' own password if they have one
+    #: (Redis's password goes in the URL or TASKPOOL_REDIS_PASSWORD, as for ``redis://``).
+    sentinel_master: str | None = None
+    sentinel_password: str | None = None
+    #: Each publish waits until this many replicas hold the message (Redis WAIT), so a
+    #: failover right after it cannot lose it; a publish not replicated within
+    #: ``redis_wait_timeout`` seconds fails (and is retried). None: no wait, Redis's default.
+    redis_wait_replicas: int | None = None
+    redis_wait_timeout: float = DEFAULT_WAIT_TIMEOUT
+
+    def __repr__(self) -> str:
+        """Every field, with the passwords in URLs masked (the sentinels' one is left out)."""
+        shown = {
+            name: mask_url(value) if name in ("broker_url", "result_backend") else value
+            for name, value in vars(self).items()
+            if name != "sentinel_password"
+        }
+        return f"Settings({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
     def __post_init__(self) -> None:
         """The same checks however the settings were built: ``from_env`` or ``Settings(...)``."""
@@ -140,6 +168,14 @@ class Settings:
         _check_url("TASKPOOL_BROKER_URL", self.broker_url, TRANSPORT_ALIASES)
         _check_url("TASKPOOL_RESULT_BACKEND", self.result_backend, BACKEND_ALIASES)
         _check_choice("TASKPOOL_REDIS_TLS_VERIFY", self.redis_tls_verify, TLS_VERIFY)
+        sentinel = [url for url in (self.broker_url, self.result_backend) if is_sentinel(url)]
+        if sentinel and not self.sentinel_master:
+            raise ConfigError(
+                "TASKPOOL_SENTINEL_MASTER",
+                "",
+                f"must name the Redis the sentinels monitor for {mask_url(sentinel[0])} "
+                "(the NAME of their `sentinel monitor NAME host port quorum`)",
+            )
         for name in ("ca_file", "cert_file", "key_file"):
             path = getattr(self, f"redis_tls_{name}")
             if path is not None:
@@ -217,6 +253,12 @@ class Settings:
             redis_tls_cert_file=read.file("TASKPOOL_REDIS_TLS_CERT_FILE"),
             redis_tls_key_file=read.file("TASKPOOL_REDIS_TLS_KEY_FILE"),
             redis_tls_verify=read.choice("TASKPOOL_REDIS_TLS_VERIFY", TLS_VERIFY, "required"),
+            sentinel_master=env.get("TASKPOOL_SENTINEL_MASTER", "").strip() or None,
+            sentinel_password=env.get("TASKPOOL_SENTINEL_PASSWORD", "") or None,
+            redis_wait_replicas=read.number("TASKPOOL_REDIS_WAIT_REPLICAS", int, None),
+            redis_wait_timeout=read.number(
+                "TASKPOOL_REDIS_WAIT_TIMEOUT", float, DEFAULT_WAIT_TIMEOUT
+            ),
         )
 
     def _check_limits(self) -> None:
@@ -247,19 +289,26 @@ def with_redis_password(url: str, password: str) -> str:
     """Put ``password`` into a Redis URL that has none, so URLs and the secret can live apart.
 
     Compose files and manifests then carry ``redis://redis:6379/0`` and the password comes from
-    a secret (TASKPOOL_REDIS_PASSWORD); a password already in the URL wins.
+    a secret (TASKPOOL_REDIS_PASSWORD); a password already in the URL wins. In a list of
+    sentinels, each URL gets it: Celery and kombu read it from the first.
     """
+    if ";" in url:
+        return ";".join(with_redis_password(part, password) for part in url.split(";"))
     parts = urlsplit(url)
-    if not password or parts.scheme not in ("redis", "rediss") or parts.password is not None:
+    if not password or parts.scheme not in REDIS_SCHEMES or parts.password is not None:
         return url
     user = parts.username or ""
     netloc = f"{user}:{quote(password, safe='')}@{parts.netloc.rsplit('@', 1)[-1]}"
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def is_sentinel(url: str) -> bool:
+    return url.startswith("sentinel://")
+
+
 def _default_backend(broker_url: str) -> str:
     """A Redis broker stores results too; any other broker uses the laptop Redis for results."""
-    return broker_url if broker_url.startswith(("redis://", "rediss://")) else DEFAULT_REDIS_URL
+    return broker_url if url_scheme(broker_url) in REDIS_SCHEMES else DEFAULT_REDIS_URL
 
 
 class _Reader:
@@ -349,6 +398,8 @@ _POSITIVE = (
     "max_message_bytes",
     "max_memory_per_child_mb",
     "max_tasks_per_child",
+    "redis_wait_replicas",
+    "redis_wait_timeout",
 )
 
 
@@ -390,7 +441,8 @@ def _check_url(name: str, url: str, schemes: Collection[str]) -> None:
         raise ConfigError(
             name,
             mask_url(url),
-            "expected a URL such as redis://[:password@]host:6379/0 or "
+            "expected a URL such as redis://[:password@]host:6379/0, "
+            "sentinel://host1:26379;sentinel://host2:26379 or "
             "amqp://user:password@host:5672// (percent-encode / @ : in a password), "
             "with a scheme among " + ", ".join(sorted(schemes)),
         )

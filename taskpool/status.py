@@ -1,4 +1,5 @@
-"""What ``taskpool status`` reports: the broker, the workers online, the queue's depth."""
+"""What ``taskpool status`` reports: the broker (with Sentinel, its primary and replicas), the
+workers online, the queue's depth."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 from celery import Celery
 from kombu.exceptions import ChannelError
 
+from taskpool import sentinel
 from taskpool.health import BrokerHealth
 from taskpool.settings import settings_of
 from taskpool.urls import mask_url
@@ -28,6 +30,12 @@ def read_status(app: Celery) -> dict[str, Any]:
     if not reachable:
         report["broker"]["reason"] = health.reason
         return report
+    if health.broker_url.startswith("sentinel://"):
+        report["broker"].update(
+            sentinel.topology(
+                health.broker_url, settings.broker_timeout, app.conf.broker_transport_options
+            )
+        )
     stats = app.control.inspect(timeout=INSPECT_TIMEOUT).stats() or {}
     report["workers"] = [
         {"node": node, "pool": info.get("pool", {}).get("max-concurrency")}
@@ -51,6 +59,12 @@ def render_status(report: dict[str, Any]) -> str:
     if not broker["reachable"]:
         return str(broker.get("reason", f"broker {broker['url']}: unreachable"))
     lines = [f"broker {broker['url']}: reachable"]
+    if "primary" in broker:
+        replicas = ", ".join(broker["replicas"]) or "none"
+        lines.append(
+            f"  sentinel master {broker['master_name']!r}: primary {broker['primary']}, "
+            f"replicas: {replicas}"
+        )
     workers = report["workers"]
     lines.append(f"workers online: {len(workers)}")
     lines += [f"  {w['node']} (pool of {w['pool']})" for w in workers]

@@ -16,6 +16,12 @@ one token, so tokens track the messages waiting. A token is only a hint: a messa
 without one (by stock kombu) is found when the consumer's wait times out, and the waits grow
 while nothing arrives (``IDLE_WAITS``, up to a second, as kombu's BRPOP timeout).
 
+``SentinelTransport`` does the same behind Redis Sentinel (``sentinel://`` URLs). With
+``wait_replicas`` (TASKPOOL_REDIS_WAIT_REPLICAS) a publish also waits, in the same round trip,
+until that many replicas hold the message (``WAIT``), so a failover right after it cannot lose
+it (``taskpool.replication``: the replicas connected, at most the number asked for); one not
+confirmed in time raises NotReplicated, a connection error to kombu, which retries.
+
 The restore of a dead worker's messages after the visibility timeout is kombu's own, reading
 the same ``unacked`` hash. Consumers that do not ack (``no_ack``, e.g. remote-control replies)
 keep kombu's path. Needs Redis 6.2, checked when a consumer starts. kombu private names used:
@@ -41,6 +47,7 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
 from taskpool.errors import BrokerUnsupported
+from taskpool.replication import ReplicaWait
 from taskpool.urls import mask_url
 
 #: The script's text, read once; Redis runs it by its SHA1 (EVALSHA).
@@ -88,10 +95,24 @@ class QoS(kombu_redis.QoS):
             super().append(message, delivery_tag)
 
 
+#: Transport options of taskpool's own (TASKPOOL_REDIS_WAIT_REPLICAS and _TIMEOUT).
+WAIT_OPTIONS = ("wait_replicas", "wait_timeout")
+
+
+def _options(channel: type[kombu_redis.Channel]) -> tuple[str, ...]:
+    """The transport options a kombu channel reads, and taskpool's."""
+    return tuple(channel.from_transport_options) + WAIT_OPTIONS
+
+
 class Channel(kombu_redis.Channel):
     """Delivers through POP_AND_RECORD; see the module docstring."""
 
     QoS = QoS
+    # kombu's tuple is typed by its exact length, which any addition changes.
+    from_transport_options = _options(kombu_redis.Channel)  # type: ignore[assignment]
+    #: Replicas that must hold each published message before the publish returns (None: none).
+    wait_replicas: int | None = None
+    wait_timeout = 1.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.recorded_tags: set[str] = set()
@@ -103,6 +124,7 @@ class Channel(kombu_redis.Channel):
         self._client_of_pool: Any = None
         self._script: Any = None  # POP_AND_RECORD registered on _client_of_pool
         self._server_checked = False
+        self._wait: ReplicaWait | None = None  # made on first publish, if asked for
         super().__init__(*args, **kwargs)
 
     @contextmanager
@@ -118,7 +140,17 @@ class Channel(kombu_redis.Channel):
         yield self._pool_client()
 
     def _pool_client(self) -> Any:
-        pool = self.pool
+        try:
+            pool = self.pool
+        except AttributeError as exc:
+            # kombu #582, #970: a channel closed after its connection was collected (as a
+            # worker does when the broker is lost) has no URL left to build a pool from.
+            # kombu's close lets connection errors pass, and the unacked messages it meant to
+            # restore stay recorded for the visibility timeout's restore: the worker goes on.
+            # An AttributeError instead ends the worker ("Unrecoverable error").
+            raise redis.exceptions.ConnectionError(
+                "the broker connection was closed; nothing to restore through it"
+            ) from exc
         if self._client_of_pool is None or self._client_of_pool.connection_pool is not pool:
             self._client_of_pool = self._create_client()
             # A plain client on the same pool: the keys below carry their prefix already.
@@ -180,6 +212,11 @@ class Channel(kombu_redis.Channel):
     def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
         batch = kwargs.pop("_publish_batch", None)
         if batch is not None:
+            if self.wait_replicas:
+                raise BrokerUnsupported(
+                    "kombu's publish batches cannot wait for replicas "
+                    "(TASKPOOL_REDIS_WAIT_REPLICAS): publish one message at a time"
+                )
             super()._put(queue, message, _publish_batch=batch, **kwargs)
             self._ring(batch, queue)
             return
@@ -187,7 +224,18 @@ class Channel(kombu_redis.Channel):
             commands = _Pipeline(pipe)
             super()._put(queue, message, _publish_batch=commands, **kwargs)
             self._ring(commands, queue)
-            pipe.execute()
+            wait = self._replica_wait()
+            replicas = wait.add(client, pipe) if wait else 0
+            replies = pipe.execute()
+        if wait and replicas:
+            wait.check(replicas, replies[-1], f"a message to {queue!r}")
+
+    def _replica_wait(self) -> ReplicaWait | None:
+        if not self.wait_replicas:
+            return None
+        if self._wait is None:
+            self._wait = ReplicaWait(self.wait_replicas, self.wait_timeout)
+        return self._wait
 
     def _ring(self, commands: Any, queue: str) -> None:
         key = self._wake_key(queue)
@@ -298,3 +346,17 @@ class Transport(kombu_redis.Transport):
     """kombu's Redis transport with Channel above; select it with ``broker_transport``."""
 
     Channel = Channel
+
+
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """The same delivery through kombu's Sentinel support, which asks the sentinels for the
+    primary and reconnects to the new one after a failover. A replica that took over holds
+    none of the scripts: the first pop there reloads it (NoScriptError above)."""
+
+    from_transport_options = _options(kombu_redis.SentinelChannel)  # type: ignore[assignment]
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    """kombu's Sentinel transport with SentinelChannel above."""
+
+    Channel = SentinelChannel

@@ -20,9 +20,26 @@ def mask_url(url: str) -> str:
 
 
 def url_scheme(url: str) -> str:
-    """Return the scheme of ``url``, or raise ValueError when it has none or a bad port."""
-    parts = urlsplit(url)
-    if not parts.scheme or "://" not in url:
-        raise ValueError("no scheme")
-    parts.port  # noqa: B018 - raises ValueError for a port that is not a number
-    return parts.scheme
+    """Return the scheme of ``url``, or raise ValueError when it has none or a bad port.
+
+    A failover list (``sentinel://a:26379;sentinel://b:26379``) has one scheme throughout.
+    """
+    schemes = set()
+    for part in url.split(";"):
+        parts = urlsplit(part)
+        if not parts.scheme or "://" not in part:
+            raise ValueError("no scheme")
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        schemes.add(parts.scheme)
+    if len(schemes) != 1:
+        raise ValueError("a failover list mixes schemes")
+    return schemes.pop()
+
+
+def failover_hosts(url: str, default_port: int) -> list[tuple[str, int]]:
+    """The (host, port) of each URL of a failover list such as a list of sentinels."""
+    hosts = []
+    for part in url.split(";"):
+        parts = urlsplit(part)
+        hosts.append((parts.hostname or "localhost", parts.port or default_port))
+    return hosts

@@ -137,6 +137,33 @@ def _signed(
     return cert, key
 
 
+def sentinel_config(
+    folder: Path,
+    master: str,
+    primary_port: int,
+    *,
+    quorum: int = 2,
+    down_after_ms: int = 1000,
+    failover_timeout_ms: int = 5000,
+    primary_password: str | None = None,
+) -> Path:
+    """A sentinel's config file (a sentinel rewrites it as it learns), monitoring the Redis on
+    127.0.0.1:``primary_port`` as ``master``; start it with ``RedisServer(...,
+    config_file=..., extra=("--sentinel",))``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [
+        f"sentinel monitor {master} 127.0.0.1 {primary_port} {quorum}",
+        f"sentinel down-after-milliseconds {master} {down_after_ms}",
+        f"sentinel failover-timeout {master} {failover_timeout_ms}",
+        f"sentinel parallel-syncs {master} 1",
+    ]
+    if primary_password:
+        lines.append(f"sentinel auth-pass {master} {primary_password}")
+    path = folder / "sentinel.conf"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 class RedisServer:
     """One redis-server process; ``stop`` and ``kill`` act on its PID only."""
 

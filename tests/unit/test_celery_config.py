@@ -92,3 +92,24 @@ def test_importing_tasks_reads_no_settings_and_starts_nothing() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "0", "[]"]
+
+
+def test_sentinels_take_the_reliable_sentinel_transport_with_their_options() -> None:
+    sentinels = "sentinel://127.0.0.1:26379;sentinel://127.0.0.1:26380"
+    conf = celery_config(
+        Settings(
+            broker_url=sentinels, result_backend=sentinels, sentinel_master="jobs",
+            sentinel_password="s3ntinel", redis_wait_replicas=1,
+        )
+    )  # fmt: skip
+    assert conf["broker_transport"] == "taskpool.transport:SentinelTransport"
+    for options in (conf["broker_transport_options"], conf["result_backend_transport_options"]):
+        assert options["master_name"] == "jobs"
+        # The sentinels' clients: the password, bounded waits, and no retries of their own.
+        assert options["sentinel_kwargs"]["password"] == "s3ntinel"
+        assert options["sentinel_kwargs"]["retry"] is None
+        assert options["sentinel_kwargs"]["socket_timeout"] == Settings().socket_timeout
+    assert conf["broker_transport_options"]["wait_replicas"] == 1
+    plain = celery_config(Settings())
+    assert "master_name" not in plain["broker_transport_options"]
+    assert "master_name" not in plain["result_backend_transport_options"]

@@ -230,3 +230,49 @@ def test_tls_files_must_exist_and_a_client_certificate_needs_its_key(tmp_path: A
     assert Settings.from_env({"TASKPOOL_REDIS_TLS_CA_FILE": str(cert)}).redis_tls_ca_file == str(
         cert
     )
+
+
+SENTINELS = "sentinel://10.0.0.1:26379;sentinel://10.0.0.2:26379;sentinel://10.0.0.3"
+
+
+def test_a_list_of_sentinels_is_a_broker_and_result_store_with_its_master_name() -> None:
+    settings = Settings.from_env(
+        {
+            "TASKPOOL_BROKER_URL": SENTINELS,
+            "TASKPOOL_SENTINEL_MASTER": "jobs",
+            "TASKPOOL_SENTINEL_PASSWORD": "s3ntinel",
+            "TASKPOOL_REDIS_PASSWORD": "r3dis",
+        }
+    )
+    assert settings.sentinel_master == "jobs" and settings.sentinel_password == "s3ntinel"
+    # The Redis password reaches every sentinel URL; results follow the broker.
+    assert settings.broker_url.count(":r3dis@") == 3
+    assert settings.result_backend == settings.broker_url
+    shown = repr(settings)
+    assert "r3dis" not in shown and "s3ntinel" not in shown and ":**@10.0.0.3" in shown
+
+
+def test_sentinels_without_a_master_name_are_refused_by_name() -> None:
+    with pytest.raises(ConfigError, match="TASKPOOL_SENTINEL_MASTER.*sentinel monitor NAME"):
+        Settings.from_env({"TASKPOOL_BROKER_URL": SENTINELS})
+    with pytest.raises(ConfigError, match="TASKPOOL_SENTINEL_MASTER"):
+        Settings(result_backend=SENTINELS)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["sentinel://a:26379;redis://b:6379", "sentinel://a:26379;sentinel://b:port", "sentinel://a;b"],
+)
+def test_a_broken_sentinel_list_is_refused(url: str) -> None:
+    with pytest.raises(ConfigError, match="TASKPOOL_BROKER_URL"):
+        Settings.from_env({"TASKPOOL_BROKER_URL": url, "TASKPOOL_SENTINEL_MASTER": "jobs"})
+
+
+def test_waiting_for_replicas_is_off_unless_asked_and_then_positive() -> None:
+    assert Settings().redis_wait_replicas is None
+    settings = Settings.from_env(
+        {"TASKPOOL_REDIS_WAIT_REPLICAS": "1", "TASKPOOL_REDIS_WAIT_TIMEOUT": "0.5"}
+    )
+    assert (settings.redis_wait_replicas, settings.redis_wait_timeout) == (1, 0.5)
+    with pytest.raises(ConfigError, match="TASKPOOL_REDIS_WAIT_REPLICAS"):
+        Settings.from_env({"TASKPOOL_REDIS_WAIT_REPLICAS": "0"})
