@@ -61,7 +61,8 @@ def test_the_compose_file_is_valid() -> None:
     if cli is None:
         skip_or_fail("neither `docker compose` nor `docker-compose` is installed")
     env = {**os.environ, "REDIS_PASSWORD": PASSWORD, "FLOWER_BASIC_AUTH": "admin:pw"}
-    profiles: list[list[str]] = [[], ["--profile", "monitoring"]]
+    env["SENTINEL_PASSWORD"] = "sentinel-" + PASSWORD
+    profiles: list[list[str]] = [[], ["--profile", "monitoring"], ["--profile", "ha"]]
     for profile in profiles:
         done = subprocess.run(
             [*cli, "-f", str(compose.COMPOSE_FILE), *profile, "config", "--quiet"],
@@ -107,7 +108,7 @@ def compose_workers(
         name: str, password: str = PASSWORD, extra: tuple[str, ...] = (), **env: str
     ) -> CeleryWorker:
         command, service_env = compose.service(
-            "worker", {"REDIS_PASSWORD": password}, f"127.0.0.1:{locked_redis.port}"
+            "worker", {"REDIS_PASSWORD": password}, {"redis:6379": f"127.0.0.1:{locked_redis.port}"}
         )
         full_env = {
             k: v for k, v in os.environ.items() if not k.startswith(("TASKPOOL_", "CELERY_"))
@@ -171,7 +172,7 @@ def test_flower_sees_the_workers_and_the_task_results(
     command, env = compose.service(
         "flower",
         {"REDIS_PASSWORD": PASSWORD, "FLOWER_BASIC_AUTH": auth},
-        f"127.0.0.1:{locked_redis.port}",
+        {"redis:6379": f"127.0.0.1:{locked_redis.port}"},
     )
     port = free_port()
     command = [
@@ -371,7 +372,7 @@ def test_the_password_never_shows_in_inspect_conf_report_status_or_logs(
     worker = compose_workers("discreet")
     worker.wait_ready(client_app(locked_redis.url(), dispatch="celery"))
     _, service_env = compose.service(
-        "worker", {"REDIS_PASSWORD": PASSWORD}, f"127.0.0.1:{locked_redis.port}"
+        "worker", {"REDIS_PASSWORD": PASSWORD}, {"redis:6379": f"127.0.0.1:{locked_redis.port}"}
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TASKPOOL_", "CELERY_"))}
     env.update(service_env)
@@ -393,3 +394,22 @@ def test_the_password_never_shows_in_inspect_conf_report_status_or_logs(
     assert "broker_url" in outputs["inspect conf"] and "broker_url" in outputs["report"]
     assert f"127.0.0.1:{locked_redis.port}" in outputs["status"]
     assert PASSWORD not in worker.log_tail(1_000_000)
+
+
+def test_the_ha_profile_is_a_primary_a_replica_three_sentinels_and_waiting_workers() -> None:
+    services = compose.load()["services"]
+    ha = {name for name, spec in services.items() if spec.get("profiles") == ["ha"]}
+    assert ha == {
+        "redis-primary", "redis-replica", "sentinel-1", "sentinel-2", "sentinel-3", "worker-ha",
+    }  # fmt: skip
+    assert "--replicaof redis-primary 6379" in " ".join(services["redis-replica"]["command"])
+    sentinel = " ".join(services["sentinel-1"]["command"])
+    assert "sentinel monitor taskpool redis-primary 6379 2" in sentinel
+    assert "requirepass $$SENTINEL_PASSWORD" in sentinel
+    assert services["sentinel-2"] == services["sentinel-3"] == services["sentinel-1"]
+    env = services["worker-ha"]["environment"]
+    assert env["TASKPOOL_BROKER_URL"].count("sentinel://") == 3
+    assert env["TASKPOOL_SENTINEL_MASTER"] == "taskpool"
+    assert env["TASKPOOL_REDIS_WAIT_REPLICAS"] == "1"
+    assert "SENTINEL_PASSWORD=" in (REPO_ROOT / ".env.example").read_text()
+    assert not any(spec.get("ports") for name, spec in services.items() if name in ha)

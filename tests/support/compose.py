@@ -34,17 +34,20 @@ def interpolate(value: str, variables: Mapping[str, str]) -> str:
 
 
 def service(
-    name: str, variables: Mapping[str, str], redis_address: str
+    name: str, variables: Mapping[str, str], addresses: Mapping[str, str]
 ) -> tuple[list[str], dict[str, str]]:
     """A service's command (celery run by this interpreter) and environment.
 
-    ``redis_address`` (``127.0.0.1:PORT``) stands where compose's network has ``redis:6379``.
+    ``addresses`` maps compose's network addresses (``redis:6379``) to local ones
+    (``127.0.0.1:PORT``).
     """
     spec = load()["services"][name]
-    env = {
-        key: interpolate(str(value), variables).replace("redis:6379", redis_address)
-        for key, value in (spec.get("environment") or {}).items()
-    }
+    env = {}
+    for key, value in (spec.get("environment") or {}).items():
+        text = interpolate(str(value), variables)
+        for compose_address, local in addresses.items():
+            text = text.replace(compose_address, local)
+        env[key] = text
     command = [interpolate(str(part), variables) for part in spec["command"]]
     if command[0] == "celery":
         command = [sys.executable, "-m", "celery", *command[1:]]
