@@ -4,10 +4,11 @@
   header's tasks are sent, and with no Redis that ends in Celery's "the Celery application must
   be restarted". Off the broker, the chord is refused at once, as groups and chains are.
 - With TASKPOOL_REDIS_WAIT_REPLICAS, a result write waits for the replicas in its own round
-  trip, as publishes do (``taskpool.replication``). A result the dying primary accepted but never passed on is otherwise
-  lost for good: the worker that ran the task remembers it succeeded
-  (``worker_deduplicate_successful_tasks``) and skips the redelivered message. Not confirmed in
-  time, the write raises NotReplicated, which the worker retries (``WORKER_RESULT_RETRIES``).
+  trip, as publishes do (``taskpool.replication``). A result the dying primary accepted but
+  never passed on is otherwise lost for good: the worker that ran the task remembers it
+  succeeded (``worker_deduplicate_successful_tasks``) and skips the redelivered message. Not
+  confirmed in time, the write raises NotReplicated, which the worker retries
+  (``WORKER_RESULT_RETRIES``).
 """
 
 from __future__ import annotations
