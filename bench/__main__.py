@@ -1,8 +1,10 @@
 """``python -m bench [WORKLOAD ...] [--quick] [--rounds N]``: taskpool against stock Celery.
 
-Starts its own ``redis-server`` on a free loopback port and real prefork workers
+Starts its own ``redis-server`` on a free loopback port and real workers
 (``celery -A tasks worker -P prefork -c 2`` for ours, ``celery -A bench.stock_app worker
--P prefork -c 2`` for stock Celery), one at a time, each on its own Redis database. Every
+-P prefork -c 2`` for stock Celery; for the tiny and latency workloads also the peers
+``huey_consumer bench.huey_app.huey -w 2 -k process`` and ``dramatiq bench.dramatiq_app
+--processes 2 --threads 8``), one at a time, each on its own Redis database. Every
 client runs in a fresh interpreter (bench/clients.py). Each workload runs ``--rounds`` times
 (default 3); the tables give the median and the min-max. Writes
 ``bench/results/compare_<workload>.json`` and the plot ``bench/results/comparison.png``.
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.metadata
+import importlib.util
 import json
 import os
 import signal
@@ -31,6 +35,7 @@ from celery import Celery
 
 from bench import report
 from bench.harness import RESULTS, machine
+from bench.peers import PEERS, URL_VARIABLES, PeerWorker
 from taskpool.testing.celery_worker import CeleryWorker
 from taskpool.testing.redis_server import RedisServer, find_redis_server, free_port
 from tests.support.listeners import SilentListener
@@ -59,19 +64,23 @@ SIZES: dict[str, dict[str, Any]] = {
 
 #: Which implementations each client-side workload compares; those needing a worker last.
 IMPLS: dict[str, tuple[str, ...]] = {
-    "tiny": ("single", "pool2", "ours-local", "ours", "stock"),
+    "tiny": ("single", "pool2", "ours-local", "ours", "stock", *PEERS),
     "map": ("single", "pool2", "ours-local-cold", "ours-local", "ours", "stock"),
     "cpu": ("single", "threads2", "pool2", "ours-local", "ours", "stock"),
-    "latency": ("ours", "stock"),
+    "latency": ("ours", "stock", *PEERS),
 }
-NEEDS_WORKER = ("ours", "stock")
+#: Celery workers (``celery -A ... worker``); the peers (Huey, Dramatiq) run their own.
+CELERY_WORKERS = ("ours", "stock")
+NEEDS_WORKER = (*CELERY_WORKERS, *PEERS)
+#: Each system's database on the one private Redis, so none sees another's keys.
+DATABASES = {"ours": 0, "stock": 1, "huey": 2, "dramatiq": 3}
 
 #: Bound on one client process (a full tiny round of 20,000 tasks takes well under a minute).
 CLIENT_TIMEOUT_S = 1200
 
 
 class Stack:
-    """One private redis-server; ours uses database 0, stock Celery database 1."""
+    """One private redis-server; ours uses database 0, stock Celery 1, Huey 2, Dramatiq 3."""
 
     def __init__(self) -> None:
         binary = find_redis_server()
@@ -82,7 +91,7 @@ class Stack:
         self.pidfile = self.workdir / "worker-pids"
 
     def url(self, impl: str) -> str:
-        return self.redis.url(0 if impl.startswith("ours") else 1)
+        return self.redis.url(DATABASES["ours" if impl.startswith("ours") else impl])
 
     def env(self, impl: str) -> dict[str, str]:
         """A clean environment pointing ``impl`` at the private Redis, and nothing else."""
@@ -98,10 +107,16 @@ class Stack:
             env["TASKPOOL_DISPATCH"] = "local"
         if impl == "stock":
             env["BENCH_STOCK_URL"] = self.url(impl)
+        if impl in PEERS:
+            env[URL_VARIABLES[impl]] = self.url(impl)
         return env
 
     @contextlib.contextmanager
-    def worker(self, impl: str) -> Iterator[CeleryWorker]:
+    def worker(self, impl: str) -> Iterator[CeleryWorker | PeerWorker]:
+        if impl in PEERS:
+            with self.peer_worker(impl) as peer:
+                yield peer
+            return
         module = "tasks" if impl == "ours" else "bench.stock_app"
         command = [sys.executable, "-m", "celery", "-A", module, "worker"]
         command += ["-P", "prefork", "-c", "2"]
@@ -116,6 +131,17 @@ class Stack:
         finally:
             worker.stop()
             pinger.close()
+
+    @contextlib.contextmanager
+    def peer_worker(self, impl: str) -> Iterator[PeerWorker]:
+        """Huey's or Dramatiq's worker; ready once a fresh client got a first result."""
+        worker = PeerWorker(impl, self.env(impl), REPO_ROOT, self.workdir / f"worker-{impl}.log")
+        probe = [sys.executable, "-m", "bench.clients", "ready", impl]
+        try:
+            worker.start().wait_ready(probe, timeout=60)
+            yield worker
+        finally:
+            worker.stop()
 
     def close(self) -> None:
         """Stop Redis, and any worker a client started and could not stop (by PID)."""
@@ -298,10 +324,15 @@ def main() -> None:
             if workload in IMPLS:
                 local = tuple(i for i in IMPLS[workload] if i not in NEEDS_WORKER)
                 samples[workload].update(client_workload(stack, workload, sizes, rounds, local))
-        # One worker at a time, ours and stock Celery taking turns round by round, so that
-        # anything else the machine does weighs on both alike.
+        # One worker at a time, ours, stock Celery and the peers taking turns round by round,
+        # so that anything else the machine does weighs on all alike.
+        missing = [impl for impl in PEERS if importlib.util.find_spec(impl) is None]
+        for impl in missing:
+            print(f"  skipping {impl}: not installed (pip install -e '.[bench]')", flush=True)
         for _ in range(rounds):
             for impl in NEEDS_WORKER:
+                if impl in missing:
+                    continue
                 with_worker = [w for w in selected if w in IMPLS and impl in IMPLS[w]]
                 if not with_worker:
                     continue
@@ -312,7 +343,7 @@ def main() -> None:
                         for key, values in one.items():
                             merged.setdefault(key, []).extend(values)
         if "start" in selected:
-            for impl in NEEDS_WORKER:
+            for impl in CELERY_WORKERS:
                 print(f"  start: {impl} ...", flush=True)
                 samples["start"][impl] = run_client(
                     stack, "start", impl, rounds=rounds, pidfile=stack.pidfile
@@ -328,7 +359,7 @@ def main() -> None:
             "profile": profile,
             "rounds": rounds,
             "sizes": sizes,
-            "machine": {**machine(), "redis": redis_version(stack)},
+            "machine": {**machine(), "redis": redis_version(stack), **package_versions()},
             # Other work on the machine skews the figures: the 1-minute load around the run.
             "load_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
             "samples": samples[workload],
@@ -336,6 +367,17 @@ def main() -> None:
         out.mkdir(parents=True, exist_ok=True)
         (out / f"compare_{workload}.json").write_text(json.dumps(payload, indent=2) + "\n")
     report.render(out, selected)
+
+
+def package_versions() -> dict[str, str]:
+    """The installed versions of the task queues compared, and of the Redis client."""
+    versions = {}
+    for name in ("celery", "kombu", "redis", "huey", "dramatiq"):
+        try:
+            versions[f"{name}_version"] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[f"{name}_version"] = "not installed"
+    return versions
 
 
 def redis_version(stack: Stack) -> str:

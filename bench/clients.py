@@ -9,6 +9,10 @@ Implementations: ``ours`` (``tasks`` app, ``.delay`` / ``taskpool.map``), ``ours
 same with ``TASKPOOL_DISPATCH=local``), ``stock`` (bench/stock_app.py), ``pool2``
 (``multiprocessing.Pool(2)``, creation included), ``threads2`` (``ThreadPool(2)``), ``single``
 (a plain loop in one process). Every result is checked.
+
+Peers (``tiny`` and ``latency`` only): ``huey`` (bench/huey_app.py, ``square(i)`` enqueues,
+``result.get(blocking=True)``) and ``dramatiq`` (bench/dramatiq_app.py, ``square.send(i)``,
+``message.get_result(block=True)``), each against its own worker on the same private Redis.
 """
 
 from __future__ import annotations
@@ -46,6 +50,32 @@ def celery_task(impl: str, name: str) -> Any:
 
         return make_app().tasks[f"tasks.{name}"]
     raise SystemExit(f"{impl} has no Celery task")
+
+
+def send_and_get(impl: str) -> tuple[Callable[[int], Any], Callable[[Any], Any]]:
+    """``square``'s enqueue call and its blocking result fetch, for a Celery app or a peer."""
+    if impl == "huey":
+        from bench.huey_app import square as huey_square
+
+        def huey_get(result: Any) -> Any:
+            return result.get(blocking=True, timeout=GET_TIMEOUT)
+
+        return huey_square, huey_get
+    if impl == "dramatiq":
+        from bench.dramatiq_app import square as dramatiq_square
+
+        timeout_ms = int(GET_TIMEOUT * 1000)
+
+        def dramatiq_get(message: Any) -> Any:
+            return message.get_result(block=True, timeout=timeout_ms)
+
+        return dramatiq_square.send, dramatiq_get
+    task = celery_task(impl, "square")
+
+    def celery_get(pending: Any) -> Any:
+        return pending.get(timeout=GET_TIMEOUT)
+
+    return task.delay, celery_get
 
 
 def expect_squares(values: list[int], n: int) -> None:
@@ -89,13 +119,13 @@ def tiny(impl: str, n: int, rounds: int) -> dict[str, Any]:
             return sent - started, done - started
 
     else:
-        task = celery_task(impl, "square")
+        send, get = send_and_get(impl)
 
         def run(count: int) -> tuple[float, float]:
             started = time.perf_counter()
-            pending = [task.delay(i) for i in range(count)]
+            pending = [send(i) for i in range(count)]
             sent = time.perf_counter()
-            values = [p.get(timeout=GET_TIMEOUT) for p in pending]
+            values = [get(p) for p in pending]
             done = time.perf_counter()
             expect_squares(values, count)
             return sent - started, done - started
@@ -221,16 +251,16 @@ def cpu(impl: str, n: int, rounds: int, calls: int) -> dict[str, Any]:
 
 
 def latency(impl: str, n: int, rounds: int) -> dict[str, Any]:
-    """n sequential ``square.delay(7).get()``; per round: p50, p95, p99 in milliseconds."""
-    task = celery_task(impl, "square")
+    """n sequential ``square.delay(7).get()`` (a peer: its own calls); p50, p95, p99 in ms."""
+    send, get = send_and_get(impl)
     for _ in range(50):  # warm-up
-        task.delay(7).get(timeout=GET_TIMEOUT)
+        get(send(7))
     out: dict[str, list[float]] = {"p50_ms": [], "p95_ms": [], "p99_ms": [], "mean_ms": []}
     for _ in range(rounds):
         samples = []
         for _ in range(n):
             started = time.perf_counter()
-            value = task.delay(7).get(timeout=GET_TIMEOUT)
+            value = get(send(7))
             samples.append((time.perf_counter() - started) * 1000)
             if value != 49:
                 raise AssertionError("wrong result")
@@ -239,6 +269,18 @@ def latency(impl: str, n: int, rounds: int) -> dict[str, Any]:
             out[key].append(samples[min(len(samples) - 1, math.ceil(q * len(samples)) - 1)])
         out["mean_ms"].append(sum(samples) / len(samples))
     return out
+
+
+# --- a worker's readiness --------------------------------------------------------------
+
+
+def ready(impl: str) -> dict[str, Any]:
+    """One round trip; it waits in the queue until the worker consumes it."""
+    send, get = send_and_get(impl)
+    started = time.perf_counter()
+    if get(send(7)) != 49:
+        raise AssertionError("wrong result")
+    return {"first_result_s": [time.perf_counter() - started]}
 
 
 # --- 6. worker start ---------------------------------------------------------------------
@@ -293,7 +335,7 @@ def worker_start(impl: str, rounds: int, pidfile: Path) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("workload", choices=("tiny", "map", "cpu", "latency", "start"))
+    parser.add_argument("workload", choices=("tiny", "map", "cpu", "latency", "start", "ready"))
     parser.add_argument("impl")
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
@@ -308,6 +350,8 @@ def main() -> None:
         figures = cpu(args.impl, args.n, args.rounds, args.calls)
     elif args.workload == "latency":
         figures = latency(args.impl, args.n, args.rounds)
+    elif args.workload == "ready":
+        figures = ready(args.impl)
     else:
         figures = worker_start(args.impl, args.rounds, args.pidfile)
     print(json.dumps(figures), flush=True)

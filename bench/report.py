@@ -15,6 +15,8 @@ LABELS = {
     "ours-local": "taskpool local pool (dispatch=local)",
     "ours": "taskpool via Redis, worker -c 2",
     "stock": "stock Celery via Redis, worker -c 2",
+    "huey": "Huey via Redis, consumer -w 2 -k process",
+    "dramatiq": "Dramatiq via Redis, --processes 2 --threads 8",
 }
 SHORT = {
     "single": "1 process",
@@ -24,7 +26,12 @@ SHORT = {
     "ours-local": "taskpool local",
     "ours": "taskpool broker",
     "stock": "stock Celery",
+    "huey": "Huey",
+    "dramatiq": "Dramatiq",
 }
+#: The other task queues taskpool is measured against: every row of the tiny and latency
+#: tables is also given as a ratio to the fastest of these.
+PEERS = ("stock", "huey", "dramatiq")
 
 
 def stat(samples: list[float | None]) -> dict[str, float] | None:
@@ -58,9 +65,22 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def fastest_peer(samples: dict[str, Any], key: str, lowest: bool) -> tuple[str, float] | None:
+    """The peer with the best median ``key`` (highest, or lowest with ``lowest``), if any ran."""
+    ran = [(impl, med(samples[impl][key])) for impl in PEERS if impl in samples]
+    if not ran:
+        return None
+    return (min if lowest else max)(ran, key=lambda item: item[1])
+
+
+def ratio(value: float, best: tuple[str, float] | None) -> str:
+    return "-" if best is None else f"{value / best[1]:.2f}x"
+
+
 def tiny_table(data: dict[str, Any]) -> str:
     s = data["samples"]
     stock = med(s["stock"]["total_s"]) if "stock" in s else float("nan")
+    best = fastest_peer(s, "tasks_per_s", lowest=False)
     rows = []
     for impl, figures in s.items():
         rows.append(
@@ -70,10 +90,13 @@ def tiny_table(data: dict[str, Any]) -> str:
                 fmt(figures["total_s"]),
                 f"{med(figures['tasks_per_s']):,.0f}",
                 f"{stock / med(figures['total_s']):.2f}x",
+                ratio(med(figures["tasks_per_s"]), best),
             ]
         )
     header = ["implementation", "enqueue s", "end-to-end s", "tasks/s", "speed vs stock"]
-    return table(header, rows)
+    header.append("tasks/s vs fastest peer")
+    note = "" if best is None else f"\n\nfastest peer: {SHORT[best[0]]}, {best[1]:,.0f} tasks/s"
+    return table(header, rows) + note
 
 
 def map_table(data: dict[str, Any]) -> str:
@@ -108,6 +131,7 @@ def cpu_table(data: dict[str, Any]) -> str:
 
 def latency_table(data: dict[str, Any]) -> str:
     s = data["samples"]
+    best = fastest_peer(s, "p50_ms", lowest=True)
     rows = [
         [
             LABELS[impl],
@@ -115,10 +139,14 @@ def latency_table(data: dict[str, Any]) -> str:
             fmt(f["p95_ms"], 2),
             fmt(f["p99_ms"], 2),
             fmt(f["mean_ms"], 2),
+            ratio(med(f["p50_ms"]), best),
         ]
         for impl, f in s.items()
     ]
-    return table(["implementation", "p50 ms", "p95 ms", "p99 ms", "mean ms"], rows)
+    header = ["implementation", "p50 ms", "p95 ms", "p99 ms", "mean ms"]
+    header.append("p50 vs fastest peer (lower is faster)")
+    note = "" if best is None else f"\n\nfastest peer: {SHORT[best[0]]}, p50 {best[1]:.2f} ms"
+    return table(header, rows) + note
 
 
 def down_label(key: str, f: dict[str, Any]) -> str:
@@ -294,6 +322,13 @@ def render(directory: Path, selected: list[str]) -> None:
         f"\nmachine: {m['cpus']} CPUs, Python {m['python']}, Redis {m.get('redis', '?')}, "
         f"{m['platform']}; {any_data['rounds']} rounds, profile {any_data['profile']}"
     )
+    packages = [
+        f"{name} {m[f'{name}_version']}"
+        for name in ("celery", "kombu", "redis", "huey", "dramatiq")
+        if f"{name}_version" in m
+    ]
+    if packages:
+        print("packages: " + ", ".join(packages).replace("redis ", "redis-py ", 1))
     for workload, (title, make) in TABLES.items():
         if workload in found and workload in selected:
             print(f"\n{title} ({describe(workload, found[workload]['sizes'])})\n")
@@ -329,6 +364,8 @@ def plot(found: dict[str, dict[str, Any]], path: Path) -> Path:
         "ours-local": "#6baed6",
         "ours-local-cold": "#9ecae1",
         "stock": "#d62728",
+        "huey": "#ff7f0e",
+        "dramatiq": "#9467bd",
         "pool2": "#2ca02c",
         "threads2": "#98df8a",
         "single": "#7f7f7f",
@@ -385,14 +422,16 @@ def plot(found: dict[str, dict[str, Any]], path: Path) -> Path:
         ax = next(panels)
         s = found["latency"]["samples"]
         percentiles = ("p50_ms", "p95_ms", "p99_ms")
-        width = 0.38
-        for offset, impl in enumerate(i for i in ("ours", "stock") if i in s):
+        shown = [i for i in ("ours", *PEERS) if i in s]
+        width = 0.8 / len(shown)
+        for offset, impl in enumerate(shown):
             xs = [k + offset * width for k in range(len(percentiles))]
             medians = [med(s[impl][k]) for k in percentiles]
             ax.bar(xs, medians, width, label=SHORT[impl], color=colors[impl])
             for x, v in zip(xs, medians, strict=True):
-                ax.annotate(f"{v:.2f}", (x, v), ha="center", va="bottom", fontsize=8)
-        ax.set_xticks([k + width / 2 for k in range(len(percentiles))], ["p50", "p95", "p99"])
+                ax.annotate(f"{v:.2f}", (x, v), ha="center", va="bottom", fontsize=7)
+        middle = width * (len(shown) - 1) / 2
+        ax.set_xticks([k + middle for k in range(len(percentiles))], ["p50", "p95", "p99"])
         ax.set_ylabel("ms")
         ax.legend()
         ax.set_title("round trip square.delay(7).get(), ms (lower is better)")
@@ -428,7 +467,8 @@ def plot(found: dict[str, dict[str, Any]], path: Path) -> Path:
         ax.axis("off")
     m = next(iter(found.values()))["machine"]
     fig.suptitle(
-        f"taskpool vs stock Celery vs multiprocessing — {m['cpus']} CPUs, Python {m['python']}, "
+        f"taskpool vs stock Celery, Huey, Dramatiq, multiprocessing — {m['cpus']} CPUs, "
+        f"Python {m['python']}, "
         f"Redis {m.get('redis', '?')}; bars: median of rounds, whiskers: min-max"
     )
     fig.tight_layout()
