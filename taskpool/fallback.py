@@ -13,6 +13,7 @@ from typing import Any
 
 import redis
 from celery import Task
+from celery.backends.asynchronous import E_RETRY_LIMIT_EXCEEDED
 from celery.result import AsyncResult, EagerResult
 from celery.utils.time import maybe_iso8601, maybe_make_aware
 from kombu.exceptions import OperationalError
@@ -84,6 +85,10 @@ class FallbackTask(Task):
                     dispatch.routed.reset(token)
             except PUBLISH_ERRORS as exc:
                 route = dispatch.publish_failed(self.app, route.mode, exc)
+            except RuntimeError as exc:
+                if not result_consumer_gave_up(exc):
+                    raise
+                route = dispatch.publish_failed(self.app, route.mode, exc)
         self.refuse_canvas(route, {"link": link, "link_error": link_error, **options})
         return self._run_locally(args, kwargs, task_id, options)
 
@@ -114,6 +119,16 @@ class FallbackTask(Task):
     def _as_time(self, value: Any) -> datetime:
         """An eta or expires, given as a datetime or an ISO string, made timezone-aware."""
         return maybe_make_aware(maybe_iso8601(value), self.app.timezone)
+
+
+def result_consumer_gave_up(exc: RuntimeError) -> bool:
+    """Celery's result consumer could not reconnect to the result store in time.
+
+    It raises RuntimeError ("the Celery application must be restarted") from the subscription
+    to the task's result, which Celery makes before it publishes: nothing was sent, so the
+    call may run elsewhere. The next call reconnects afresh.
+    """
+    return E_RETRY_LIMIT_EXCEEDED.strip() in str(exc)
 
 
 def refuse_canvas(caller: str, route: dispatch.Route, options: dict[str, Any]) -> None:

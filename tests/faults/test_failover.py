@@ -43,6 +43,6 @@ def test_a_primary_killed_under_load_loses_no_task(cluster: Cluster, tmp_path: P
     run = run_failover(cluster, tmp_path, FAILOVER_TASKS, FAILOVERS, wait_replicas=1)
     print("\nfailover:", run.summary())
     assert len(run.promotions) == FAILOVERS
-    assert not run.lost, f"{len(run.lost)} tasks lost, e.g. {run.lost[:10]}"
+    assert not run.lost, f"{len(run.lost)} tasks lost, e.g. {run.lost[:10]}: {run.where}"
     assert not run.wrong, f"wrong results for {run.wrong[:10]}"
     assert run.back_on_broker_s < RECOVERY_BOUND

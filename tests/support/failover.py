@@ -105,7 +105,18 @@ class Cluster:
         """The killed server comes back, as sentinels would make it: a replica of the new one."""
         self.servers.remove(old)
         primary = int(self.topology()["primary"].rsplit(":", 1)[1])
-        self._redis(old.workdir.name + "-again", replica_of=primary, port=old.port)
+        replica = self._redis(old.workdir.name + "-again", replica_of=primary, port=old.port)
+        # In sync, not only connected: promoted mid-sync, it would take over with part of the
+        # data, and a failover then loses what it lacks.
+        client = redis_py.Redis(port=replica.port, password=PASSWORD, socket_timeout=5)
+        try:
+            wait_for(
+                lambda: client.info("replication")["master_link_status"] == "up"
+                and not client.info("replication")["master_sync_in_progress"],
+                60, "the restarted replica in sync",
+            )  # fmt: skip
+        finally:
+            client.close()
         wait_for(lambda: len(self.topology()["replicas"]) >= 1, 30, "a replica again")
 
     def stop(self) -> None:
@@ -158,6 +169,8 @@ class FailoverRun:
     lost: list[int]
     wrong: list[int]
     duplicate_runs: int
+    #: For each lost task (the first ten): is its message queued, or recorded unacked?
+    where: str = ""
 
     def summary(self) -> str:
         return (
@@ -269,4 +282,22 @@ def _stream(
         lost=[n for n, r in enumerate(results) if r.id not in values],
         wrong=[n for n, r in enumerate(results) if r.id in values and values[r.id] != n * n],
         duplicate_runs=sum(count - 1 for count in runs.values() if count > 1),
+        where=where_are(cluster, [r.id for r in results if r.id not in values]),
+    )
+
+
+def where_are(cluster: Cluster, missing: list[str]) -> str:
+    """Where the lost tasks' messages are on the primary now, for the failure message."""
+    if not missing:
+        return ""
+    host, port = cluster.topology()["primary"].rsplit(":", 1)
+    client = redis_py.Redis(host=host, port=int(port), password=PASSWORD, socket_timeout=5)
+    try:
+        queued = str(client.lrange("celery", 0, -1))
+        unacked = str(client.hvals("unacked"))
+    finally:
+        client.close()
+    return "; ".join(
+        f"{task_id}: queued={task_id in queued} unacked={task_id in unacked}"
+        for task_id in missing[:10]
     )

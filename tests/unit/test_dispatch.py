@@ -57,3 +57,14 @@ def test_a_failure_with_its_own_fix_names_that_fix() -> None:
     with pytest.raises(BrokerUnavailable, match="start a worker"):
         fall_back(closed_app(), "celery", "no worker answered", fix="start a worker")
     assert fall_back(closed_app(), "auto", "no worker answered").backend == "local"
+
+
+def test_only_celerys_result_consumer_giving_up_counts_as_a_failed_publish() -> None:
+    """Celery subscribes to the result before publishing, so that error means nothing was
+    sent; any other RuntimeError is the caller's to see."""
+    from celery.backends.asynchronous import E_RETRY_LIMIT_EXCEEDED
+
+    from taskpool.fallback import result_consumer_gave_up
+
+    assert result_consumer_gave_up(RuntimeError(E_RETRY_LIMIT_EXCEEDED))
+    assert not result_consumer_gave_up(RuntimeError("the task's own error"))
