@@ -242,6 +242,9 @@ class Channel(kombu_redis.Channel):
         commands.add("lpush", key, 1)
         # kombu's prefixing client prefixes LPUSH but passes LTRIM through unchanged.
         commands.add("ltrim", (self.global_keyprefix or "") + key, 0, WAKE_CAP - 1)
+        expires = self._expires.get(queue) if self._expires else None
+        if expires:  # the queue's x-expires, as kombu gives its lists
+            commands.add("pexpire", key, expires)
 
     def _purge(self, queue: str) -> int:
         with self.conn_or_acquire() as client:
@@ -256,8 +259,6 @@ class Channel(kombu_redis.Channel):
     # -- the consuming loop --------------------------------------------------------------
 
     def _brpop_start(self, timeout: float | None = None) -> None:
-        if timeout is None:
-            timeout = self.brpop_timeout
         queues = self._queue_cycle.consume(len(self.active_queues))
         if not queues:
             return
@@ -347,6 +348,20 @@ class Transport(kombu_redis.Transport):
 
     Channel = Channel
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _own_waits(self)
+
+
+def _own_waits(transport: kombu_redis.Transport) -> None:
+    """No sleep between polls: the channel waits itself (IDLE_WAITS on the wake lists).
+
+    kombu takes a ``polling_interval`` as its BRPOP timeout, and its ``drain_events`` still
+    sleeps that long after every empty poll; this channel's polls come back empty after each
+    idle wait, so a ``drain_events`` consumer (not Celery's event loop) slept between pops.
+    """
+    transport.polling_interval = None
+
 
 class SentinelChannel(Channel, kombu_redis.SentinelChannel):
     """The same delivery through kombu's Sentinel support, which asks the sentinels for the
@@ -360,3 +375,7 @@ class SentinelTransport(kombu_redis.SentinelTransport):
     """kombu's Sentinel transport with SentinelChannel above."""
 
     Channel = SentinelChannel
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _own_waits(self)

@@ -344,3 +344,38 @@ def test_a_consumer_checks_the_server_it_reads_from(
 ) -> None:
     with connection(redis_server) as conn, Consumer(conn, [queue], accept=["json"]):
         assert conn.default_channel._server_checked
+
+
+def test_a_polling_interval_does_not_make_a_draining_consumer_sleep_between_pops(
+    redis_server: RedisServer, queue: Queue
+) -> None:
+    """kombu sleeps ``polling_interval`` after each empty poll; this transport's idle waits
+    are its own (stock uses the interval as its BRPOP timeout and seldom polls empty)."""
+    got: list[float] = []
+
+    def record(body: object, message: Message) -> None:
+        got.append(time.monotonic())
+        message.ack()
+
+    options = {"polling_interval": 5}
+    with (
+        Connection(redis_server.url(), transport=Transport, transport_options=options) as conn,
+        Consumer(conn, [queue], accept=["json"], callbacks=[record]),
+    ):
+        sender = threading.Timer(0.5, publish, (redis_server, queue, ["soon"]))
+        sender.start()
+        sent = time.monotonic() + 0.5
+        try:
+            conn.drain_events(timeout=15)
+        finally:
+            sender.join()
+    assert got and got[0] - sent < 2, got  # 4 to 9 s before
+
+
+def test_a_queue_with_an_expiry_gives_its_wake_list_the_same(
+    redis_server: RedisServer, client: redis_py.Redis
+) -> None:
+    expiring = Queue("short-lived", Exchange("short-lived"), routing_key="short-lived", expires=30)
+    publish(redis_server, expiring, ["bye"])
+    ttl = client.pttl(f"short-lived{SEP}wake")
+    assert 0 < ttl <= 30_000
