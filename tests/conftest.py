@@ -10,7 +10,7 @@ import os
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from celery import Celery
@@ -23,6 +23,9 @@ from taskpool.testing.redis_server import (
     find_tls_redis_server,
     free_port,
 )
+
+if TYPE_CHECKING:
+    from tests.support.failover import Cluster
 
 #: Short limits for fault tests, so a dead worker's messages come back in seconds: hard limit
 #: 4 s, visibility timeout 6 s (it must exceed the hard limit), a sweep for them every second.
@@ -182,3 +185,15 @@ def session_worker(
         yield worker
     finally:
         worker.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """A Redis primary, a replica and three sentinels on loopback, stopped by PID after."""
+    from tests.support.failover import Cluster  # it imports this module: not at the top
+
+    started = Cluster(tmp_path / "cluster")
+    try:
+        yield started.start()
+    finally:
+        started.stop()

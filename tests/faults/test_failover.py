@@ -14,7 +14,6 @@ Without the wait, asynchronous replication loses the last messages before the cr
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,15 +26,6 @@ FAILOVER_TASKS = int(os.environ.get("FAILOVER_TASKS", "5000"))
 FAILOVERS = int(os.environ.get("FAILOVERS", "1"))
 #: The issue's bound: clients and workers back on the broker this soon after the promotion.
 RECOVERY_BOUND = 10.0
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    started = Cluster(tmp_path / "cluster")
-    try:
-        yield started.start()
-    finally:
-        started.stop()
 
 
 @pytest.mark.timeout(300 + FAILOVER_TASKS // 20 + 60 * FAILOVERS)

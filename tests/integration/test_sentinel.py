@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,15 +25,6 @@ from tests.support import compose
 from tests.support.failover import MASTER, PASSWORD, SENTINEL_PASSWORD, Cluster
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    started = Cluster(tmp_path / "cluster")
-    try:
-        yield started.start()
-    finally:
-        started.stop()
 
 
 def redis_at(address: str) -> redis_py.Redis:
