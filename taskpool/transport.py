@@ -110,7 +110,8 @@ class Channel(kombu_redis.Channel):
     QoS = QoS
     # kombu's tuple is typed by its exact length, which any addition changes.
     from_transport_options = _options(kombu_redis.Channel)  # type: ignore[assignment]
-    #: Replicas that must hold each published message before the publish returns (None: none).
+    #: Replicas (of those connected) that must hold each published message before the publish
+    #: returns; None: no wait.
     wait_replicas: int | None = None
     wait_timeout = 1.0
 
@@ -162,7 +163,7 @@ class Channel(kombu_redis.Channel):
     def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
         if not no_ack:
             self._check_server()
-            # Insertion order is consume order: the first queue named (-Q a,b) is waited on.
+            # Counted: a queue stays on the reliable path while any consumer of it acks.
             self._acking_queues[queue] = self._acking_queues.get(queue, 0) + 1
         return super().basic_consume(queue, no_ack, *args, **kwargs)
 
