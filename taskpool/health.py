@@ -14,12 +14,9 @@ import redis
 from celery import Celery
 
 from taskpool import sentinel
-from taskpool.urls import mask_url
+from taskpool.urls import is_redis, is_sentinel, mask_url
 
 log = logging.getLogger("taskpool.fallback")
-
-#: Result stores that taskpool probes itself; others (rpc://, databases) are not probed.
-REDIS_SCHEMES = ("redis", "rediss", "sentinel")
 
 
 class BrokerHealth:
@@ -103,7 +100,7 @@ class BrokerHealth:
             probe_broker(self.app, self.timeout)
         except Exception as exc:
             return self.scrub(f"broker {mask_url(self.broker_url)} unreachable ({_describe(exc)})")
-        if urlsplit(self.backend_url).scheme in REDIS_SCHEMES:
+        if is_redis(self.backend_url):  # others (rpc://, databases) are not probed
             conf = self.app.conf
             try:
                 probe_redis(
@@ -141,7 +138,7 @@ def probe_redis(
     ``redis_backend_use_ssl``). For ``sentinel://`` URLs, the sentinels name the primary
     (``transport_options``: the app's ``result_backend_transport_options``).
     """
-    if url.startswith("sentinel://"):
+    if is_sentinel(url):
         sentinel.ping_primary(url, timeout, transport_options)
         return
     options = {k: v for k, v in (tls or {}).items() if v is not None}

@@ -19,8 +19,8 @@ from celery import Celery
 from celery.signals import worker_init
 
 from taskpool.celery_conf import WORKER_RESULT_RETRIES
-from taskpool.health import REDIS_SCHEMES, probe_broker, probe_redis
-from taskpool.urls import mask_url
+from taskpool.health import probe_broker, probe_redis
+from taskpool.urls import is_redis, mask_url
 
 log = logging.getLogger("taskpool.worker")
 
@@ -38,7 +38,7 @@ def credentials_rejected(app: Celery) -> str | None:
         ("broker", app.conf.broker_url, lambda: probe_broker(app, CHECK_TIMEOUT))
     ]
     backend = str(app.conf.result_backend or "")
-    if backend.split("://", 1)[0] in REDIS_SCHEMES:
+    if is_redis(backend):
         tls, options = app.conf.redis_backend_use_ssl, app.conf.result_backend_transport_options
         checks.append(
             ("result store", backend, lambda: probe_redis(backend, CHECK_TIMEOUT, tls, options))

@@ -15,7 +15,7 @@ from celery.app.backends import BACKEND_ALIASES
 from kombu.transport import TRANSPORT_ALIASES
 
 from taskpool.errors import ConfigError
-from taskpool.urls import mask_url, url_scheme
+from taskpool.urls import REDIS_SCHEMES, is_redis, is_sentinel, mask_url, url_scheme
 
 DispatchMode = Literal["auto", "celery", "local"]
 DISPATCH_MODES: tuple[DispatchMode, ...] = ("auto", "celery", "local")
@@ -26,8 +26,6 @@ LOCAL_START_METHODS: tuple[LocalStartMethod, ...] = ("auto", "fork", "forkserver
 
 #: Where a laptop's Redis listens; broker and result backend share it by default.
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
-#: The URL schemes of a Redis: plain, TLS, and a list of sentinels that name the primary.
-REDIS_SCHEMES = ("redis", "rediss", "sentinel")
 #: A refused port answers at once; this bounds a broker that accepts and never answers.
 DEFAULT_BROKER_TIMEOUT = 0.5
 #: How long a broker verdict is trusted: a burst of calls probes once,
@@ -302,13 +300,9 @@ def with_redis_password(url: str, password: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def is_sentinel(url: str) -> bool:
-    return url.startswith("sentinel://")
-
-
 def _default_backend(broker_url: str) -> str:
     """A Redis broker stores results too; any other broker uses the laptop Redis for results."""
-    return broker_url if url_scheme(broker_url) in REDIS_SCHEMES else DEFAULT_REDIS_URL
+    return broker_url if is_redis(broker_url) else DEFAULT_REDIS_URL
 
 
 class _Reader:

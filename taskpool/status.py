@@ -11,7 +11,7 @@ from kombu.exceptions import ChannelError
 from taskpool import sentinel
 from taskpool.health import BrokerHealth
 from taskpool.settings import settings_of
-from taskpool.urls import mask_url
+from taskpool.urls import is_sentinel, mask_url
 
 #: How long to wait for workers to answer an inspect broadcast.
 INSPECT_TIMEOUT = 1.0
@@ -30,7 +30,7 @@ def read_status(app: Celery) -> dict[str, Any]:
     if not reachable:
         report["broker"]["reason"] = health.reason
         return report
-    if health.broker_url.startswith("sentinel://"):
+    if is_sentinel(health.broker_url):
         report["broker"].update(
             sentinel.topology(
                 health.broker_url, settings.broker_timeout, app.conf.broker_transport_options

@@ -19,6 +19,19 @@ def mask_url(url: str) -> str:
     return _CREDENTIALS.sub(r"\1**@", url)
 
 
+#: The URL schemes of a Redis: plain, TLS, and a list of sentinels that name the primary.
+REDIS_SCHEMES = ("redis", "rediss", "sentinel")
+
+
+def is_redis(url: str) -> bool:
+    """A Redis URL, or a list of them (``sentinel://a;sentinel://b``)."""
+    return url.split("://", 1)[0] in REDIS_SCHEMES
+
+
+def is_sentinel(url: str) -> bool:
+    return url.startswith("sentinel://")
+
+
 def url_scheme(url: str) -> str:
     """Return the scheme of ``url``, or raise ValueError when it has none or a bad port.
 
