@@ -6,6 +6,7 @@ import sys
 from typing import Any
 
 from celery import Celery
+from celery.app import backends
 
 from taskpool import (
     dispatch,
@@ -57,9 +58,10 @@ class TaskpoolCelery(Celery):
         )
 
     def _get_backend(self) -> Any:
-        """Celery's result backend, adapted by ``taskpool.result_store`` (chords refused off
-        the broker; result writes that wait for replicas when asked to)."""
-        return result_store.adapt(self, super()._get_backend())
+        """The result backend Celery would make, as ``taskpool.result_store``'s class for a
+        Redis one (results in one round trip, chords refused off the broker)."""
+        backend, url = backends.by_url(self.backend_cls or self.conf.result_backend, self.loader)
+        return result_store.store_class(backend)(app=self, url=url)
 
     def on_configure(self) -> None:
         try:

@@ -1,5 +1,13 @@
-"""What taskpool adds to an app's Celery result backend, set up when the app makes one.
+"""taskpool's Redis result store: Celery's ``RedisBackend`` (and its Sentinel variant), with
+the same keys, values and channels, so stock Celery clients, workers and Flower read it as
+their own. What differs:
 
+- A result is stored in one round trip (``store_result.lua``): Celery reads the stored state
+  first, so as not to overwrite a success with a later run's outcome, then writes and
+  publishes; the script applies the same rule in one step. Results that are not plain JSON
+  (compressed, or another serializer) take Celery's own path.
+- A client subscribes to a result's channel only when it waits for a result not stored yet
+  (``taskpool.result_consumer``), instead of for every task it sends.
 - ``apply_chord`` first asks where calls go: a chord prepares the result store before its
   header's tasks are sent, and with no Redis that ends in Celery's "the Celery application must
   be restarted". Off the broker, the chord is refused at once, as groups and chains are.
@@ -9,50 +17,146 @@
   succeeded (``worker_deduplicate_successful_tasks``) and skips the redelivered message. Not
   confirmed in time, the write raises NotReplicated, which the worker retries
   (``WORKER_RESULT_RETRIES``).
+
+``taskpool.create_app`` apps use it for ``redis://``, ``rediss://`` and ``sentinel://``
+result stores. Another Celery app names it in its setting:
+``result_backend = "taskpool.result_store:RedisStore+redis://host:6379/0"``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from celery import Celery
+from celery import states
+from celery.backends.redis import RedisBackend, SentinelBackend
+from celery.exceptions import BackendStoreError
+from kombu.utils.encoding import bytes_to_str
+from redis.exceptions import NoScriptError
 
 from taskpool import dispatch
 from taskpool.fallback import refuse_canvas
 from taskpool.replication import ReplicaWait
+from taskpool.result_consumer import ResultConsumer
 from taskpool.settings import settings_of
 
+STORE_RESULT = Path(__file__).with_name("store_result.lua").read_text()
 
-def adapt(app: Celery, backend: Any) -> Any:
-    """``backend``, with the changes above, for ``app``."""
-    apply_chord = backend.apply_chord
+#: What ``store_result.lua`` answers.
+STORED, KEPT_SUCCESS, UNREADABLE = 1, 0, -1
 
-    def guarded_apply_chord(header_result_args: Any, body: Any, **options: Any) -> Any:
-        route = dispatch.route(app, None)
+
+_Base: Any = RedisBackend if TYPE_CHECKING else object
+
+
+class _Store(_Base):
+    """What taskpool changes in a Celery Redis backend; mixed in before it."""
+
+    ResultConsumer = ResultConsumer
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        settings = settings_of(self.app)
+        self._wait = (
+            ReplicaWait(settings.redis_wait_replicas, settings.redis_wait_timeout)
+            if settings.redis_wait_replicas
+            else None
+        )
+        # The script reads the stored state as JSON; other encodings keep Celery's read.
+        self._one_step = self.serializer == "json" and not self.compression
+        self._script: Any = None
+
+    def on_task_call(self, producer: Any, task_id: str) -> None:
+        if self.result_consumer.eager:
+            super().on_task_call(producer, task_id)
+
+    def apply_chord(self, header_result_args: Any, body: Any, **options: Any) -> Any:
+        route = dispatch.route(self.app, None)
         if route.backend != "broker":
             refuse_canvas(f"chord({body.name})", route, {"chord": body})
-        return apply_chord(header_result_args, body, **options)
+        return super().apply_chord(header_result_args, body, **options)
 
-    backend.apply_chord = guarded_apply_chord
-    settings = settings_of(app)
-    if settings.redis_wait_replicas and hasattr(backend, "client"):  # Redis and Sentinel stores
-        wait = ReplicaWait(settings.redis_wait_replicas, settings.redis_wait_timeout)
-        backend._set = _replicated_set(backend, wait)
-    return backend
+    def _store_result(
+        self,
+        task_id: str,
+        result: Any,
+        state: str,
+        traceback: Any = None,
+        request: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        if not self._one_step:
+            return super()._store_result(task_id, result, state, traceback, request, **kwargs)
+        meta = self._get_result_meta(
+            result=result, state=state, traceback=traceback, request=request
+        )
+        meta["task_id"] = bytes_to_str(task_id)
+        value = self.encode(meta)
+        if len(value) > self._MAX_STR_VALUE_SIZE:
+            raise BackendStoreError(
+                "value too large for Redis backend", state=state, task_id=task_id
+            )
+        expires = self.failure_expires if state == states.FAILURE else self.expires
+        key = self.get_key_for_task(task_id)
+        if self.ensure(self._store_unless_succeeded, (key, value, expires)) == UNREADABLE:
+            return super()._store_result(task_id, result, state, traceback, request, **kwargs)
+        return result
 
+    def _store_unless_succeeded(self, key: Any, value: Any, expires: Any) -> int:
+        if self._script is None:
+            self._script = self.client.register_script(STORE_RESULT)
+        ttl = int(expires or 0)
+        if self._wait is None:
+            return int(self._script(keys=[key], args=[value, ttl]))
+        sha = self._script.sha
+        return int(self._replicated(lambda pipe: pipe.evalsha(sha, 1, key, value, ttl)))
 
-def _replicated_set(backend: Any, wait: ReplicaWait) -> Any:
-    """Celery's ``RedisBackend._set`` (store, then publish to waiting clients), then ``WAIT``
-    on the same connection, which is what WAIT counts writes on."""
+    def _set(self, key: Any, value: Any, expires: Any = None) -> None:
+        if self._wait is None:
+            super()._set(key, value, expires)
+            return
+        expires = self.expires if expires is None else expires
 
-    def _set(key: Any, value: Any, expires: Any = None) -> None:
-        expires = backend.expires if expires is None else expires
-        with backend.client.pipeline(transaction=False) as pipe:
+        def write(pipe: Any) -> None:
             pipe.set(key, value, ex=expires or None)
             pipe.publish(key, value)
-            replicas = wait.add(backend.client, pipe)
-            replies = pipe.execute()
-        if replicas:
-            wait.check(replicas, replies[-1], "a result")
 
-    return _set
+        self._replicated(write)
+
+    def _replicated(self, write: Any) -> Any:
+        """Queue ``write`` then ``WAIT`` in one pipeline on one connection (what WAIT counts
+        writes on); return the first reply. A script the server lost (a failover, a restart)
+        is loaded again."""
+        assert self._wait is not None
+        for _ in range(2):
+            with self.client.pipeline(transaction=False) as pipe:
+                write(pipe)
+                replicas = self._wait.add(self.client, pipe)
+                replies = pipe.execute(raise_on_error=False)
+            if isinstance(replies[0], NoScriptError):
+                self._script.sha = self.client.script_load(STORE_RESULT)
+                continue
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+            if replicas:
+                self._wait.check(replicas, replies[-1], "a result")
+            return replies[0]
+        raise NoScriptError("the result store lost the result script twice in a row")
+
+
+class RedisStore(_Store, RedisBackend):
+    """Celery's ``RedisBackend`` (``redis://``, ``rediss://``), as this module describes."""
+
+
+class SentinelStore(_Store, SentinelBackend):
+    """Celery's ``SentinelBackend`` (``sentinel://``), as this module describes."""
+
+
+#: Celery's backend classes, and taskpool's in their place.
+STORES: dict[type, type] = {RedisBackend: RedisStore, SentinelBackend: SentinelStore}
+
+
+def store_class(backend_class: type) -> type:
+    """taskpool's store for a Celery backend class; any other backend is kept as it is."""
+    return STORES.get(backend_class, backend_class)

@@ -5,4 +5,4 @@ a broker that the suite reaches from a child process (a ``celery worker`` a test
 through taskpool's transport too, as it does in the pytest process and its forked pool.
 """
 
-import tests.peer.taskpool_transport  # noqa: F401 - redis:// is taskpool's transport
+import tests.peer.taskpool_transport  # noqa: F401 - redis:// is taskpool's transport and store

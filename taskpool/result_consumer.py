@@ -1,0 +1,115 @@
+"""Celery's Redis result consumer, subscribing to a result's channel only when a wait finds the
+result not stored yet.
+
+Stock Celery subscribes to every task's channel when it sends the task, reads the result with
+GET when ``.get()`` is called, and unsubscribes once it has it: a SUBSCRIBE and an UNSUBSCRIBE
+for every task, even one whose result was stored long before it was asked for, and a client
+that sent 20,000 tasks has 40,000 confirmations to read on its next wait. Here ``.get()`` of
+a stored result is one GET. A wait that finds nothing subscribes, confirms the subscription
+(a PING answered on the same connection after it), then reads the result again: a result
+stored before the subscription took effect is found by that read, one stored after is
+published to it. Nothing is missed, and each result costs what stock Celery's does at most.
+
+With a background drainer (gevent, eventlet) every wait relies on it draining all the time:
+there the consumer subscribes when the task is sent, as stock Celery does.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any
+
+from celery.backends import redis as celery_redis
+from celery.backends.asynchronous import greenletDrainer
+from redis.utils import str_if_bytes
+
+#: What the confirming PING carries, to tell its answer from redis-py's health checks.
+CONFIRM = "taskpool-subscribed"
+
+#: Seconds one wait for the confirmation lasts at most; the next wait subscribes again.
+CONFIRM_TIMEOUT = 5.0
+
+#: Seconds a wait for the confirmation lasts at least, even within a drain that must not wait.
+MIN_CONFIRM = 0.05
+
+
+class ResultConsumer(celery_redis.ResultConsumer):
+    """See the module's docstring."""
+
+    _pubsub: Any = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Whether to subscribe when a task is sent, as stock Celery does.
+        self.eager = isinstance(self.drainer, greenletDrainer)
+        #: Result keys waited for and not subscribed to yet.
+        self._waited: set[str] = set()
+        self._pings = itertools.count()
+
+    def consume_from(self, task_id: str) -> None:
+        if self.eager:
+            super().consume_from(task_id)
+            return
+        key = self._get_key_for_task(task_id)
+        with self._locked():
+            self._pending_unsubscribe.discard(key)
+            if key not in self.subscribed_to:
+                self._waited.add(key)
+
+    def cancel_for(self, task_id: str) -> None:
+        self._waited.discard(self._get_key_for_task(task_id))
+        super().cancel_for(task_id)
+
+    def drain_events(self, timeout: float | None = None) -> None:
+        # Returns early when a result came with the subscription (the caller checks before
+        # waiting again) or the confirmation did not come in time (it is asked again).
+        if self._waited and self._subscribe_waited(timeout):
+            return
+        super().drain_events(timeout)
+
+    def _subscribe_waited(self, timeout: float | None) -> bool:
+        """Subscribe to the waited-for keys, confirm, read them again. False when they are
+        subscribed and confirmed and none was stored: then the caller waits on the channel."""
+        with self._locked():
+            keys = list(self._waited)
+            self._waited.difference_update(keys)
+            if not keys:
+                return False
+            if self._pubsub is None:
+                self._pubsub = self.backend.client.pubsub(ignore_subscribe_messages=True)
+            # Counted as subscribed first: a cancel_for from another thread meanwhile is left
+            # to this lock's holder, which unsubscribes on the way out.
+            self.subscribed_to.update(keys)
+            with self.reconnect_on_error():
+                self._pubsub.subscribe(*keys)
+                if not self._confirm(self._pubsub, _bounded(timeout)):
+                    self._waited.update(keys)  # subscribed again, and confirmed, next time
+                    return True
+            stored = self._ensure(self.backend.client.mget, (keys,))
+            found = [value for value in stored if value]
+            for value in found:
+                self.on_state_change(self._decode_result(value), None)
+            return bool(found)
+
+    def _confirm(self, pubsub: Any, timeout: float) -> bool:
+        """Wait until Redis has applied the subscriptions sent so far, handling the messages
+        that arrive before; False when that took longer than ``timeout``."""
+        token = f"{CONFIRM}-{next(self._pings)}"  # an older PING's answer confirms less
+        pubsub.ping(token)
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            message = pubsub.get_message(timeout=left)
+            if message is None:
+                continue
+            if message["type"] == "pong" and str_if_bytes(message["data"]) == token:
+                return True
+            if message["type"] == "message":
+                self.on_state_change(self._decode_result(message["data"]), message)
+        return False
+
+
+def _bounded(timeout: float | None) -> float:
+    """How long to wait for a confirmation within a drain of ``timeout`` seconds: never 0,
+    which would send a new subscription on every drain and confirm none."""
+    return CONFIRM_TIMEOUT if timeout is None else min(max(timeout, MIN_CONFIRM), CONFIRM_TIMEOUT)

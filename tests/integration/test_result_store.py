@@ -1,0 +1,144 @@
+"""taskpool's result store (``taskpool.result_store``, ``taskpool.result_consumer``) against a
+real Redis, and a real prefork worker where results come from one: the round trips it saves
+and the guarantees of Celery's that it keeps."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery, states
+
+from taskpool.result_store import RedisStore
+from taskpool.testing.redis_server import RedisServer
+from tests.conftest import client_app, node_name
+
+pytestmark = pytest.mark.integration
+
+NO_HANG = 20.0
+
+
+def calls(client: redis.Redis, command: str) -> int:
+    """How many times Redis ran ``command`` since the last CONFIG RESETSTAT."""
+    stats = client.info("commandstats").get(f"cmdstat_{command}")
+    return int(stats["calls"]) if stats else 0
+
+
+def wait_until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + NO_HANG
+    while not condition():
+        assert time.monotonic() < deadline, f"still not {what} after {NO_HANG} s"
+        time.sleep(0.05)
+
+
+def test_sending_subscribes_to_nothing_and_a_stored_result_is_one_read(
+    redis_factory: Callable[..., RedisServer], worker_factory: Callable[..., object]
+) -> None:
+    server = redis_factory()
+    worker_factory(server.url(), node_name("one-read"))
+    app = client_app(server.url(), dispatch="celery")
+    square = app.tasks["tasks.square"]
+    stats = redis.Redis.from_url(server.url())
+
+    stats.config_resetstat()
+    results = [square.delay(i) for i in range(50)]
+    assert calls(stats, "subscribe") == 0  # stock Celery: one per task
+    keys = [app.backend.get_key_for_task(result.id) for result in results]
+    wait_until(lambda: stats.exists(*keys) == len(keys), "all stored")  # not read by the client
+
+    stats.config_resetstat()
+    assert [result.get(timeout=NO_HANG) for result in results] == [i * i for i in range(50)]
+    assert calls(stats, "get") == 50
+    assert calls(stats, "subscribe") == calls(stats, "unsubscribe") == 0
+
+
+def test_a_result_not_stored_yet_is_waited_for_and_the_client_keeps_no_subscription(
+    redis_factory: Callable[..., RedisServer], worker_factory: Callable[..., object]
+) -> None:
+    server = redis_factory()
+    worker_factory(server.url(), node_name("waits"))
+    app = client_app(server.url(), dispatch="celery")
+    square = app.tasks["tasks.square"]
+    stats = redis.Redis.from_url(server.url())
+
+    stats.config_resetstat()
+    # Asked for at once, each before the worker has stored it: every get subscribes.
+    assert [square.delay(i).get(timeout=NO_HANG) for i in range(30)] == [i * i for i in range(30)]
+    assert calls(stats, "subscribe") >= 1
+    wait_until(lambda: not stats.pubsub_channels("celery-task-meta-*"), "unsubscribed")
+
+
+def test_a_result_stored_before_the_subscription_took_effect_is_found(
+    redis_server: RedisServer,
+) -> None:
+    """The race a lazy subscription opens: the result is stored, and published to nobody,
+    between the wait's first read and its subscription. The read after the confirmed
+    subscription finds it; a consumer that only listened would wait for ever."""
+    app = client_app(redis_server.url(), dispatch="celery")
+    backend = app.backend
+    result = app.AsyncResult(str(uuid.uuid4()))
+    backend.add_pending_result(result)  # what .get() does before its first read
+    meta = {"status": states.SUCCESS, "result": 49, "task_id": result.id}
+    redis.Redis.from_url(redis_server.url()).set(
+        backend.get_key_for_task(result.id), backend.encode(meta)
+    )  # no PUBLISH
+
+    started = time.monotonic()
+    backend.result_consumer.drain_events(timeout=NO_HANG)
+    assert result.ready() and result.get(timeout=1) == 49
+    assert time.monotonic() - started < NO_HANG / 2
+
+
+def _store(app: Celery, task_id: str, result: Any, state: str) -> Any:
+    app.backend.store_result(task_id, result, state)
+    return app.backend.get_task_meta(task_id)
+
+
+def test_a_stored_success_is_never_overwritten(redis_server: RedisServer) -> None:
+    """Celery's rule (a task redelivered after a lost worker may run twice): a later outcome
+    never replaces a success."""
+    app = client_app(redis_server.url(), dispatch="celery")
+    task_id = str(uuid.uuid4())
+    assert _store(app, task_id, 1, states.STARTED)["status"] == states.STARTED
+    assert _store(app, task_id, 2, states.SUCCESS)["result"] == 2
+    app.backend._cache.clear()  # read Redis, not the client's cache of successes
+    failure = _store(app, task_id, ValueError("second run"), states.FAILURE)
+    assert failure["status"] == states.SUCCESS and failure["result"] == 2
+
+
+def test_a_success_stored_compressed_is_kept_too(redis_server: RedisServer) -> None:
+    """A value the one-step script cannot read (here compressed by another client) takes
+    Celery's own read, which still keeps the success."""
+    compressing = client_app(redis_server.url(), dispatch="celery")
+    compressing.conf.result_compression = "zlib"
+    plain = client_app(redis_server.url(), dispatch="celery")
+    task_id = str(uuid.uuid4())
+    compressing.backend.store_result(task_id, 3, states.SUCCESS)
+    raw: Any = redis.Redis.from_url(redis_server.url()).get(plain.backend.get_key_for_task(task_id))
+    assert raw is not None and not raw.startswith(b"{")
+
+    plain.backend.store_result(task_id, ValueError("second run"), states.FAILURE)
+    meta = plain.backend.get_task_meta(task_id)
+    assert meta["status"] == states.SUCCESS and meta["result"] == 3
+
+
+def test_a_plain_celery_app_can_name_the_store_in_its_result_backend(
+    redis_server: RedisServer,
+) -> None:
+    app = Celery(
+        "plain",
+        broker=redis_server.url(),
+        backend=f"taskpool.result_store:RedisStore+{redis_server.url()}",
+    )
+    try:
+        assert isinstance(app.backend, RedisStore)
+        task_id = str(uuid.uuid4())
+        app.backend.store_result(task_id, 5, states.SUCCESS)
+        assert app.AsyncResult(task_id).get(timeout=NO_HANG) == 5
+    finally:
+        app.backend.client.connection_pool.disconnect()
+        app.close()
