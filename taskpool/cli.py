@@ -9,12 +9,15 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import click
 
 from taskpool.errors import BrokerUnavailable, ConfigError, TaskpoolError
 from taskpool.settings import DISPATCH_MODES, current_settings
+
+if TYPE_CHECKING:
+    from taskpool.mapping import MapResults
 
 #: Exit codes, listed in every ``--help`` and in the README.
 EXIT_OK = 0
@@ -221,20 +224,38 @@ def map_command(
         raise SystemExit(EXIT_TASK_FAILED)
 
 
-def _write_results(results: Iterator[Any], sink: IO[str] | None) -> tuple[int, int, str]:
-    """Write one JSON line per result; return the count, the failures and a checksum."""
+def _write_results(results: MapResults, sink: IO[str] | None) -> tuple[int, int, str]:
+    """Write one JSON line per result; return the count, the failures and a checksum.
+
+    The checksum is the SHA-256 of every line written, so it covers the output as a whole: it
+    is fed, like the sink, one chunk of results at a time, as the map hands them back.
+    """
     digest = hashlib.sha256()
     count = failed = 0
-    for value in results:
+    for values in results.chunks:
+        text, failures = _json_lines_of(values)
+        digest.update(text.encode())
+        if sink is not None:
+            sink.write(text)
+        count += len(values)
+        failed += failures
+    return count, failed, digest.hexdigest()[:16]
+
+
+def _json_lines_of(values: list[Any]) -> tuple[str, int]:
+    """One chunk's results as JSON lines, and how many of them are failures."""
+    if not values:
+        return "", 0
+    if set(map(type, values)) == {int}:
+        # json.dumps of an int (not a subclass such as bool) is its repr: one join in C.
+        return "\n".join(map(int.__repr__, values)) + "\n", 0
+    lines, failed = [], 0
+    for value in values:
         if isinstance(value, BaseException):
             failed += 1
             value = {"error": {"type": type(value).__name__, "message": str(value)}}
-        line = json.dumps(value) + "\n"
-        digest.update(line.encode())
-        if sink is not None:
-            sink.write(line)
-        count += 1
-    return count, failed, digest.hexdigest()[:16]
+        lines.append(json.dumps(value))
+    return "\n".join(lines) + "\n", failed
 
 
 def _json_lines(stream: IO[str]) -> Iterator[Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -132,6 +133,23 @@ def test_map_writes_results_in_order_and_a_summary(
     summary = json.loads(done.stdout)
     assert summary["count"] == 20000 and summary["failed"] == 0 and summary["backend"] == "broker"
     assert summary["inputs_per_second"] > 0 and len(summary["checksum"]) == 16
+
+
+def test_map_checksum_is_the_sha256_of_every_line_it_writes_across_chunks() -> None:
+    """The results leave in chunks; the lines and their checksum are the same as one by one."""
+    closed = f"redis://127.0.0.1:{free_port()}/0"
+    done = taskpool(
+        "map", "square", "--range", "5000", "--chunksize", "64", "--mode", "local",
+        broker_url=closed,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "".join(f"{json.dumps(i * i)}\n" for i in range(5000))
+    checksum = hashlib.sha256(done.stdout.encode()).hexdigest()[:16]
+    assert f"count=5000 failed=0 checksum={checksum} " in done.stderr
+    summary = json.loads(
+        taskpool("map", "square", "--range", "5000", "--json", broker_url=closed).stdout
+    )
+    assert summary["checksum"] == checksum and summary["backend"] == "local pool"
 
 
 def test_map_reads_json_lines_from_stdin_and_reports_a_failure_by_index() -> None:
