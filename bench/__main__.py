@@ -65,7 +65,16 @@ SIZES: dict[str, dict[str, Any]] = {
 #: Which implementations each client-side workload compares; those needing a worker last.
 IMPLS: dict[str, tuple[str, ...]] = {
     "tiny": ("single", "pool2", "ours-local", "ours", "stock", *PEERS),
-    "map": ("single", "pool2", "ours-local-cold", "ours-local", "ours", "stock"),
+    "map": (
+        "single",
+        "pool2",
+        "ours-local-cold",
+        "ours-local",
+        "pool2-script",
+        "ours-local-cli",
+        "ours",
+        "stock",
+    ),
     "cpu": ("single", "threads2", "pool2", "ours-local", "ours", "stock"),
     "latency": ("ours", "stock", *PEERS),
 }
@@ -152,8 +161,16 @@ class Stack:
         self.redis.stop()
 
 
-def run_client(stack: Stack, workload: str, impl: str, **options: Any) -> dict[str, Any]:
-    """One client process; its JSON line of samples."""
+def run_client(
+    stack: Stack,
+    workload: str,
+    impl: str,
+    *,
+    timeout: float = CLIENT_TIMEOUT_S,
+    live: bool = False,
+    **options: Any,
+) -> dict[str, Any]:
+    """One client process; its JSON line of samples. With ``live`` its stderr goes to ours."""
     command = [sys.executable, "-m", "bench.clients", workload, impl]
     for key, value in options.items():
         command += [f"--{key}", str(value)]
@@ -161,12 +178,13 @@ def run_client(stack: Stack, workload: str, impl: str, **options: Any) -> dict[s
         command,
         cwd=REPO_ROOT,
         env=stack.env(impl),
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=None if live else subprocess.PIPE,
         text=True,
-        timeout=CLIENT_TIMEOUT_S,
+        timeout=timeout,
     )
     if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command[2:])} failed:\n{done.stderr[-4000:]}")
+        raise RuntimeError(f"{' '.join(command[2:])} failed:\n{(done.stderr or '')[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

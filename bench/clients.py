@@ -10,6 +10,14 @@ same with ``TASKPOOL_DISPATCH=local``), ``stock`` (bench/stock_app.py), ``pool2`
 (``multiprocessing.Pool(2)``, creation included), ``threads2`` (``ThreadPool(2)``), ``single``
 (a plain loop in one process). Every result is checked.
 
+Whole processes (``map`` only), timed from start to exit: ``ours-local-cli`` (``python -m
+taskpool map square --range N`` with ``TASKPOOL_DISPATCH=local``) and ``pool2-script`` (a
+``python -c`` script: ``Pool(2).map`` of the same ``square``), both writing one JSON line per
+result to stdout.
+
+``stall`` and ``memory`` (ours or stock) are bench/long_client.py's: a client that goes on
+after many tasks.
+
 Peers (``tiny`` and ``latency`` only): ``huey`` (bench/huey_app.py, ``square(i)`` enqueues,
 ``result.get(blocking=True)``) and ``dramatiq`` (bench/dramatiq_app.py, ``square.send(i)``,
 ``message.get_result(block=True)``), each against its own worker on the same private Redis.
@@ -18,12 +26,15 @@ Peers (``tiny`` and ``latency`` only): ``huey`` (bench/huey_app.py, ``square(i)`
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import multiprocessing
 import multiprocessing.pool
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -165,6 +176,8 @@ def bulk_map(impl: str, n: int, rounds: int) -> dict[str, Any]:
     elif impl == "ours-local-cold":
         # A fresh interpreter per round; the time it reports is the map call alone.
         return {"total_s": [local_cold(n) for _ in range(rounds)]}
+    elif impl in WHOLE_PROCESS_MAPS:
+        return {"total_s": whole_process_map(impl, n, rounds)}
     elif impl in ("ours", "ours-local"):
         import taskpool
 
@@ -200,6 +213,51 @@ def bulk_map(impl: str, n: int, rounds: int) -> dict[str, Any]:
             variant()
             figures[key].append(time.perf_counter() - started)
     return figures
+
+
+#: The baseline of the CLI row: ``Pool(2).map`` (fork, as on Linux by default) of the same
+#: ``square``, its results written as the CLI writes them, one JSON line each, in one write.
+POOL2_SCRIPT = """
+import multiprocessing, sys
+from taskpool.examples import square
+if __name__ == "__main__":
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        results = pool.map(square, range(int(sys.argv[1])))
+    sys.stdout.write("\\n".join(map(str, results)) + "\\n")
+"""
+
+#: The map as a user runs it from a shell, timed from start to exit; both write the same lines
+#: to stdout. ``ours-local-cli`` runs with ``TASKPOOL_DISPATCH=local`` (see bench/__main__.py).
+WHOLE_PROCESS_MAPS: dict[str, list[str]] = {
+    "ours-local-cli": [sys.executable, "-m", "taskpool", "map", "square", "--range"],
+    "pool2-script": [sys.executable, "-c", POOL2_SCRIPT],
+}
+
+
+def whole_process_map(impl: str, n: int, rounds: int) -> list[float]:
+    """Seconds from start to exit of ``rounds`` fresh processes, stdout to /dev/null.
+
+    A first, untimed run (the same files then cached for every row) writes to a file, whose
+    every line is checked; the CLI's own summary checksum is checked on every timed run.
+    """
+    command = [*WHOLE_PROCESS_MAPS[impl], str(n)]
+    expected = "".join(f"{i * i}\n" for i in range(n)).encode()
+    checksum = f"checksum={hashlib.sha256(expected).hexdigest()[:16]} "
+    with tempfile.TemporaryFile() as out:
+        subprocess.run(command, stdout=out, stderr=subprocess.PIPE, check=True, timeout=300)
+        out.seek(0)
+        if out.read() != expected:
+            raise AssertionError(f"{impl}: wrong output")
+    seconds = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        done = subprocess.run(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=300
+        )
+        seconds.append(time.perf_counter() - started)
+        if done.returncode != 0 or (impl == "ours-local-cli" and checksum not in done.stderr):
+            raise AssertionError(f"{impl} failed or summed wrong: {done.stderr[-2000:]}")
+    return seconds
 
 
 # --- 3. CPU-bound calls ------------------------------------------------------------------
@@ -271,6 +329,109 @@ def latency(impl: str, n: int, rounds: int) -> dict[str, Any]:
     return out
 
 
+# --- a long-lived client (bench/long_client.py) ------------------------------------------
+
+
+def round_trip_ms(send: Callable[[int], Any], get: Callable[[Any], Any]) -> float:
+    """One ``square.delay(0).get()``, in milliseconds."""
+    started = time.perf_counter()
+    if get(send(0)) != 0:
+        raise AssertionError("wrong result")
+    return (time.perf_counter() - started) * 1000
+
+
+def stall(impl: str, n: int) -> dict[str, Any]:
+    """The round trips right after n x ``square.delay(i)`` and every ``.get()`` in order.
+
+    The results are still referenced while the calls after them are timed, as in a script that
+    goes on using them; five calls before the burst give the idle round trip to compare with.
+    """
+    send, get = send_and_get(impl)
+    for _ in range(20):  # warm-up: imports, connections
+        round_trip_ms(send, get)
+    before = [round_trip_ms(send, get) for _ in range(5)]
+    started = time.perf_counter()
+    pending = [send(i) for i in range(n)]
+    sent = time.perf_counter()
+    values = [get(p) for p in pending]
+    collected = time.perf_counter()
+    next_ms = round_trip_ms(send, get)
+    further = [round_trip_ms(send, get) for _ in range(5)]
+    expect_squares(values, n)
+    return {
+        "n": n,
+        "enqueue_s": sent - started,
+        "collect_s": collected - sent,
+        "before_ms": before,
+        "next_ms": next_ms,
+        "further_ms": further,
+    }
+
+
+def rss_mb() -> tuple[float, float]:
+    """This process's resident memory and its peak (VmRSS, VmHWM), in MB."""
+    fields = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0]) / 1024  # kB
+    return fields["VmRSS"], fields["VmHWM"]
+
+
+def checkpoints(n: int) -> list[int]:
+    """Task counts to sample at: 1k, 10k, 100k, then every 100k, and the last."""
+    marks = [m for m in (1_000, 10_000) if m < n] + list(range(100_000, n, 100_000))
+    return [*marks, n]
+
+
+def memory(impl: str, n: int, window: int) -> dict[str, Any]:
+    """Send and collect n tasks, at most ``window`` out at once; RSS at each checkpoint.
+
+    Nothing is kept past its window: each result is checked and dropped, so the client's own
+    memory is bounded by the window and whatever the library keeps.
+    """
+    send, get = send_and_get(impl)
+    round_trip_ms(send, get)  # warm-up: imports, connections
+    rss, peak = rss_mb()
+    samples = [{"tasks": 0, "rss_mb": rss, "peak_mb": peak, "seconds": 0.0, "tasks_per_s": None}]
+    marks = iter(checkpoints(n))
+    mark = next(marks)
+    started = last_time = time.perf_counter()
+    done = last_done = 0
+    while done < n:
+        first, size = done, min(window, n - done)
+        pending = [send(i) for i in range(first, first + size)]
+        for i, result in enumerate(pending, start=first):
+            if get(result) != i * i:
+                raise AssertionError(f"wrong result for {i}")
+        del pending
+        done += size
+        if done >= mark:
+            now = time.perf_counter()
+            rss, peak = rss_mb()
+            rate = (done - last_done) / (now - last_time)
+            samples.append(
+                {
+                    "tasks": done,
+                    "rss_mb": rss,
+                    "peak_mb": peak,
+                    "seconds": now - started,
+                    "tasks_per_s": rate,
+                }
+            )
+            print(
+                f"    {impl}: {done:>9,} tasks  RSS {rss:6.1f} MB  (peak {peak:6.1f})  "
+                f"{rate:6.0f} tasks/s",
+                file=sys.stderr,
+                flush=True,
+            )
+            last_time, last_done = now, done
+            while mark <= done and mark < n:
+                mark = next(marks)
+    total = time.perf_counter() - started
+    return {"tasks": n, "window": window, "total_s": total, "samples": samples}
+
+
 # --- a worker's readiness --------------------------------------------------------------
 
 
@@ -335,12 +496,16 @@ def worker_start(impl: str, rounds: int, pidfile: Path) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("workload", choices=("tiny", "map", "cpu", "latency", "start", "ready"))
+    parser.add_argument(
+        "workload",
+        choices=("tiny", "map", "cpu", "latency", "start", "ready", "stall", "memory"),
+    )
     parser.add_argument("impl")
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--calls", type=int, default=8)
     parser.add_argument("--pidfile", type=Path)
+    parser.add_argument("--window", type=int, default=1000, help="memory: tasks out at once")
     args = parser.parse_args()
     if args.workload == "tiny":
         figures = tiny(args.impl, args.n, args.rounds)
@@ -352,6 +517,10 @@ def main() -> None:
         figures = latency(args.impl, args.n, args.rounds)
     elif args.workload == "ready":
         figures = ready(args.impl)
+    elif args.workload == "stall":
+        figures = stall(args.impl, args.n)
+    elif args.workload == "memory":
+        figures = memory(args.impl, args.n, args.window)
     else:
         figures = worker_start(args.impl, args.rounds, args.pidfile)
     print(json.dumps(figures), flush=True)
