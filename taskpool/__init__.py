@@ -19,6 +19,7 @@ _EXPORTS = {
     "ConfigError": "taskpool.errors",
     "LocalPoolError": "taskpool.errors",
     "MapItemFailed": "taskpool.errors",
+    "RetryInMap": "taskpool.errors",
     "TaskpoolError": "taskpool.errors",
     "UnsafeInteger": "taskpool.errors",
     "Settings": "taskpool.settings",
@@ -46,6 +47,7 @@ __all__ = [
     "LocalRunner",
     "MapItemFailed",
     "MapResults",
+    "RetryInMap",
     "Settings",
     "TaskResult",
     "TaskpoolCelery",
@@ -68,6 +70,7 @@ if TYPE_CHECKING:
         ConfigError,
         LocalPoolError,
         MapItemFailed,
+        RetryInMap,
         TaskpoolError,
         UnsafeInteger,
     )

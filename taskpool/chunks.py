@@ -11,6 +11,9 @@ from typing import Any
 
 import msgpack
 from celery import Task, shared_task, states
+from celery.exceptions import Retry
+
+from taskpool.errors import RetryInMap
 
 #: Largest automatic chunk: big enough that per-message costs vanish, small enough that a
 #: chunk redelivered after a crash is cheap to redo and one message stays near a megabyte.
@@ -72,9 +75,22 @@ def run_items(task: Task, items: Sequence[Any], hostname: str | None) -> ChunkOu
             try:  # list.extend keeps what map() produced before a failure: each item runs once
                 values.extend(map(body, itertools.islice(items, len(values), None)))
             except Exception as exc:  # reported per input, the chunk goes on
-                errors.append((len(values), exc))
+                errors.append((len(values), _named(task, exc)))
                 values.append(None)
     return ChunkOutcome(values, errors)
+
+
+def _named(task: Task, error: Exception) -> Exception:
+    """The error an input failed with; Celery's ``Retry`` (``self.retry()`` in a direct call,
+    which cannot reschedule anything) as RetryInMap, saying so. A retry given an exception
+    (``exc=``, ``autoretry_for``) raises that exception instead, and it is kept."""
+    if not isinstance(error, Retry):
+        return error
+    return RetryInMap(
+        f"{task.name} called self.retry(), and taskpool.map cannot reschedule one input: it "
+        "runs each input as a direct call, as Celery's chunks do. Retry inside the function, "
+        "or send the inputs that need Celery's retries with .delay()"
+    )
 
 
 class _request:

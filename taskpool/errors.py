@@ -10,6 +10,8 @@
     ├── NotReplicated                     a publish no replica confirmed in time (Redis WAIT)
     │   (redis.exceptions.ConnectionError)
     ├── LocalPoolError (RuntimeError)     the local pool cannot run what was asked of it
+    ├── RetryInMap (RuntimeError)         ``self.retry()`` in a mapped input, which cannot be
+    │                                     rescheduled
     ├── UnsafeInteger (ValueError)        an argument JSON would not carry exactly
     ├── ArgumentTooLarge (ValueError)     arguments over TASKPOOL_MAX_MESSAGE_BYTES
     └── MapItemFailed                     one input of a map failed (also of the task's own type)
@@ -65,6 +67,12 @@ class NotReplicated(TaskpoolError, redis.exceptions.ConnectionError):
 
 class LocalPoolError(TaskpoolError, RuntimeError):
     """Raised when the local pool cannot run a task (unknown task, or an option it refuses)."""
+
+
+class RetryInMap(TaskpoolError, RuntimeError):
+    """Raised, as one input's failure, when a task run by ``taskpool.map`` calls
+    ``self.retry()``: a map runs each input as a direct call (as Celery's ``chunks`` do), which
+    has no message to send again."""
 
 
 class UnsafeInteger(TaskpoolError, ValueError):

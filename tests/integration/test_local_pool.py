@@ -20,8 +20,17 @@ from celery.exceptions import MaxRetriesExceededError, SoftTimeLimitExceeded, Ta
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from kombu.exceptions import EncodeError
 
+import taskpool
 import tasks
-from taskpool import FallbackTask, LocalPoolError, LocalResult, LocalRunner, current_settings
+from taskpool import (
+    FallbackTask,
+    LocalPoolError,
+    LocalResult,
+    LocalRunner,
+    MapItemFailed,
+    RetryInMap,
+    current_settings,
+)
 from taskpool.testing.redis_server import RedisServer, free_port
 from taskpool.testing.waiting import wait_for
 from tests.support.paths import REPO_ROOT
@@ -589,3 +598,18 @@ def test_a_retry_waiting_its_countdown_holds_no_pool_process_and_can_be_revoked(
         result.revoke()
         assert result.state == states.REVOKED
     assert len(runs_logged(log)) == processes  # the revoked retries never ran
+
+
+@local_app.task(bind=True)
+def retries_at_two(self: Any, n: int) -> int:
+    if n == 2:
+        raise self.retry(countdown=1)
+    return n
+
+
+def test_self_retry_in_a_local_map_is_refused_by_name() -> None:
+    with pytest.raises(RetryInMap, match=r"self\.retry\(\)") as caught:
+        taskpool.map(retries_at_two, range(4), dispatch="local")
+    assert isinstance(caught.value, MapItemFailed) and caught.value.index == 2
+    values = taskpool.map(retries_at_two, range(4), dispatch="local", return_exceptions=True)
+    assert values[:2] == [0, 1] and values[3] == 3 and isinstance(values[2], RetryInMap)

@@ -6,8 +6,10 @@ import json
 from typing import Any
 
 import pytest
+from celery import Celery
 
 from taskpool.chunks import chunked, pack, run_items, unpack
+from taskpool.errors import RetryInMap
 from tasks import square
 
 
@@ -54,3 +56,34 @@ def test_each_item_runs_once_and_a_failure_keeps_its_place() -> None:
         (1, TypeError),
         (3, TypeError),
     ]
+
+
+retrying = Celery("retrying", set_as_current=False)
+
+
+@retrying.task(bind=True)
+def retries(self: Any, n: int) -> int:
+    if n == 2:
+        raise self.retry(countdown=1)
+    return n
+
+
+@retrying.task(bind=True, autoretry_for=(ValueError,), max_retries=3)
+def retries_on_value_error(self: Any, n: int) -> int:
+    if n == 1:
+        raise ValueError("not an input this task takes")
+    return n
+
+
+def test_self_retry_in_a_mapped_input_fails_that_input_by_name() -> None:
+    outcome = run_items(retries, [0, 1, 2, 3], hostname=None)
+    assert outcome.values == [0, 1, None, 3]
+    [(position, error)] = outcome.errors
+    assert position == 2 and isinstance(error, RetryInMap)
+    assert "self.retry()" in str(error) and "direct call" in str(error)
+
+
+def test_a_retry_for_an_exception_keeps_that_exception() -> None:
+    outcome = run_items(retries_on_value_error, [0, 1, 2], hostname=None)
+    [(position, error)] = outcome.errors
+    assert position == 1 and type(error) is ValueError
