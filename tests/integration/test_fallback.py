@@ -15,7 +15,7 @@ from celery.signals import beat_init
 from kombu.exceptions import OperationalError
 
 from taskpool import BrokerUnavailable, FallbackTask, LocalPoolError, LocalResult, dispatch
-from taskpool.examples import LOCAL_NODE
+from taskpool.examples import LOCAL_NODE, register
 from taskpool.testing.redis_server import RedisServer, free_port
 from tests.conftest import client_app, node_name
 from tests.support.listeners import SilentListener
@@ -198,6 +198,23 @@ def test_a_canvas_in_mode_local_is_refused_with_local_pool_error_naming_the_opti
         chain(square.s(2), square.s()).apply_async()
     with pytest.raises(LocalPoolError, match=re.escape("chord= (a chord)")):
         chord([square.s(1), square.s(2)], square.s()).apply_async()
+
+
+def test_a_plain_celery_app_naming_taskpools_store_has_its_chords_refused_too() -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    app = Celery(
+        "plain", broker=url, backend=f"taskpool.result_store:RedisStore+{url}",
+        task_cls=FallbackTask, set_as_current=False,
+    )  # fmt: skip
+    register(app)
+    square = app.tasks["tasks.square"]
+    try:
+        started = time.monotonic()
+        with pytest.raises(BrokerUnavailable, match=re.escape("chord= (a chord)")):
+            chord([square.s(1), square.s(2)], square.s()).apply_async()
+        assert time.monotonic() - started < NO_HANG
+    finally:
+        app.close()
 
 
 def test_send_task_with_no_broker_runs_a_known_task_locally_and_refuses_an_unknown_one() -> None:
