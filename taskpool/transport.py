@@ -22,13 +22,19 @@ until that many replicas hold the message (``WAIT``), so a failover right after 
 it (``taskpool.replication``: the replicas connected, at most the number asked for); one not
 confirmed in time raises NotReplicated, a connection error to kombu, which retries.
 
+In a worker's event loop an ack is carried by the channel's next pop (the same script removes
+the acked messages from the unacked records first): a busy worker sends one command per message
+instead of two. The loop sends that pop on its next tick, since the ack freed room for it; acks
+made before an idle wait, or outside an event loop, go at once, as kombu's do.
+
 The restore of a dead worker's messages after the visibility timeout is kombu's own, reading
 the same ``unacked`` hash. Consumers that do not ack (``no_ack``, e.g. remote-control replies)
 keep kombu's path. Needs Redis 6.2, checked when a consumer starts. kombu private names used:
 ``_brpop_start``/``_brpop_read``/``_put``/``_purge``/``_delete`` (overridden), the
 ``_publish_batch`` argument of ``_put``, ``_brpop_sent_at``, ``_in_poll``,
-``_flush_brpop_reauth``, ``_queue_cycle``, ``_tag_to_queue``, ``_maybe_update_queues_expire``
-and ``_q_for_pri``; kombu is pinned to the minor version tested.
+``_flush_brpop_reauth``, ``_queue_cycle``, ``_tag_to_queue``, ``_maybe_update_queues_expire``,
+``_q_for_pri`` and the QoS's ``_remove_from_indices``; kombu is pinned to the minor version
+tested.
 """
 
 from __future__ import annotations
@@ -38,9 +44,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from queue import Empty
 from time import monotonic
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
+from kombu.log import get_logger
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
@@ -58,6 +65,15 @@ MINIMUM_REDIS = (6, 2)
 #: waits at most the current one, and a long-idle consumer sends about two commands a second
 #: (stock kombu: one BRPOP a second).
 IDLE_WAITS = (0.05, 0.1, 0.2, 0.5, 1.0)
+#: The most acks one pop carries; more are sent on their own at once.
+ACKS_PER_POP = 64
+#: Said when carried acks could not be recorded.
+ACKS_LOST = (
+    "their messages come back after the visibility timeout; those whose task succeeded "
+    "are not run again"
+)
+
+logger = get_logger(__name__)
 #: The most tokens a wake list holds: as many idle consumers as a burst can wake at once. Tokens
 #: left by messages that stock consumers took cost a woken consumer one empty pop each.
 WAKE_CAP = 100
@@ -84,7 +100,8 @@ def require_redis(version: str, url: str) -> None:
 
 
 class QoS(kombu_redis.QoS):
-    """kombu's QoS, minus the unacked write for messages the script already recorded."""
+    """kombu's QoS, minus the unacked write for messages the script already recorded, and with
+    acks carried by the next pop where one is coming (``Channel.carry_ack``)."""
 
     def append(self, message: Any, delivery_tag: str) -> None:
         recorded = self.channel.recorded_tags
@@ -93,6 +110,16 @@ class QoS(kombu_redis.QoS):
             virtual.QoS.append(self, message, delivery_tag)  # in-memory bookkeeping only
         else:
             super().append(message, delivery_tag)
+
+    def ack(self, delivery_tag: str) -> None:
+        if self.channel.carry_ack(delivery_tag):
+            virtual.QoS.ack(self, delivery_tag)  # in memory now, in Redis with the next pop
+        else:
+            super().ack(delivery_tag)
+
+    def restore_unacked(self, client: Any = None) -> None:
+        self.channel.flush_acks()
+        super().restore_unacked(client)
 
 
 #: Transport options of taskpool's own (TASKPOOL_REDIS_WAIT_REPLICAS and _TIMEOUT).
@@ -126,6 +153,8 @@ class Channel(kombu_redis.Channel):
         self._script: Any = None  # POP_AND_RECORD registered on _client_of_pool
         self._server_checked = False
         self._wait: ReplicaWait | None = None  # made on first publish, if asked for
+        self._acks: list[str] = []  # acked in memory, still recorded in Redis
+        self._acks_sent: list[str] = []  # carried by the pop in flight
         super().__init__(*args, **kwargs)
 
     @contextmanager
@@ -168,6 +197,7 @@ class Channel(kombu_redis.Channel):
         return super().basic_consume(queue, no_ack, *args, **kwargs)
 
     def basic_cancel(self, consumer_tag: str) -> Any:
+        self.flush_acks()
         queue = self._tag_to_queue.get(consumer_tag)
         if queue in self._acking_queues:
             self._acking_queues[queue] -= 1
@@ -257,13 +287,54 @@ class Channel(kombu_redis.Channel):
             client.delete(self._wake_key(queue))
         super()._delete(queue, *args, **kwargs)
 
+    # -- acks: carried by the next pop, in a worker's event loop ---------------------------
+
+    def carry_ack(self, delivery_tag: str) -> bool:
+        """Keep ``delivery_tag``'s ack for the next pop of this channel; False when none is
+        sure to come soon (then kombu acks at once).
+
+        A pop comes soon in an event loop (a Celery worker's), which sends one on every tick
+        while the channel may take more, and acks are what let it take more. A consumer that
+        drains by hand may not drain again, so its acks go at once; so do acks made during a
+        blocking wait on the wake lists, which may last a second.
+        """
+        if not (self.connection.in_event_loop and self._acking_queues) or self.closed:
+            return False
+        if self._in_poll and self._pending != "EVALSHA":
+            return False
+        self._acks.append(delivery_tag)
+        if len(self._acks) >= ACKS_PER_POP:
+            self.flush_acks()
+        return True
+
+    def flush_acks(self) -> None:
+        """Remove the carried acks' messages from the unacked records now, as kombu's ack
+        does. A connection error leaves them recorded: the visibility timeout restores them,
+        and a task that succeeded is not run again (``worker_deduplicate_successful_tasks``)."""
+        acks, self._acks = self._acks, []
+        if not acks:
+            return
+        with self.conn_or_acquire() as client:
+            pipe = client.pipeline()
+            for tag in acks:
+                self.qos._remove_from_indices(tag, pipe)
+            pipe.execute()
+
+    def close(self) -> None:
+        try:
+            self.flush_acks()
+        except self.connection_errors as exc:
+            logger.warning("acks not recorded before the channel closed (%r): %s", exc, ACKS_LOST)
+        super().close()
+
     # -- the consuming loop --------------------------------------------------------------
 
     def _brpop_start(self, timeout: float | None = None) -> None:
         queues = self._queue_cycle.consume(len(self.active_queues))
-        if not queues:
-            return
-        if not self._reliable(queues):
+        if not queues or not self._reliable(queues):
+            self.flush_acks()  # no pop of the script's to carry them
+            if not queues:
+                return
             self._pending = None
             return super()._brpop_start(timeout)
         self._pool_client()  # registers the script for this pool
@@ -271,6 +342,7 @@ class Channel(kombu_redis.Channel):
         self._in_poll = connection
         self._brpop_sent_at = monotonic()  # type: ignore[assignment]  # kombu declares it None
         if self._waiting:
+            self.flush_acks()  # an idle wait may last a second: acks are not held that long
             self._pending = "BRPOP"
             wait = IDLE_WAITS[self._wait_index]
             connection.send_command("BRPOP", *self._wake_keys(queues), wait)
@@ -279,9 +351,11 @@ class Channel(kombu_redis.Channel):
             keys = self._script_keys(queues)
             take_token = 0 if self._woken else 1
             self._woken = False
+            self._acks_sent, self._acks = self._acks, []
             connection.send_command(
-                "EVALSHA", self._script.sha, len(keys), *keys, len(queues), take_token
-            )
+                "EVALSHA", self._script.sha, len(keys), *keys, len(queues), take_token,
+                *self._acks_sent,
+            )  # fmt: skip
 
     def _brpop_read(self, **options: Any) -> bool:
         command, self._pending = self._pending, None
@@ -289,13 +363,12 @@ class Channel(kombu_redis.Channel):
             return super()._brpop_read(**options)
         try:
             try:
-                reply = self.client.parse_response(self.client.connection, command, **options)
-            except redis.exceptions.NoScriptError:  # Redis restarted, or failed over
-                self._script.sha = self._pool_client().script_load(POP_AND_RECORD)
-                raise Empty() from None
-            except self.connection_errors:
-                self.client.connection.disconnect()  # reconnects on the next round
+                reply = self._reply(command, **options)
+            except BaseException:
+                # Its acks count once the script ran; sent again, a removal does no harm.
+                self._acks[:0], self._acks_sent = self._acks_sent, []
                 raise
+            self._acks_sent = []
             if command == "BRPOP":
                 # Woken or not, the script looks at every list next; a wait that timed out
                 # makes the next one longer.
@@ -315,6 +388,16 @@ class Channel(kombu_redis.Channel):
         finally:
             self._in_poll = None  # type: ignore[assignment]  # kombu declares it a Connection
             self._flush_brpop_reauth()
+
+    def _reply(self, command: str, **options: Any) -> Any:
+        try:
+            return self.client.parse_response(self.client.connection, command, **options)
+        except redis.exceptions.NoScriptError:  # Redis restarted, or failed over
+            self._script.sha = self._pool_client().script_load(POP_AND_RECORD)
+            raise Empty() from None
+        except self.connection_errors:
+            self.client.connection.disconnect()  # reconnects on the next round
+            raise
 
     def _deliver_popped(self, reply: list[Any]) -> None:
         dest, payload = self._decode(reply)
@@ -344,24 +427,34 @@ class Channel(kombu_redis.Channel):
         return message
 
 
-class Transport(kombu_redis.Transport):
-    """kombu's Redis transport with Channel above; select it with ``broker_transport``."""
+_TransportBase: Any = kombu_redis.Transport if TYPE_CHECKING else object
 
-    Channel = Channel
+
+class _Changes(_TransportBase):
+    """What taskpool's transports change in kombu's; mixed in before it."""
+
+    #: Whether a worker's event loop drives the channels (``Channel.carry_ack``).
+    in_event_loop = False
+    polling_interval: Any
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        _own_waits(self)
+        # No sleep between polls: the channel waits itself (IDLE_WAITS on the wake lists).
+        # kombu takes a polling_interval as its BRPOP timeout, and its drain_events still
+        # sleeps that long after every empty poll; this channel's polls come back empty after
+        # each idle wait, so a drain_events consumer (not Celery's event loop) slept between
+        # pops.
+        self.polling_interval = None
+
+    def register_with_event_loop(self, connection: Any, loop: Any) -> None:
+        self.in_event_loop = True
+        super().register_with_event_loop(connection, loop)
 
 
-def _own_waits(transport: kombu_redis.Transport) -> None:
-    """No sleep between polls: the channel waits itself (IDLE_WAITS on the wake lists).
+class Transport(_Changes, kombu_redis.Transport):
+    """kombu's Redis transport with Channel above; select it with ``broker_transport``."""
 
-    kombu takes a ``polling_interval`` as its BRPOP timeout, and its ``drain_events`` still
-    sleeps that long after every empty poll; this channel's polls come back empty after each
-    idle wait, so a ``drain_events`` consumer (not Celery's event loop) slept between pops.
-    """
-    transport.polling_interval = None
+    Channel = Channel
 
 
 class SentinelChannel(Channel, kombu_redis.SentinelChannel):
@@ -372,11 +465,7 @@ class SentinelChannel(Channel, kombu_redis.SentinelChannel):
     from_transport_options = _options(kombu_redis.SentinelChannel)  # type: ignore[assignment]
 
 
-class SentinelTransport(kombu_redis.SentinelTransport):
+class SentinelTransport(_Changes, kombu_redis.SentinelTransport):
     """kombu's Sentinel transport with SentinelChannel above."""
 
     Channel = SentinelChannel
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        _own_waits(self)

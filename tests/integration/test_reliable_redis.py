@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import redis as redis_py
@@ -17,7 +18,9 @@ from kombu import Connection, Consumer, Exchange, Message, Producer, Queue
 from taskpool import Settings, celery_config, transport
 from taskpool.errors import BrokerUnsupported
 from taskpool.testing.redis_server import RedisServer
+from taskpool.testing.waiting import wait_for
 from taskpool.transport import POP_AND_RECORD, Transport, require_redis
+from tests.conftest import client_app, node_name
 
 pytestmark = pytest.mark.integration
 #: kombu's separator between a queue's name and its priority, and taskpool's wake list suffix.
@@ -379,3 +382,49 @@ def test_a_queue_with_an_expiry_gives_its_wake_list_the_same(
     publish(redis_server, expiring, ["bye"])
     ttl = client.pttl(f"short-lived{SEP}wake")
     assert 0 < ttl <= 30_000
+
+
+# -- acks carried by the next pop, in a worker's event loop ----------------------------------
+
+
+def unacked(client: redis_py.Redis) -> int:
+    return int(client.hlen("unacked")) + int(client.zcard("unacked_index"))
+
+
+def test_a_busy_worker_carries_its_acks_on_its_pops_and_leaves_nothing_unacked(
+    redis_server: RedisServer, client: redis_py.Redis, worker_factory: Callable[..., object]
+) -> None:
+    worker_factory(redis_server.url(), node_name("carries"))
+    app = client_app(redis_server.url(), dispatch="celery")
+    square = app.tasks["tasks.square"]
+    client.config_resetstat()
+    results = [square.delay(i) for i in range(300)]
+    assert [r.get(timeout=60) for r in results[:100]] == [i * i for i in range(100)]
+    client.script_flush()  # a pop carrying acks fails with NOSCRIPT: they are carried again
+    assert [r.get(timeout=60) for r in results] == [i * i for i in range(300)]
+    wait_for(lambda: unacked(client) == 0, 10, "every message acked in Redis")
+    # kombu acks each message in a MULTI/EXEC pipeline of its own: 300 here.
+    execs = int(client.info("commandstats").get("cmdstat_exec", {}).get("calls", 0))
+    assert execs < 100, execs
+
+
+def test_an_idle_workers_last_ack_is_not_held_for_a_next_message(
+    redis_server: RedisServer, client: redis_py.Redis, worker_factory: Callable[..., object]
+) -> None:
+    worker_factory(redis_server.url(), node_name("idle-ack"))
+    app = client_app(redis_server.url(), dispatch="celery")
+    assert app.tasks["tasks.square"].delay(4).get(timeout=30) == 16
+    wait_for(lambda: unacked(client) == 0, 2, "the ack recorded while no message follows")
+
+
+def test_a_warm_shutdown_leaves_every_message_acked_or_back_in_its_queue(
+    redis_server: RedisServer, client: redis_py.Redis, worker_factory: Callable[..., object]
+) -> None:
+    worker: Any = worker_factory(redis_server.url(), node_name("warm"))
+    app = client_app(redis_server.url(), dispatch="celery")
+    results = [app.tasks["tasks.square"].delay(i) for i in range(2_000)]
+    wait_for(lambda: sum(r.ready() for r in results[:50]) == 50, 30, "the worker busy")
+    worker.stop()  # SIGTERM: Celery finishes what runs, returns what it holds
+    assert unacked(client) == 0
+    done = sum(r.ready() for r in results)
+    assert done + client.llen("celery") == 2_000
