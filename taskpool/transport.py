@@ -101,7 +101,7 @@ def require_redis(version: str, url: str) -> None:
 
 class QoS(kombu_redis.QoS):
     """kombu's QoS, minus the unacked write for messages the script already recorded, and with
-    acks carried by the next pop where one is coming (``Channel.carry_ack``)."""
+    acks carried by the next pop where one follows (``Channel.pop_follows``)."""
 
     def append(self, message: Any, delivery_tag: str) -> None:
         recorded = self.channel.recorded_tags
@@ -112,10 +112,14 @@ class QoS(kombu_redis.QoS):
             super().append(message, delivery_tag)
 
     def ack(self, delivery_tag: str) -> None:
-        if self.channel.carry_ack(delivery_tag):
-            virtual.QoS.ack(self, delivery_tag)  # in memory now, in Redis with the next pop
-        else:
+        if not self.channel.pop_follows():
             super().ack(delivery_tag)
+            return
+        virtual.QoS.ack(self, delivery_tag)
+        if self.can_consume():  # the loop's next tick sends a pop, which carries the ack
+            self.channel.carry_ack(delivery_tag)
+        else:
+            self._remove_from_indices(delivery_tag).execute()
 
     def restore_unacked(self, client: Any = None) -> None:
         self.channel.flush_acks()
@@ -289,23 +293,26 @@ class Channel(kombu_redis.Channel):
 
     # -- acks: carried by the next pop, in a worker's event loop ---------------------------
 
-    def carry_ack(self, delivery_tag: str) -> bool:
-        """Keep ``delivery_tag``'s ack for the next pop of this channel; False when none is
-        sure to come soon (then kombu acks at once).
+    def pop_follows(self) -> bool:
+        """Whether the event loop's next tick sends this channel a pop, if it may take more.
 
-        A pop comes soon in an event loop (a Celery worker's), which sends one on every tick
-        while the channel may take more, and acks are what let it take more. A consumer that
-        drains by hand may not drain again, so its acks go at once; so do acks made during a
-        blocking wait on the wake lists, which may last a second.
+        An event loop (a Celery worker's) starts a pop on every tick while the channel has
+        nothing pending and may take more, and an ack is what lets it take more. A consumer
+        that drains by hand may not drain again, and a pending command (a pop, or an idle wait
+        that may last a second) does not carry acks made while it runs: those go at once.
         """
-        if not (self.connection.in_event_loop and self._acking_queues) or self.closed:
-            return False
-        if self._in_poll and self._pending != "EVALSHA":
-            return False
+        return bool(
+            self.connection.in_event_loop
+            and self._acking_queues
+            and not self._in_poll
+            and not self.closed
+        )
+
+    def carry_ack(self, delivery_tag: str) -> None:
+        """Leave ``delivery_tag``'s ack to the next pop (``pop_follows``)."""
         self._acks.append(delivery_tag)
         if len(self._acks) >= ACKS_PER_POP:
             self.flush_acks()
-        return True
 
     def flush_acks(self) -> None:
         """Remove the carried acks' messages from the unacked records now, as kombu's ack
@@ -433,7 +440,7 @@ _TransportBase: Any = kombu_redis.Transport if TYPE_CHECKING else object
 class _Changes(_TransportBase):
     """What taskpool's transports change in kombu's; mixed in before it."""
 
-    #: Whether a worker's event loop drives the channels (``Channel.carry_ack``).
+    #: Whether a worker's event loop drives the channels (``Channel.pop_follows``).
     in_event_loop = False
     polling_interval: Any
 
