@@ -159,6 +159,7 @@ class Channel(kombu_redis.Channel):
         self._wait: ReplicaWait | None = None  # made on first publish, if asked for
         self._acks: list[str] = []  # acked in memory, still recorded in Redis
         self._acks_sent: list[str] = []  # carried by the pop in flight
+        self._pop: tuple[list[str], list[Any]] = ([], [])  # the pop in flight: keys, arguments
         super().__init__(*args, **kwargs)
 
     @contextmanager
@@ -359,10 +360,8 @@ class Channel(kombu_redis.Channel):
             take_token = 0 if self._woken else 1
             self._woken = False
             self._acks_sent, self._acks = self._acks, []
-            connection.send_command(
-                "EVALSHA", self._script.sha, len(keys), *keys, len(queues), take_token,
-                *self._acks_sent,
-            )  # fmt: skip
+            self._pop = (keys, [len(queues), take_token, *self._acks_sent])
+            connection.send_command("EVALSHA", self._script.sha, len(keys), *keys, *self._pop[1])
 
     def _brpop_read(self, **options: Any) -> bool:
         command, self._pending = self._pending, None
@@ -399,9 +398,12 @@ class Channel(kombu_redis.Channel):
     def _reply(self, command: str, **options: Any) -> Any:
         try:
             return self.client.parse_response(self.client.connection, command, **options)
-        except redis.exceptions.NoScriptError:  # Redis restarted, or failed over
-            self._script.sha = self._pool_client().script_load(POP_AND_RECORD)
-            raise Empty() from None
+        except redis.exceptions.NoScriptError:  # Redis restarted, failed over, or flushed
+            # The same pop at once, through redis-py's script object, which loads it again: an
+            # event loop's reader expects a message or Empty, and kombu's own BRPOP never sees
+            # this error (kombu's hub test called the reader by hand and got one).
+            keys, args = self._pop
+            return self._script(keys=keys, args=args)
         except self.connection_errors:
             self.client.connection.disconnect()  # reconnects on the next round
             raise
