@@ -61,6 +61,16 @@ class ResultConsumer(celery_redis.ResultConsumer):
         self._waited.discard(self._get_key_for_task(task_id))
         super().cancel_for(task_id)
 
+    def _reconnect_pubsub(self) -> None:
+        # Celery's reconnect drops the pubsub and the pool's connections (pool.reset()) without
+        # closing their sockets, which are then left to the garbage collector, each with a
+        # ResourceWarning; they are closed first here.
+        with self._locked():
+            if self._pubsub is not None:
+                self._pubsub.close()
+            self.backend.client.connection_pool.disconnect()
+        super()._reconnect_pubsub()
+
     def drain_events(self, timeout: float | None = None) -> None:
         # Returns early when a result came with the subscription (the caller checks before
         # waiting again) or the confirmation did not come in time (it is asked again).
