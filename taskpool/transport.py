@@ -22,10 +22,11 @@ until that many replicas hold the message (``WAIT``), so a failover right after 
 it (``taskpool.replication``: the replicas connected, at most the number asked for); one not
 confirmed in time raises NotReplicated, a connection error to kombu, which retries.
 
-In a worker's event loop an ack is carried by the channel's next pop (the same script removes
-the acked messages from the unacked records first): a busy worker sends one command per message
-instead of two. The loop sends that pop on its next tick, since the ack freed room for it; acks
-made before an idle wait, or outside an event loop, go at once, as kombu's do.
+In a worker's event loop an ack made while the channel has nothing pending is carried by its
+next pop (the same script removes the acked messages from the unacked records first): a busy
+worker sends one command per message instead of two. The loop sends that pop on its next tick,
+since the ack freed room for it. Acks made while a command is pending, before an idle wait, or
+outside an event loop go at once, as kombu's do (``Channel.pop_follows``).
 
 The restore of a dead worker's messages after the visibility timeout is kombu's own, reading
 the same ``unacked`` hash. Consumers that do not ack (``no_ack``, e.g. remote-control replies)
@@ -65,6 +66,9 @@ MINIMUM_REDIS = (6, 2)
 #: waits at most the current one, and a long-idle consumer sends about two commands a second
 #: (stock kombu: one BRPOP a second).
 IDLE_WAITS = (0.05, 0.1, 0.2, 0.5, 1.0)
+#: The most tokens a wake list holds: as many idle consumers as a burst can wake at once. Tokens
+#: left by messages that stock consumers took cost a woken consumer one empty pop each.
+WAKE_CAP = 100
 #: The most acks one pop carries; more are sent on their own at once.
 ACKS_PER_POP = 64
 #: Said when carried acks could not be recorded.
@@ -74,9 +78,6 @@ ACKS_LOST = (
 )
 
 logger = get_logger(__name__)
-#: The most tokens a wake list holds: as many idle consumers as a burst can wake at once. Tokens
-#: left by messages that stock consumers took cost a woken consumer one empty pop each.
-WAKE_CAP = 100
 
 
 class _Pipeline:
