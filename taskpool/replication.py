@@ -13,6 +13,8 @@ import threading
 import time
 from typing import Any
 
+from redis.utils import str_if_bytes
+
 from taskpool.errors import NotReplicated
 
 #: Seconds a count of connected replicas is trusted.
@@ -52,11 +54,7 @@ class ReplicaWait:
             if time.monotonic() - self._checked_at < RECHECK:
                 return self._connected
         role = client.execute_command("ROLE")
-        connected = len(role[2]) if _text(role[0]) == "master" else 0
+        connected = len(role[2]) if str_if_bytes(role[0]) == "master" else 0
         with self._lock:
             self._connected, self._checked_at = connected, time.monotonic()
         return connected
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
