@@ -11,10 +11,14 @@ An idle consumer must wait without taking a message, and a blocking pop takes on
 publish also pushes a token onto the queue's wake list (``<queue>\x06\x16wake``, capped at
 ``WAKE_CAP``), and an idle consumer waits with ``BRPOP`` on the wake lists of all its queues:
 Redis hands each token to one waiter, so one message wakes one consumer, whatever its queue or
-priority. The woken consumer runs the script, which pops from all its lists; each pop also takes
-one token, so tokens track the messages waiting. A token is only a hint: a message published
-without one (by stock kombu) is found when the consumer's wait times out, and the waits grow
-while nothing arrives (``IDLE_WAITS``, up to a second, as kombu's BRPOP timeout).
+priority. The woken consumer runs the script in the same read, which pops from all its lists;
+each pop also takes one token, so tokens track the messages waiting. A token is only a hint: a
+message published without one (by stock kombu) is found when the consumer's wait times out, and
+the waits grow while nothing arrives (``IDLE_WAITS``, up to a second, as kombu's BRPOP timeout).
+A wait whose pop finds nothing sends the next wait before it returns: an idle channel always has
+its wait pending, as kombu's has its BRPOP (Celery's teardown of a half-open connection relies
+on it). A pop's empty reply that kombu held while the channel could take no more (it pauses a
+pending reply until credit returns) may be stale by then: the pop is run again when it is read.
 
 ``SentinelTransport`` does the same behind Redis Sentinel (``sentinel://`` URLs). With
 ``wait_replicas`` (TASKPOOL_REDIS_WAIT_REPLICAS) a publish also waits, in the same round trip,
@@ -122,6 +126,13 @@ class QoS(kombu_redis.QoS):
         else:
             self._remove_from_indices(delivery_tag).execute()
 
+    def can_consume(self) -> bool:
+        if super().can_consume():
+            return True
+        # kombu holds a pending reply unread while this is False; the channel must know.
+        self.channel.held()
+        return False
+
     def restore_unacked(self, client: Any = None) -> None:
         self.channel.flush_acks()
         super().restore_unacked(client)
@@ -152,7 +163,6 @@ class Channel(kombu_redis.Channel):
         self._acking_queues: dict[str, int] = {}
         self._pending: str | None = None  # the reliable command awaiting its reply
         self._waiting = False  # the last pop found nothing: wait before popping again
-        self._woken = False  # the last wait took a token: the next pop must not take another
         self._wait_index = 0  # into IDLE_WAITS: grows while waits time out
         self._client_of_pool: Any = None
         self._script: Any = None  # POP_AND_RECORD registered on _client_of_pool
@@ -161,6 +171,8 @@ class Channel(kombu_redis.Channel):
         self._acks: list[str] = []  # acked in memory, still recorded in Redis
         self._acks_sent: list[str] = []  # carried by the pop in flight
         self._pop: tuple[list[str], list[Any]] = ([], [])  # the pop in flight: keys, arguments
+        self._queues: list[str] = []  # those of the command in flight
+        self._held = False  # kombu held the pending pop's reply unread (QoS.can_consume)
         super().__init__(*args, **kwargs)
 
     @contextmanager
@@ -350,6 +362,8 @@ class Channel(kombu_redis.Channel):
         connection = self.client.connection
         self._in_poll = connection
         self._brpop_sent_at = monotonic()  # type: ignore[assignment]  # kombu declares it None
+        self._queues = queues
+        self._held = False
         if self._waiting:
             self.flush_acks()  # an idle wait may last a second: acks are not held that long
             self._pending = "BRPOP"
@@ -358,16 +372,21 @@ class Channel(kombu_redis.Channel):
         else:
             self._pending = "EVALSHA"
             keys = self._script_keys(queues)
-            take_token = 0 if self._woken else 1
-            self._woken = False
             self._acks_sent, self._acks = self._acks, []
-            self._pop = (keys, [len(queues), take_token, *self._acks_sent])
+            self._pop = (keys, [len(queues), 1, *self._acks_sent])
             connection.send_command("EVALSHA", self._script.sha, len(keys), *keys, *self._pop[1])
+
+    def held(self) -> None:
+        """Note that kombu holds the pending pop's reply unread (``QoS.can_consume``)."""
+        if self._pending == "EVALSHA":
+            self._held = True
 
     def _brpop_read(self, **options: Any) -> bool:
         command, self._pending = self._pending, None
         if command is None:
             return super()._brpop_read(**options)
+        held, self._held = self._held, False
+        wait_next = False
         try:
             try:
                 reply = self._reply(command, **options)
@@ -377,24 +396,41 @@ class Channel(kombu_redis.Channel):
                 raise
             self._acks_sent = []
             if command == "BRPOP":
-                # Woken or not, the script looks at every list next; a wait that timed out
-                # makes the next one longer.
-                self._waiting = False
-                self._woken = reply is not None
-                if self._woken:
-                    self._wait_index = 0
-                else:
-                    self._wait_index = min(self._wait_index + 1, len(IDLE_WAITS) - 1)
-                raise Empty()
+                woken = reply is not None
+                # A wait that timed out makes the next one longer.
+                self._wait_index = 0 if woken else min(self._wait_index + 1, len(IDLE_WAITS) - 1)
+                reply = None
+                if self._may_pop():
+                    # Woken, the consumer took the message's token already.
+                    reply = self._pop_now(take_token=not woken)
+                    wait_next = not reply
+            elif not reply and held and self._may_pop():
+                reply = self._pop_now(take_token=True)
             if not reply:
                 self._waiting = True
                 raise Empty()
+            self._waiting = False
             self._wait_index = 0
             self._deliver_popped(reply)
             return True
         finally:
             self._in_poll = None  # type: ignore[assignment]  # kombu declares it a Connection
             self._flush_brpop_reauth()
+            if wait_next:
+                self._brpop_start()
+
+    def _may_pop(self) -> bool:
+        """Whether the channel may take a message now, for the queues of the command read."""
+        if self._closing or self.closed or not self._reliable(self._queues):
+            return False
+        return bool(self.qos.can_consume())
+
+    def _pop_now(self, take_token: bool) -> Any:
+        """Run the script at once for the queues of the command read; its reply."""
+        queues = self._queues
+        self._pop = (self._script_keys(queues), [len(queues), int(take_token)])
+        keys, args = self._pop
+        return self._script(keys=keys, args=args)
 
     def _reply(self, command: str, **options: Any) -> Any:
         try:

@@ -329,6 +329,63 @@ def test_a_pop_that_finds_the_script_gone_delivers_in_the_same_read(
     assert got == ["after a flush"]
 
 
+def test_an_idle_channel_always_has_its_wait_pending(
+    redis_server: RedisServer, queue: Queue
+) -> None:
+    """As kombu's BRPOP is: Celery's teardown of a half-open connection reads that reply with
+    a bounded socket (celery GH-9705, #975), and its tests start from a pending one."""
+    pending = []
+    with connection(redis_server) as conn:
+        for n in range(16):
+            publish(redis_server, queue, [n])
+            assert drain_one(conn, [queue], deadline=5)[0] == n
+            with Consumer(conn, [queue], accept=["json"]) as consumer:
+                # After a delivery the waits start short again: drains of different lengths
+                # end just after a reply was read, not only when a long wait is cut off.
+                with pytest.raises(socket.timeout):
+                    conn.drain_events(timeout=0.02 * (n + 1))
+                pending.append(bool(consumer.channel._in_poll))
+    assert all(pending), pending
+
+
+def test_a_pop_reply_held_while_the_channel_was_full_is_looked_at_again(
+    redis_server: RedisServer, client: redis_py.Redis, queue: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kombu leaves a pending reply unread while the channel may take no more messages. An
+    empty pop read once credit returns may be stale: a message published meanwhile must come
+    in that read, not after a wait and another pop."""
+    got: list[Message] = []
+    publish(redis_server, queue, ["first"])
+    with (
+        connection(redis_server) as conn,
+        Consumer(
+            conn, [queue], accept=["json"], prefetch_count=2, callbacks=[lambda b, m: got.append(m)]
+        ) as consumer,
+    ):
+        conn.drain_events(timeout=5)
+        channel = consumer.channel
+        conn.transport.cycle.on_poll_start()  # sends the next pop: nothing to find yet
+        assert channel._in_poll
+        publish(redis_server, queue, ["second"])
+        consumer.qos(prefetch_count=1)  # full: kombu holds the pop's reply unread
+        with pytest.raises(socket.timeout):
+            conn.drain_events(timeout=0.05)
+        got[0].ack()
+        starts: list[object] = []
+        start = channel._brpop_start
+
+        def counted(*args: object) -> None:
+            starts.append(args)
+            start(*args)
+
+        monkeypatch.setattr(channel, "_brpop_start", counted)
+        conn.drain_events(timeout=5)
+        assert [m.payload for m in got] == ["first", "second"]
+        assert starts == []  # delivered by the read of the held reply
+        got[1].ack()
+    assert client.hlen("unacked") == 0 and client.zcard("unacked_index") == 0
+
+
 def test_prefixed_keys_take_the_reliable_path_too(
     redis_server: RedisServer, client: redis_py.Redis, queue: Queue
 ) -> None:
