@@ -22,7 +22,8 @@ CERT_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none
 
 
 def redis_tls(settings: Settings) -> dict[str, Any]:
-    """redis-py's TLS options for ``rediss://`` URLs, as Celery's ``*_use_ssl`` take them."""
+    """redis-py's TLS options for ``rediss://`` URLs (and ``sentinel://`` ones with
+    TASKPOOL_SENTINEL_TLS), as Celery's ``*_use_ssl`` take them."""
     return {
         "ssl_cert_reqs": CERT_REQS[settings.redis_tls_verify],
         "ssl_ca_certs": settings.redis_tls_ca_file,
@@ -45,6 +46,8 @@ def sentinel_options(settings: Settings) -> dict[str, Any]:
     }
     if settings.sentinel_password:
         sentinel_kwargs["password"] = settings.sentinel_password
+    if settings.sentinel_tls:
+        sentinel_kwargs.update(ssl=True, **redis_tls(settings))
     return {"master_name": settings.sentinel_master, "sentinel_kwargs": sentinel_kwargs}
 
 
@@ -59,11 +62,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     backend_scheme = url_scheme(settings.result_backend)
     tls = redis_tls(settings)
     sentinel = sentinel_options(settings)
+    tls_schemes = ("rediss", "sentinel") if settings.sentinel_tls else ("rediss",)
     return {
         # rediss:// brokers and result stores: the CA, client certificate and check from the
-        # settings (without them, redis-py refuses a rediss:// URL at first use).
-        "broker_use_ssl": tls if broker_scheme == "rediss" else None,
-        "redis_backend_use_ssl": tls if backend_scheme == "rediss" else None,
+        # settings (without them, redis-py refuses a rediss:// URL at first use). For
+        # sentinel:// ones with TASKPOOL_SENTINEL_TLS, kombu and Celery connect to the primary
+        # the sentinels name over TLS (their SentinelManagedSSLConnection) with the same.
+        "broker_use_ssl": tls if broker_scheme in tls_schemes else None,
+        "redis_backend_use_ssl": tls if backend_scheme in tls_schemes else None,
         "broker_url": settings.broker_url,
         # A message is popped and recorded as unacknowledged in one step, so a worker killed in
         # between cannot take the only copy with it (kombu's BRPOP path can).

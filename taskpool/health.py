@@ -136,10 +136,11 @@ def probe_redis(
 
     ``tls``: redis-py's ``ssl_*`` options for a ``rediss://`` URL (the app's
     ``redis_backend_use_ssl``). For ``sentinel://`` URLs, the sentinels name the primary
-    (``transport_options``: the app's ``result_backend_transport_options``).
+    (``transport_options``: the app's ``result_backend_transport_options``), reached over TLS
+    when ``tls`` is given.
     """
     if is_sentinel(url):
-        sentinel.ping_primary(url, timeout, transport_options)
+        sentinel.ping_primary(url, timeout, transport_options, tls)
         return
     options = {k: v for k, v in (tls or {}).items() if v is not None}
     if not url.startswith("rediss://"):

@@ -18,11 +18,16 @@ SENTINEL_PORT = 26379
 
 @contextmanager
 def sentinels(
-    url: str, timeout: float, transport_options: Mapping[str, Any] | None = None
+    url: str,
+    timeout: float,
+    transport_options: Mapping[str, Any] | None = None,
+    tls: Mapping[str, Any] | None = None,
 ) -> Iterator[tuple[Sentinel, str]]:
     """The sentinels of a ``sentinel://a;sentinel://b`` URL and the master name, as kombu and
     Celery read them (``master_name``, ``sentinel_kwargs`` in the transport options; Redis's
-    password and database from the first URL), every wait cut to ``timeout``; closed after."""
+    password and database from the first URL), every wait cut to ``timeout``; closed after.
+    ``tls``: redis-py's ``ssl_*`` options (Celery's ``*_use_ssl``) for the Redis servers the
+    sentinels name, which are then reached over TLS."""
     options = dict(transport_options or {})
     master = options.get("master_name")
     if not master:
@@ -33,6 +38,8 @@ def sentinels(
     redis_options: dict[str, Any] = dict(bounded, db=int(first.path.strip("/") or 0))
     if first.password:
         redis_options["password"] = unquote(first.password)
+    if tls:
+        redis_options.update(ssl=True, **{k: v for k, v in tls.items() if v is not None})
     found = Sentinel(
         failover_hosts(url, SENTINEL_PORT),
         sentinel_kwargs={**options.get("sentinel_kwargs", {}), **bounded},
@@ -45,9 +52,14 @@ def sentinels(
             client.close()
 
 
-def ping_primary(url: str, timeout: float, transport_options: Mapping[str, Any] | None) -> None:
+def ping_primary(
+    url: str,
+    timeout: float,
+    transport_options: Mapping[str, Any] | None,
+    tls: Mapping[str, Any] | None = None,
+) -> None:
     """Ask the sentinels for the primary, then PING it; raise if either does not answer."""
-    with sentinels(url, timeout, transport_options) as (found, master):
+    with sentinels(url, timeout, transport_options, tls) as (found, master):
         client: redis.Redis = found.master_for(master)
         try:
             client.ping()

@@ -97,6 +97,7 @@ VARIABLES = (
     "TASKPOOL_REDIS_TLS_VERIFY",
     "TASKPOOL_SENTINEL_MASTER",
     "TASKPOOL_SENTINEL_PASSWORD",
+    "TASKPOOL_SENTINEL_TLS",
     "TASKPOOL_REDIS_WAIT_REPLICAS",
     "TASKPOOL_REDIS_WAIT_TIMEOUT",
     # Read by the `taskpool` command only: the app its commands use (like `celery -A`).
@@ -144,6 +145,9 @@ class Settings:
     #: (Redis's password goes in the URL or TASKPOOL_REDIS_PASSWORD, as for ``redis://``).
     sentinel_master: str | None = None
     sentinel_password: str | None = None
+    #: TLS to the sentinels and to the Redis servers they name, with the TASKPOOL_REDIS_TLS_*
+    #: files (a ``sentinel://`` URL has no TLS form of its own, as ``rediss://`` is).
+    sentinel_tls: bool = False
     #: Each publish waits until this many replicas hold the message (Redis WAIT), so a
     #: failover right after it cannot lose it; a publish not replicated within
     #: ``redis_wait_timeout`` seconds fails (and is retried). None: no wait, Redis's default.
@@ -173,6 +177,13 @@ class Settings:
                 "",
                 f"must name the Redis the sentinels monitor for {mask_url(sentinel[0])} "
                 "(the NAME of their `sentinel monitor NAME host port quorum`)",
+            )
+        if self.sentinel_tls and not sentinel:
+            raise ConfigError(
+                "TASKPOOL_SENTINEL_TLS",
+                "yes",
+                "applies to sentinel:// URLs, and neither TASKPOOL_BROKER_URL nor "
+                "TASKPOOL_RESULT_BACKEND is one (for TLS to one Redis, use rediss://)",
             )
         for name in ("ca_file", "cert_file", "key_file"):
             path = getattr(self, f"redis_tls_{name}")
@@ -253,6 +264,7 @@ class Settings:
             redis_tls_verify=read.choice("TASKPOOL_REDIS_TLS_VERIFY", TLS_VERIFY, "required"),
             sentinel_master=env.get("TASKPOOL_SENTINEL_MASTER", "").strip() or None,
             sentinel_password=env.get("TASKPOOL_SENTINEL_PASSWORD", "") or None,
+            sentinel_tls=read.flag("TASKPOOL_SENTINEL_TLS", False),
             redis_wait_replicas=read.number("TASKPOOL_REDIS_WAIT_REPLICAS", int, None),
             redis_wait_timeout=read.number(
                 "TASKPOOL_REDIS_WAIT_TIMEOUT", float, DEFAULT_WAIT_TIMEOUT

@@ -10,10 +10,11 @@ import pytest
 import redis as redis_py
 from celery.result import AsyncResult
 
-from taskpool import BrokerUnavailable, celery_config
+from taskpool import BrokerUnavailable, Settings, celery_config
+from taskpool.health import probe_redis
 from taskpool.testing.celery_worker import CeleryWorker
-from taskpool.testing.redis_server import RedisServer, TlsFiles
-from tests.conftest import client_app, node_name
+from taskpool.testing.redis_server import RedisServer, TlsFiles, sentinel_config
+from tests.conftest import client_app, node_name, settings_app
 
 pytestmark = pytest.mark.integration
 
@@ -95,3 +96,77 @@ def test_a_server_that_asks_for_a_client_certificate_gets_it_from_the_settings(
         assert probe.llen("celery") == 1
     finally:
         probe.close()
+
+
+#: The name the TLS sentinel monitors.
+TLS_MASTER = "tls-primary"
+
+
+@pytest.fixture
+def tls_sentinel(
+    redis_factory: Callable[..., RedisServer], tls: TlsFiles, tmp_path: Path
+) -> tuple[RedisServer, str]:
+    """A TLS-only primary and a TLS-only sentinel that reaches it over TLS (tls-replication);
+    the ``sentinel://`` URL of the sentinel."""
+    primary = redis_factory(tls=tls)
+    config = sentinel_config(tmp_path / "sentinel", TLS_MASTER, primary.port, quorum=1)
+    sentinel = redis_factory(
+        tls=tls, config_file=config, extra=("--sentinel", "--tls-replication", "yes")
+    )
+    return primary, f"sentinel://127.0.0.1:{sentinel.port}/0"
+
+
+def sentinel_tls_settings(url: str, tls: TlsFiles, *, sentinel_tls: bool) -> Settings:
+    return Settings(
+        broker_url=url, result_backend=url, sentinel_master=TLS_MASTER, dispatch="celery",
+        sentinel_tls=sentinel_tls, redis_tls_ca_file=str(tls.ca),
+    )  # fmt: skip
+
+
+def test_sentinels_and_the_redis_they_name_are_reached_over_tls(
+    tls_sentinel: tuple[RedisServer, str],
+    tls: TlsFiles,
+    worker_factory: Callable[..., CeleryWorker],
+) -> None:
+    primary, url = tls_sentinel
+    env = {
+        "TASKPOOL_SENTINEL_MASTER": TLS_MASTER,
+        "TASKPOOL_SENTINEL_TLS": "yes",
+        "TASKPOOL_REDIS_TLS_CA_FILE": str(tls.ca),
+    }
+    worker_factory(url, node_name("sentinel-tls"), **env)
+    app = settings_app(sentinel_tls_settings(url, tls, sentinel_tls=True))
+    assert app.conf.broker_transport == "taskpool.transport:SentinelTransport"
+    result = app.tasks["tasks.square"].delay(9)
+    assert isinstance(result, AsyncResult) and result.get(timeout=20) == 81
+    # Through the worker and back by way of the primary the sentinel named.
+    probe = redis_py.Redis(host="127.0.0.1", port=primary.port, **tls.client_options())
+    try:
+        assert probe.exists(f"celery-task-meta-{result.id}")
+    finally:
+        probe.close()
+    # The health check asks the sentinel, then PINGs that primary, both over TLS.
+    conf = app.conf
+    tls_options, options = conf.redis_backend_use_ssl, conf.result_backend_transport_options
+    probe_redis(url, FAILS_WITHIN, tls_options, options)
+
+
+def test_sentinels_that_speak_tls_refuse_a_client_without_it_fast(
+    tls_sentinel: tuple[RedisServer, str], tls: TlsFiles
+) -> None:
+    _, url = tls_sentinel
+    app = settings_app(sentinel_tls_settings(url, tls, sentinel_tls=False))
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable, match="unreachable"):
+        app.tasks["tasks.square"].delay(3)
+    assert time.monotonic() - started < FAILS_WITHIN
+
+
+def test_tls_settings_reach_the_sentinels_and_the_redis_they_name(tls: TlsFiles) -> None:
+    url = "sentinel://127.0.0.1:26379"
+    conf = celery_config(sentinel_tls_settings(url, tls, sentinel_tls=True))
+    for key in ("broker_use_ssl", "redis_backend_use_ssl"):
+        assert conf[key]["ssl_ca_certs"] == str(tls.ca)
+    for options in ("broker_transport_options", "result_backend_transport_options"):
+        sentinel_kwargs = conf[options]["sentinel_kwargs"]
+        assert sentinel_kwargs["ssl"] is True and sentinel_kwargs["ssl_ca_certs"] == str(tls.ca)

@@ -110,6 +110,9 @@ def test_sentinels_take_the_reliable_sentinel_transport_with_their_options() -> 
         assert options["sentinel_kwargs"]["retry"] is None
         assert options["sentinel_kwargs"]["socket_timeout"] == Settings().socket_timeout
     assert conf["broker_transport_options"]["wait_replicas"] == 1
+    # No TLS unless asked for: a sentinel:// URL has no TLS form of its own.
+    assert conf["broker_use_ssl"] is None and conf["redis_backend_use_ssl"] is None
+    assert "ssl" not in conf["broker_transport_options"]["sentinel_kwargs"]
     plain = celery_config(Settings())
     assert "master_name" not in plain["broker_transport_options"]
     assert "master_name" not in plain["result_backend_transport_options"]

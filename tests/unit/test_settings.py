@@ -259,6 +259,15 @@ def test_sentinels_without_a_master_name_are_refused_by_name() -> None:
         Settings(result_backend=SENTINELS)
 
 
+def test_tls_for_sentinels_is_refused_without_sentinels() -> None:
+    assert Settings.from_env(
+        {"TASKPOOL_BROKER_URL": SENTINELS, "TASKPOOL_SENTINEL_MASTER": "jobs",
+         "TASKPOOL_SENTINEL_TLS": "yes"}
+    ).sentinel_tls  # fmt: skip
+    with pytest.raises(ConfigError, match="TASKPOOL_SENTINEL_TLS.*rediss://"):
+        Settings.from_env({"TASKPOOL_SENTINEL_TLS": "yes"})
+
+
 @pytest.mark.parametrize(
     "url",
     ["sentinel://a:26379;redis://b:6379", "sentinel://a:26379;sentinel://b:port", "sentinel://a;b"],
