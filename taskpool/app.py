@@ -9,13 +9,12 @@ from celery import Celery
 from celery.app import backends
 
 from taskpool import (
-    dispatch,
     result_store,
     transport,  # noqa: F401 - loaded before kombu asks for it by name
 )
 from taskpool.celery_conf import celery_config
-from taskpool.errors import BrokerUnavailable, ConfigError, LocalPoolError
-from taskpool.fallback import FallbackTask
+from taskpool.errors import ConfigError
+from taskpool.fallback import FallbackTask, guard_send_task
 from taskpool.settings import Settings, bind_settings, settings_of
 
 
@@ -32,30 +31,9 @@ class TaskpoolCelery(Celery):
         # working directory from sys.path once the app is found, so a lazy import would fail.
         kwargs.setdefault("task_cls", FallbackTask)
         super().__init__(main, **kwargs)
+        guard_send_task(self)  # before any task is bound, for apps that only send by name
         if settings is not None:
             bind_settings(self, settings)
-
-    def send_task(self, name: str, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
-        """Celery's ``send_task``, with the broker-or-local decision of ``.delay()``.
-
-        With no broker (mode auto) or in mode local, a task registered here runs on the local
-        pool; one that is not raises BrokerUnavailable (or LocalPoolError) at once, instead of
-        Celery's retries and "the Celery application must be restarted".
-        """
-        if dispatch.routed.get():  # FallbackTask.apply_async decided already
-            return super().send_task(name, args, kwargs, **options)
-        route = dispatch.route(self, options.pop("dispatch", None))
-        if route.backend == "broker":
-            return super().send_task(name, args, kwargs, **options)
-        task = self.tasks.get(name)
-        if isinstance(task, FallbackTask):
-            task.refuse_canvas(route, options)
-            return task.apply_async(args, kwargs, dispatch="local", **options)
-        error = LocalPoolError if route.mode == "local" else BrokerUnavailable
-        raise error(
-            f"send_task({name!r}): no broker to send it to ({route.reason}), and no task of "
-            f"that name is registered on app {self.main!r} to run on the local pool"
-        )
 
     def _get_backend(self) -> Any:
         """The result backend Celery would make, as ``taskpool.result_store``'s class for a

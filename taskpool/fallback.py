@@ -2,7 +2,9 @@
 
 It is a Celery task base class. Any app gets the behaviour with
 ``Celery(..., task_cls=FallbackTask)``; apps made by ``taskpool.create_app`` have it already.
-Where the work goes is decided in ``taskpool.dispatch``.
+Where the work goes is decided in ``taskpool.dispatch``. The app's ``send_task`` (a call by
+name, and Celery's own way to publish every task) gets the same decision once one of its tasks
+is bound (``guard_send_task``).
 """
 
 from __future__ import annotations
@@ -92,6 +94,12 @@ class FallbackTask(Task):
         self.refuse_canvas(route, {"link": link, "link_error": link_error, **options})
         return self._run_locally(args, kwargs, task_id, options)
 
+    @classmethod
+    def on_bound(cls, app: Any) -> None:
+        """Celery binds every task of the app, its built-in ones included, when it finalizes."""
+        super().on_bound(app)
+        guard_send_task(app)
+
     def refuse_canvas(self, route: dispatch.Route, options: dict[str, Any]) -> None:
         refuse_canvas(self.name, route, options)
 
@@ -119,6 +127,45 @@ class FallbackTask(Task):
     def _as_time(self, value: Any) -> datetime:
         """An eta or expires, given as a datetime or an ISO string, made timezone-aware."""
         return maybe_make_aware(maybe_iso8601(value), self.app.timezone)
+
+
+def guard_send_task(app: Any) -> None:
+    """Give ``app.send_task`` the broker-or-local decision of ``.delay()`` (``send_task``);
+    once per app, and never over a ``send_task`` set on the app by its owner."""
+    if "send_task" in vars(app):
+        return
+    publish = app.send_task  # Celery's, or the app class's own override
+
+    def guarded(name: str, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+        return send_task(app, publish, name, args, kwargs, options)
+
+    guarded.__doc__ = send_task.__doc__
+    app.send_task = guarded
+
+
+def send_task(
+    app: Any, publish: Any, name: str, args: Any, kwargs: Any, options: dict[str, Any]
+) -> Any:
+    """Celery's ``send_task`` (``publish``), with the broker-or-local decision of ``.delay()``.
+
+    With no broker (mode auto) or in mode local, a task registered on the app runs on the local
+    pool; one that is not raises BrokerUnavailable (or LocalPoolError) at once, instead of
+    Celery's retries and "the Celery application must be restarted".
+    """
+    if dispatch.routed.get():  # FallbackTask.apply_async decided already
+        return publish(name, args, kwargs, **options)
+    route = dispatch.route(app, options.pop("dispatch", None))
+    if route.backend == "broker":
+        return publish(name, args, kwargs, **options)
+    task = app.tasks.get(name)
+    if isinstance(task, FallbackTask):
+        task.refuse_canvas(route, options)
+        return task.apply_async(args, kwargs, dispatch="local", **options)
+    error = LocalPoolError if route.mode == "local" else BrokerUnavailable
+    raise error(
+        f"send_task({name!r}): no broker to send it to ({route.reason}), and no task of "
+        f"that name is registered on app {app.main!r} to run on the local pool"
+    )
 
 
 def result_consumer_gave_up(exc: RuntimeError) -> bool:

@@ -226,6 +226,30 @@ def test_send_task_with_no_broker_runs_a_known_task_locally_and_refuses_an_unkno
     assert seconds < NO_HANG
 
 
+def test_a_plain_celery_apps_send_task_gets_the_same_decision_once_a_task_is_bound() -> None:
+    assert add.name.endswith(".add")  # using a task binds it, as a worker or app.tasks does
+    result, seconds = timed(lambda: user_app.send_task(add.name, args=(3, 4)))
+    assert isinstance(result, LocalResult) and result.get(timeout=NO_HANG) == 7
+    assert seconds < NO_HANG
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable, match="no task of that name is registered"):
+        user_app.send_task("elsewhere.cube", args=(2,))
+    assert time.monotonic() - started < NO_HANG  # stock: 19 s, "must be restarted"
+
+
+def test_a_plain_app_with_only_celerys_own_tasks_is_guarded_once_finalized() -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    app = Celery("bare", broker=url, backend=url, task_cls=FallbackTask, set_as_current=False)
+    try:
+        app.finalize()  # binds Celery's built-in tasks, which take the app's task class
+        started = time.monotonic()
+        with pytest.raises(BrokerUnavailable, match="no task of that name is registered"):
+            app.send_task("elsewhere.cube", args=(2,))
+        assert time.monotonic() - started < NO_HANG
+    finally:
+        app.close()
+
+
 def test_send_task_goes_to_the_worker_when_the_broker_answers(
     session_worker: Any, redis_server: RedisServer
 ) -> None:
