@@ -36,7 +36,7 @@ The restore of a dead worker's messages after the visibility timeout is kombu's 
 the same ``unacked`` hash. Consumers that do not ack (``no_ack``, e.g. remote-control replies)
 keep kombu's path. Needs Redis 6.2, checked when a consumer starts. kombu private names used:
 ``_brpop_start``/``_brpop_read``/``_put``/``_purge``/``_delete`` (overridden), the
-``_publish_batch`` argument of ``_put``, ``_brpop_sent_at``, ``_in_poll``,
+``_publish_batch`` argument of ``_put``, ``_brpop_sent_at``, ``_in_poll``, ``_closing``,
 ``_flush_brpop_reauth``, ``_queue_cycle``, ``_tag_to_queue``, ``_maybe_update_queues_expire``,
 ``_q_for_pri`` and the QoS's ``_remove_from_indices``; kombu is pinned to the minor version
 tested.
