@@ -1,13 +1,10 @@
--- Acknowledge the messages given, then pop the next message and record it as unacknowledged,
--- in one atomic step.
+-- Pop the next message and record it as unacknowledged, in one atomic step.
 -- KEYS[1..l]     = the queue lists, priority by priority, each with one list per queue
 -- KEYS[l+1..l+q] = the queues' wake lists (one token per message published by taskpool)
 -- KEYS[n-1]      = the unacked index (sorted set: delivery tag -> when to consider restoring)
 -- KEYS[n]        = the unacked hash (delivery tag -> [message, exchange, routing key])
 -- ARGV[1] = q, the number of queues; ARGV[2] = '1' to take the popped message's wake token
--- (an idle consumer woken by that token has taken it already, and passes '0'); ARGV[3..] = the
--- delivery tags acknowledged since the last pop, removed from the unacked index and hash as
--- kombu's ack does: a busy worker's acks ride on its next pop instead of a round trip each.
+-- (an idle consumer woken by that token has taken it already, and passes '0').
 -- Returns {key, message} once popped and recorded; {key, message, 0} for a message it could
 -- not read (kombu then records it, as it always did); false when every list is empty.
 --
@@ -47,10 +44,6 @@ local function unix_time(text)
 end
 
 local index_key, unacked_key = KEYS[#KEYS - 1], KEYS[#KEYS]
-if #ARGV > 2 then
-  redis.call('ZREM', index_key, unpack(ARGV, 3))
-  redis.call('HDEL', unacked_key, unpack(ARGV, 3))
-end
 local queues = tonumber(ARGV[1])
 local lists = #KEYS - 2 - queues
 for i = 1, lists do

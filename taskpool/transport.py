@@ -26,11 +26,7 @@ until that many replicas hold the message (``WAIT``), so a failover right after 
 it (``taskpool.replication``: the replicas connected, at most the number asked for); one not
 confirmed in time raises NotReplicated, a connection error to kombu, which retries.
 
-In a worker's event loop an ack made while the channel has nothing pending is carried by its
-next pop (the same script removes the acked messages from the unacked records first): a busy
-worker sends one command per message instead of two. The loop sends that pop on its next tick,
-since the ack freed room for it. Acks made while a command is pending, before an idle wait, or
-outside an event loop go at once, as kombu's do (``Channel.pop_follows``).
+Acks are kombu's own: the acked message leaves the unacked records before ``ack()`` returns.
 
 The restore of a dead worker's messages after the visibility timeout is kombu's own, reading
 the same ``unacked`` hash. Consumers that do not ack (``no_ack``, e.g. remote-control replies)
@@ -73,13 +69,6 @@ IDLE_WAITS = (0.05, 0.1, 0.2, 0.5, 1.0)
 #: The most tokens a wake list holds: as many idle consumers as a burst can wake at once. Tokens
 #: left by messages that stock consumers took cost a woken consumer one empty pop each.
 WAKE_CAP = 100
-#: The most acks one pop carries; more are sent on their own at once.
-ACKS_PER_POP = 64
-#: Said when carried acks could not be recorded.
-ACKS_LOST = (
-    "their messages come back after the visibility timeout; those whose task succeeded "
-    "are not run again"
-)
 
 logger = get_logger(__name__)
 
@@ -105,8 +94,7 @@ def require_redis(version: str, url: str) -> None:
 
 
 class QoS(kombu_redis.QoS):
-    """kombu's QoS, minus the unacked write for messages the script already recorded, and with
-    acks carried by the next pop where one follows (``Channel.pop_follows``)."""
+    """kombu's QoS, minus the unacked write for messages the script already recorded."""
 
     def append(self, message: Any, delivery_tag: str) -> None:
         recorded = self.channel.recorded_tags
@@ -116,26 +104,12 @@ class QoS(kombu_redis.QoS):
         else:
             super().append(message, delivery_tag)
 
-    def ack(self, delivery_tag: str) -> None:
-        if not self.channel.pop_follows():
-            super().ack(delivery_tag)
-            return
-        virtual.QoS.ack(self, delivery_tag)
-        if self.can_consume():  # the loop's next tick sends a pop, which carries the ack
-            self.channel.carry_ack(delivery_tag)
-        else:
-            self._remove_from_indices(delivery_tag).execute()
-
     def can_consume(self) -> bool:
         if super().can_consume():
             return True
         # kombu holds a pending reply unread while this is False; the channel must know.
         self.channel.held()
         return False
-
-    def restore_unacked(self, client: Any = None) -> None:
-        self.channel.flush_acks()
-        super().restore_unacked(client)
 
 
 #: Transport options of taskpool's own (TASKPOOL_REDIS_WAIT_REPLICAS and _TIMEOUT).
@@ -168,8 +142,6 @@ class Channel(kombu_redis.Channel):
         self._script: Any = None  # POP_AND_RECORD registered on _client_of_pool
         self._server_checked = False
         self._wait: ReplicaWait | None = None  # made on first publish, if asked for
-        self._acks: list[str] = []  # acked in memory, still recorded in Redis
-        self._acks_sent: list[str] = []  # carried by the pop in flight
         self._pop: tuple[list[str], list[Any]] = ([], [])  # the pop in flight: keys, arguments
         self._queues: list[str] = []  # those of the command in flight
         self._held = False  # kombu held the pending pop's reply unread (QoS.can_consume)
@@ -215,7 +187,6 @@ class Channel(kombu_redis.Channel):
         return super().basic_consume(queue, no_ack, *args, **kwargs)
 
     def basic_cancel(self, consumer_tag: str) -> Any:
-        self.flush_acks()
         queue = self._tag_to_queue.get(consumer_tag)
         if queue in self._acking_queues:
             self._acking_queues[queue] -= 1
@@ -305,55 +276,11 @@ class Channel(kombu_redis.Channel):
             client.delete(self._wake_key(queue))
         super()._delete(queue, *args, **kwargs)
 
-    # -- acks: carried by the next pop, in a worker's event loop ---------------------------
-
-    def pop_follows(self) -> bool:
-        """Whether the event loop's next tick sends this channel a pop, if it may take more.
-
-        An event loop (a Celery worker's) starts a pop on every tick while the channel has
-        nothing pending and may take more, and an ack is what lets it take more. A consumer
-        that drains by hand may not drain again, and a pending command (a pop, or an idle wait
-        that may last a second) does not carry acks made while it runs: those go at once.
-        """
-        return bool(
-            self.connection.in_event_loop
-            and self._acking_queues
-            and not self._in_poll
-            and not self.closed
-        )
-
-    def carry_ack(self, delivery_tag: str) -> None:
-        """Leave ``delivery_tag``'s ack to the next pop (``pop_follows``)."""
-        self._acks.append(delivery_tag)
-        if len(self._acks) >= ACKS_PER_POP:
-            self.flush_acks()
-
-    def flush_acks(self) -> None:
-        """Remove the carried acks' messages from the unacked records now, as kombu's ack
-        does. A connection error leaves them recorded: the visibility timeout restores them,
-        and a task that succeeded is not run again (``worker_deduplicate_successful_tasks``)."""
-        acks, self._acks = self._acks, []
-        if not acks:
-            return
-        with self.conn_or_acquire() as client:
-            pipe = client.pipeline()
-            for tag in acks:
-                self.qos._remove_from_indices(tag, pipe)
-            pipe.execute()
-
-    def close(self) -> None:
-        try:
-            self.flush_acks()
-        except self.connection_errors as exc:
-            logger.warning("acks not recorded before the channel closed (%r): %s", exc, ACKS_LOST)
-        super().close()
-
     # -- the consuming loop --------------------------------------------------------------
 
     def _brpop_start(self, timeout: float | None = None) -> None:
         queues = self._queue_cycle.consume(len(self.active_queues))
         if not queues or not self._reliable(queues):
-            self.flush_acks()  # no pop of the script's to carry them
             if not queues:
                 return
             self._pending = None
@@ -365,15 +292,13 @@ class Channel(kombu_redis.Channel):
         self._queues = queues
         self._held = False
         if self._waiting:
-            self.flush_acks()  # an idle wait may last a second: acks are not held that long
             self._pending = "BRPOP"
             wait = IDLE_WAITS[self._wait_index]
             connection.send_command("BRPOP", *self._wake_keys(queues), wait)
         else:
             self._pending = "EVALSHA"
             keys = self._script_keys(queues)
-            self._acks_sent, self._acks = self._acks, []
-            self._pop = (keys, [len(queues), 1, *self._acks_sent])
+            self._pop = (keys, [len(queues), 1])
             connection.send_command("EVALSHA", self._script.sha, len(keys), *keys, *self._pop[1])
 
     def held(self) -> None:
@@ -388,13 +313,7 @@ class Channel(kombu_redis.Channel):
         held, self._held = self._held, False
         wait_next = False
         try:
-            try:
-                reply = self._reply(command, **options)
-            except BaseException:
-                # Its acks count once the script ran; sent again, a removal does no harm.
-                self._acks[:0], self._acks_sent = self._acks_sent, []
-                raise
-            self._acks_sent = []
+            reply = self._reply(command, **options)
             if command == "BRPOP":
                 woken = reply is not None
                 # A wait that timed out makes the next one longer.
@@ -479,8 +398,6 @@ _TransportBase: Any = kombu_redis.Transport if TYPE_CHECKING else object
 class _Changes(_TransportBase):
     """What taskpool's transports change in kombu's; mixed in before it."""
 
-    #: Whether a worker's event loop drives the channels (``Channel.pop_follows``).
-    in_event_loop = False
     polling_interval: Any
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -491,10 +408,6 @@ class _Changes(_TransportBase):
         # each idle wait, so a drain_events consumer (not Celery's event loop) slept between
         # pops.
         self.polling_interval = None
-
-    def register_with_event_loop(self, connection: Any, loop: Any) -> None:
-        self.in_event_loop = True
-        super().register_with_event_loop(connection, loop)
 
 
 class Transport(_Changes, kombu_redis.Transport):
