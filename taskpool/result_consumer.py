@@ -1,13 +1,16 @@
-"""Celery's Redis result consumer, subscribing to a result's channel only when a wait finds the
-result not stored yet.
+"""Celery's Redis result consumer, with a bound on the subscriptions a client takes on by
+sending.
 
 Stock Celery subscribes to every task's channel when it sends the task, reads the result with
 GET when ``.get()`` is called, and unsubscribes once it has it: a SUBSCRIBE and an UNSUBSCRIBE
 for every task, even one whose result was stored long before it was asked for, and a client
-that sent 20,000 tasks has 40,000 confirmations to read on its next wait. Here ``.get()`` of
-a stored result is one GET. A wait that finds nothing subscribes, confirms the subscription
-(a PING answered on the same connection after it), then reads the result again: a result
-stored before the subscription took effect is found by that read, one stored after is
+that sent 20,000 tasks has 40,000 confirmations and 20,000 results to read on its next wait
+(a second's stall). Here a task sent is subscribed to as stock Celery does while the client
+holds fewer than ``SUBSCRIBED_AT_SEND`` subscriptions (Celery's own tests check that a task
+just sent is). Past that, it is subscribed to only when a wait finds its result not stored
+yet, so ``.get()`` of a stored result is one GET. Such a wait subscribes, confirms the
+subscription (a PING answered on the same connection after it), then reads the result again:
+a result stored before the subscription took effect is found by that read, one stored after is
 published to it. Nothing is missed, and each result costs what stock Celery's does at most.
 
 With a background drainer (gevent, eventlet) every wait relies on it draining all the time:
@@ -33,6 +36,10 @@ CONFIRM_TIMEOUT = 5.0
 #: Seconds a wait for the confirmation lasts at least, even within a drain that must not wait.
 MIN_CONFIRM = 0.05
 
+#: Subscriptions held below which sending a task subscribes to its result, as stock Celery
+#: does: the backlog a client that sends without reading can build (about 50 µs each to read).
+SUBSCRIBED_AT_SEND = 100
+
 
 class ResultConsumer(celery_redis.ResultConsumer):
     """See the module's docstring."""
@@ -41,11 +48,19 @@ class ResultConsumer(celery_redis.ResultConsumer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        #: Whether to subscribe when a task is sent, as stock Celery does.
+        #: Whether to subscribe to every task when it is sent, as stock Celery does.
         self.eager = isinstance(self.drainer, greenletDrainer)
         #: Result keys waited for and not subscribed to yet.
         self._waited: set[str] = set()
         self._pings = itertools.count()
+
+    def subscribe_at_send(self, task_id: str) -> None:
+        """Subscribe to a task just sent, as stock Celery does, below ``SUBSCRIBED_AT_SEND``
+        subscriptions held; above, its wait subscribes if it must (``consume_from``)."""
+        with self._locked():
+            if self.eager or len(self.subscribed_to) < SUBSCRIBED_AT_SEND:
+                self._waited.discard(self._get_key_for_task(task_id))
+                super().consume_from(task_id)
 
     def consume_from(self, task_id: str) -> None:
         if self.eager:

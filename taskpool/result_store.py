@@ -6,8 +6,9 @@ their own. What differs:
   first, so as not to overwrite a success with a later run's outcome, then writes and
   publishes; the script applies the same rule in one step. Results that are not plain JSON
   (compressed, or another serializer) take Celery's own path.
-- A client subscribes to a result's channel only when it waits for a result not stored yet
-  (``taskpool.result_consumer``), instead of for every task it sends.
+- A client subscribes to a result's channel when it sends the task, as Celery's does, only while
+  it holds fewer than a hundred subscriptions; past that, when it waits for a result not stored
+  yet (``taskpool.result_consumer``): sending thousands of tasks builds no backlog to read.
 - ``apply_chord`` first asks where calls go: a chord prepares the result store before its
   header's tasks are sent, and with no Redis that ends in Celery's "the Celery application must
   be restarted". Off the broker, the chord is refused at once, as groups and chains are.
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from celery import states
+from celery._state import task_join_will_block
 from celery.backends.redis import RedisBackend, SentinelBackend
 from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
@@ -67,8 +69,8 @@ class _Store(_Base):
         self._script: Any = None
 
     def on_task_call(self, producer: Any, task_id: str) -> None:
-        if self.result_consumer.eager:
-            super().on_task_call(producer, task_id)
+        if not task_join_will_block():  # as Celery's: a task's own calls subscribe to nothing
+            self.result_consumer.subscribe_at_send(task_id)
 
     def apply_chord(self, header_result_args: Any, body: Any, **options: Any) -> Any:
         route = dispatch.route(self.app, None)

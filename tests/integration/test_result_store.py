@@ -13,6 +13,7 @@ import pytest
 import redis
 from celery import Celery, states
 
+from taskpool.result_consumer import SUBSCRIBED_AT_SEND
 from taskpool.result_store import RedisStore
 from taskpool.testing.redis_server import RedisServer
 from tests.conftest import client_app, node_name
@@ -35,7 +36,30 @@ def wait_until(condition: Callable[[], bool], what: str) -> None:
         time.sleep(0.05)
 
 
-def test_sending_subscribes_to_nothing_and_a_stored_result_is_one_read(
+def test_a_task_sent_is_subscribed_to_as_on_stock_celery_until_its_result_is_read_or_forgotten(
+    redis_factory: Callable[..., RedisServer], worker_factory: Callable[..., object]
+) -> None:
+    """What Celery's test_asyncresult_get_cancels_subscription and ..._forget_... check."""
+    server = redis_factory()
+    worker_factory(server.url(), node_name("subscribed"))
+    app = client_app(server.url(), dispatch="celery")
+    square = app.tasks["tasks.square"]
+    stats = redis.Redis.from_url(server.url())
+
+    read = square.delay(3)
+    assert stats.pubsub_channels("celery-task-meta-*") == [f"celery-task-meta-{read.id}".encode()]
+    assert read.get(timeout=NO_HANG) == 9
+    assert stats.pubsub_channels("celery-task-meta-*") == []
+
+    forgotten = square.delay(4)
+    assert stats.pubsub_channels("celery-task-meta-*") == [
+        f"celery-task-meta-{forgotten.id}".encode()
+    ]
+    forgotten.forget()
+    assert stats.pubsub_channels("celery-task-meta-*") == []
+
+
+def test_sending_past_the_bound_subscribes_to_no_more_and_a_stored_result_is_one_read(
     redis_factory: Callable[..., RedisServer], worker_factory: Callable[..., object]
 ) -> None:
     server = redis_factory()
@@ -43,17 +67,20 @@ def test_sending_subscribes_to_nothing_and_a_stored_result_is_one_read(
     app = client_app(server.url(), dispatch="celery")
     square = app.tasks["tasks.square"]
     stats = redis.Redis.from_url(server.url())
+    n = SUBSCRIBED_AT_SEND + 200
 
     stats.config_resetstat()
-    results = [square.delay(i) for i in range(50)]
-    assert calls(stats, "subscribe") == 0  # stock Celery: one per task
+    results = [square.delay(i) for i in range(n)]
+    assert calls(stats, "subscribe") == SUBSCRIBED_AT_SEND  # stock Celery: one per task
     keys = [app.backend.get_key_for_task(result.id) for result in results]
     wait_until(lambda: stats.exists(*keys) == len(keys), "all stored")  # not read by the client
 
     stats.config_resetstat()
-    assert [result.get(timeout=NO_HANG) for result in results] == [i * i for i in range(50)]
-    assert calls(stats, "get") == 50
-    assert calls(stats, "subscribe") == calls(stats, "unsubscribe") == 0
+    assert [result.get(timeout=NO_HANG) for result in results] == [i * i for i in range(n)]
+    assert calls(stats, "get") == n
+    assert calls(stats, "subscribe") == 0
+    assert calls(stats, "unsubscribe") == SUBSCRIBED_AT_SEND
+    assert stats.pubsub_channels("celery-task-meta-*") == []
 
 
 def test_a_result_not_stored_yet_is_waited_for_and_the_client_keeps_no_subscription(
