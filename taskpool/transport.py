@@ -33,9 +33,8 @@ the same ``unacked`` hash. Consumers that do not ack (``no_ack``, e.g. remote-co
 keep kombu's path. Needs Redis 6.2, checked when a consumer starts. kombu private names used:
 ``_brpop_start``/``_brpop_read``/``_put``/``_purge``/``_delete`` (overridden), the
 ``_publish_batch`` argument of ``_put``, ``_brpop_sent_at``, ``_in_poll``, ``_closing``,
-``_flush_brpop_reauth``, ``_queue_cycle``, ``_tag_to_queue``, ``_maybe_update_queues_expire``,
-``_q_for_pri`` and the QoS's ``_remove_from_indices``; kombu is pinned to the minor version
-tested.
+``_flush_brpop_reauth``, ``_queue_cycle``, ``_tag_to_queue``, ``_maybe_update_queues_expire``
+and ``_q_for_pri``; kombu is pinned to the minor version tested.
 """
 
 from __future__ import annotations
@@ -48,7 +47,6 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 import redis
-from kombu.log import get_logger
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
@@ -69,8 +67,6 @@ IDLE_WAITS = (0.05, 0.1, 0.2, 0.5, 1.0)
 #: The most tokens a wake list holds: as many idle consumers as a burst can wake at once. Tokens
 #: left by messages that stock consumers took cost a woken consumer one empty pop each.
 WAKE_CAP = 100
-
-logger = get_logger(__name__)
 
 
 class _Pipeline:
