@@ -36,37 +36,42 @@ def wait_until(condition: Callable[[], bool], what: str) -> None:
         time.sleep(0.05)
 
 
+def worker_and_client(
+    redis_factory: Callable[..., RedisServer], worker_factory: Callable[..., object], name: str
+) -> tuple[Celery, redis.Redis]:
+    """A private Redis with a worker on it; a client app, and a plain client to read Redis."""
+    server = redis_factory()
+    worker_factory(server.url(), node_name(name))
+    return client_app(server.url(), dispatch="celery"), redis.Redis.from_url(server.url())
+
+
+def channels(stats: redis.Redis) -> list[bytes | str]:
+    return list(stats.pubsub_channels("celery-task-meta-*"))
+
+
 def test_a_task_sent_is_subscribed_to_as_on_stock_celery_until_its_result_is_read_or_forgotten(
     redis_factory: Callable[..., RedisServer], worker_factory: Callable[..., object]
 ) -> None:
     """What Celery's test_asyncresult_get_cancels_subscription and ..._forget_... check."""
-    server = redis_factory()
-    worker_factory(server.url(), node_name("subscribed"))
-    app = client_app(server.url(), dispatch="celery")
+    app, stats = worker_and_client(redis_factory, worker_factory, "subscribed")
     square = app.tasks["tasks.square"]
-    stats = redis.Redis.from_url(server.url())
 
     read = square.delay(3)
-    assert stats.pubsub_channels("celery-task-meta-*") == [f"celery-task-meta-{read.id}".encode()]
+    assert channels(stats) == [f"celery-task-meta-{read.id}".encode()]
     assert read.get(timeout=NO_HANG) == 9
-    assert stats.pubsub_channels("celery-task-meta-*") == []
+    assert channels(stats) == []
 
     forgotten = square.delay(4)
-    assert stats.pubsub_channels("celery-task-meta-*") == [
-        f"celery-task-meta-{forgotten.id}".encode()
-    ]
+    assert channels(stats) == [f"celery-task-meta-{forgotten.id}".encode()]
     forgotten.forget()
-    assert stats.pubsub_channels("celery-task-meta-*") == []
+    assert channels(stats) == []
 
 
 def test_sending_past_the_bound_subscribes_to_no_more_and_a_stored_result_is_one_read(
     redis_factory: Callable[..., RedisServer], worker_factory: Callable[..., object]
 ) -> None:
-    server = redis_factory()
-    worker_factory(server.url(), node_name("one-read"))
-    app = client_app(server.url(), dispatch="celery")
+    app, stats = worker_and_client(redis_factory, worker_factory, "one-read")
     square = app.tasks["tasks.square"]
-    stats = redis.Redis.from_url(server.url())
     n = SUBSCRIBED_AT_SEND + 200
 
     stats.config_resetstat()
@@ -80,23 +85,24 @@ def test_sending_past_the_bound_subscribes_to_no_more_and_a_stored_result_is_one
     assert calls(stats, "get") == n
     assert calls(stats, "subscribe") == 0
     assert calls(stats, "unsubscribe") == SUBSCRIBED_AT_SEND
-    assert stats.pubsub_channels("celery-task-meta-*") == []
+    assert channels(stats) == []
 
 
-def test_a_result_not_stored_yet_is_waited_for_and_the_client_keeps_no_subscription(
+def test_past_the_bound_a_result_not_stored_yet_is_subscribed_to_when_waited_for(
     redis_factory: Callable[..., RedisServer], worker_factory: Callable[..., object]
 ) -> None:
-    server = redis_factory()
-    worker_factory(server.url(), node_name("waits"))
-    app = client_app(server.url(), dispatch="celery")
-    square = app.tasks["tasks.square"]
-    stats = redis.Redis.from_url(server.url())
+    app, stats = worker_and_client(redis_factory, worker_factory, "waits")
+    held = [app.tasks["tasks.square"].delay(i) for i in range(SUBSCRIBED_AT_SEND)]
+    keys = [app.backend.get_key_for_task(result.id) for result in held]
+    wait_until(lambda: stats.exists(*keys) == len(keys), "all stored")
 
+    slow = app.tasks["tasks.sum_of_squares"].delay(3_000_000)  # a fraction of a second
+    assert len(channels(stats)) == SUBSCRIBED_AT_SEND  # not subscribed to when sent
     stats.config_resetstat()
-    # Asked for at once, each before the worker has stored it: every get subscribes.
-    assert [square.delay(i).get(timeout=NO_HANG) for i in range(30)] == [i * i for i in range(30)]
-    assert calls(stats, "subscribe") >= 1
-    wait_until(lambda: not stats.pubsub_channels("celery-task-meta-*"), "unsubscribed")
+    assert slow.get(timeout=NO_HANG) == sum(i * i for i in range(3_000_000))
+    assert calls(stats, "subscribe") == 1  # by the wait, which found nothing stored
+    assert [result.get(timeout=NO_HANG) for result in held] == [i * i for i in range(len(held))]
+    wait_until(lambda: not channels(stats), "unsubscribed")
 
 
 def test_a_result_stored_before_the_subscription_took_effect_is_found(
