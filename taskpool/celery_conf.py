@@ -119,6 +119,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             # Read by taskpool's transport: publishes wait for replicas (Redis WAIT).
             "wait_replicas": settings.redis_wait_replicas,
             "wait_timeout": settings.redis_wait_timeout,
+            # Read by taskpool's transport: a message taken this often without an outcome, or
+            # whose compressed body inflates past the largest arguments, is quarantined.
+            "max_deliveries": settings.max_deliveries,
+            "max_inflated": settings.max_message_bytes,
         },
         # Publishing retries briefly, then fails, so .delay() cannot spin on a dead broker.
         "task_publish_retry_policy": {

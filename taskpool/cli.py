@@ -296,6 +296,59 @@ def status(mode: str | None, as_json: bool) -> None:  # mode: status asks the br
         raise SystemExit(EXIT_BROKER_UNAVAILABLE)
 
 
+@cli.group(epilog=EXIT_CODES_HELP)
+def quarantine() -> None:
+    """Messages workers moved aside: unreadable, or delivered TASKPOOL_MAX_DELIVERIES times
+    without an outcome. List them, send them again, or drop them (kept a week).
+
+    \b
+    Example:
+      taskpool quarantine list
+      taskpool quarantine replay 3f2a...   # once the cause is fixed
+    """
+
+
+@quarantine.command(name="list", epilog=EXIT_CODES_HELP)
+@json_option
+def quarantine_list(as_json: bool) -> None:
+    """Each quarantined message: id, when, queue, task and the reason."""
+    from taskpool.quarantine import of_app, render
+
+    with of_app(_app()) as kept:
+        entries = kept.entries()
+    summaries = [entry.summary() for entry in entries]
+    click.echo(json.dumps({"quarantine": summaries}) if as_json else render(summaries))
+
+
+def _quarantine_change(replay: bool) -> Callable[..., None]:
+    def change(ids: tuple[str, ...], every: bool) -> None:
+        from taskpool.quarantine import of_app
+
+        if bool(ids) == every:
+            raise click.UsageError("name the entries by id, or pass --all")
+        with of_app(_app()) as kept:
+            entries = kept.entries(None if every else ids)
+            missing = set(ids) - {entry.id for entry in entries}
+            if missing:
+                raise click.UsageError(f"no such entry in the quarantine: {', '.join(missing)}")
+            done = kept.replay(entries) if replay else kept.drop(entries)
+        click.echo(f"{'replayed' if replay else 'dropped'} {done} message(s)")
+
+    return change
+
+
+_entry_ids = click.argument("ids", nargs=-1)
+_every = click.option("--all", "every", is_flag=True, help="Every entry in the quarantine.")
+quarantine.command(
+    name="replay",
+    epilog=EXIT_CODES_HELP,
+    help="Put the messages back at the end of their queues, with a fresh delivery count.",
+)(_entry_ids(_every(_quarantine_change(replay=True))))
+quarantine.command(
+    name="drop", epilog=EXIT_CODES_HELP, help="Delete the messages from the quarantine for good."
+)(_entry_ids(_every(_quarantine_change(replay=False))))
+
+
 @command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def worker(celery_args: tuple[str, ...], mode: str | None, as_json: bool) -> None:

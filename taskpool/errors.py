@@ -13,6 +13,8 @@
     ├── RetryInMap (RuntimeError)         ``self.retry()`` in a mapped input, which cannot be
     │                                     rescheduled
     ├── UnsafeInteger (ValueError)        an argument JSON would not carry exactly
+    ├── UnreadableMessage (ValueError)    a message from the broker no worker can read
+    ├── MessageQuarantined                a task whose message was moved to the quarantine
     ├── ArgumentTooLarge (ValueError)     arguments over TASKPOOL_MAX_MESSAGE_BYTES
     └── MapItemFailed                     one input of a map failed (also of the task's own type)
 
@@ -81,6 +83,22 @@ class UnsafeInteger(TaskpoolError, ValueError):
 
 class ArgumentTooLarge(TaskpoolError, ValueError):
     """Raised before sending arguments larger than TASKPOOL_MAX_MESSAGE_BYTES."""
+
+
+class UnreadableMessage(TaskpoolError, ValueError):
+    """Raised when a message taken from the broker cannot be read as kombu and Celery would.
+
+    The message says what is wrong with it; the worker moves the message to the quarantine
+    with that reason (``taskpool.quarantine``) instead of stopping.
+    """
+
+
+class MessageQuarantined(TaskpoolError):
+    """Raised by ``.get()`` of a task whose message a worker moved to the quarantine: it could
+    not be read, or it was delivered TASKPOOL_MAX_DELIVERIES times without an outcome.
+
+    ``taskpool quarantine list`` shows it, ``taskpool quarantine replay`` sends it again.
+    """
 
 
 class MapItemFailed(TaskpoolError):

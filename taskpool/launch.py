@@ -1,5 +1,5 @@
-"""Starting a worker: refuse at once when the broker rejects our credentials, and retry result
-writes through a broker failover.
+"""Starting a worker: refuse at once when the broker rejects our credentials, retry result
+writes through a broker failover, and fail the tasks whose messages it quarantines.
 
 Celery treats a rejected password like a broker that is not up yet and retries forever, so a
 typo in a deployment looks like a hang. A rejected password will not get better by waiting: the
@@ -20,6 +20,7 @@ from celery.signals import worker_init
 
 from taskpool.celery_conf import WORKER_RESULT_RETRIES
 from taskpool.health import probe_broker, probe_redis
+from taskpool.quarantine import Entry, fail_task_of, message_quarantined
 from taskpool.urls import is_redis, mask_url
 
 log = logging.getLogger("taskpool.worker")
@@ -73,6 +74,20 @@ def retry_result_writes(sender: Any = None, **_: Any) -> None:
         app.conf.update(WORKER_RESULT_RETRIES)
 
 
+def fail_quarantined_tasks(sender: Any = None, **_: Any) -> None:
+    """``worker_init`` receiver: each task whose message this worker quarantines is marked
+    failed in the result store (MessageQuarantined), so no ``.get()`` waits for it for ever."""
+    app = getattr(sender, "app", None)
+    if app is None:
+        return
+
+    def fail(sender: Any = None, entry: Entry | None = None, **_: Any) -> None:
+        if entry is not None:
+            fail_task_of(app, entry)
+
+    message_quarantined.connect(fail, weak=False)
+
+
 def _is_rejection(exc: BaseException | None) -> bool:
     seen = 0
     while exc is not None and seen < 10:
@@ -84,7 +99,8 @@ def _is_rejection(exc: BaseException | None) -> bool:
 
 
 def watch_worker_start() -> None:
-    """Have every worker started in this process check its credentials first, and retry its
-    result writes longer (idempotent)."""
+    """Have every worker started in this process check its credentials first, retry its
+    result writes longer, and fail the tasks it quarantines (idempotent)."""
     worker_init.connect(refuse_rejected_credentials, weak=False)
     worker_init.connect(retry_result_writes, weak=False)
+    worker_init.connect(fail_quarantined_tasks, weak=False)

@@ -1,12 +1,15 @@
 -- Pop the next message and record it as unacknowledged, in one atomic step.
 -- KEYS[1..l]     = the queue lists, priority by priority, each with one list per queue
 -- KEYS[l+1..l+q] = the queues' wake lists (one token per message published by taskpool)
--- KEYS[n-1]      = the unacked index (sorted set: delivery tag -> when to consider restoring)
--- KEYS[n]        = the unacked hash (delivery tag -> [message, exchange, routing key])
+-- KEYS[n-2]      = the unacked index (sorted set: delivery tag -> when to consider restoring)
+-- KEYS[n-1]      = the unacked hash (delivery tag -> [message, exchange, routing key])
+-- KEYS[n]        = the delivery counts (hash: delivery tag -> times popped without an outcome;
+--                  an ack or a final reject deletes the count)
 -- ARGV[1] = q, the number of queues; ARGV[2] = '1' to take the popped message's wake token
 -- (an idle consumer woken by that token has taken it already, and passes '0').
--- Returns {key, message} once popped and recorded; {key, message, 0} for a message it could
--- not read (kombu then records it, as it always did); false when every list is empty.
+-- Returns {key, message, deliveries, tag} once popped and recorded (deliveries counts this
+-- one); {key, message, 0} for a message it could not read (the worker reads it again, and
+-- quarantines it or has kombu record it); false when every list is empty.
 --
 -- A message due later (Celery's eta header, from countdown or eta) is indexed at its due time,
 -- not now: kombu's restore puts back messages indexed more than the visibility timeout ago, so
@@ -43,9 +46,9 @@ local function unix_time(text)
   return t
 end
 
-local index_key, unacked_key = KEYS[#KEYS - 1], KEYS[#KEYS]
+local index_key, unacked_key, deliveries_key = KEYS[#KEYS - 2], KEYS[#KEYS - 1], KEYS[#KEYS]
 local queues = tonumber(ARGV[1])
-local lists = #KEYS - 2 - queues
+local lists = #KEYS - 3 - queues
 for i = 1, lists do
   local item = redis.call('RPOP', KEYS[i])
   if item then
@@ -70,7 +73,7 @@ for i = 1, lists do
     redis.call('ZADD', index_key, score, tag)
     redis.call('HSET', unacked_key, tag, '[' .. item .. ',' .. cjson.encode(delivery['exchange'])
       .. ',' .. cjson.encode(delivery['routing_key']) .. ']')
-    return {KEYS[i], item}
+    return {KEYS[i], item, redis.call('HINCRBY', deliveries_key, tag, 1), tag}
   end
 end
 return false

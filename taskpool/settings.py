@@ -55,6 +55,9 @@ DEFAULT_RESTORE_INTERVAL = 10.0
 #: Largest serialized arguments of one call. Map chunks are sized far below it (a chunk of
 #: 50,000 ints is about 0.4 MB); compose caps Redis's bulk length at 32 MB behind it.
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+#: A message taken from the queue this many times without an outcome (its task kills the process
+#: running it, say) goes to the quarantine on the next: RabbitMQ quorum queues' default limit.
+DEFAULT_MAX_DELIVERIES = 20
 #: A pool process whose resident memory exceeds this after a task is replaced, so one huge
 #: task does not leave the worker large for good.
 DEFAULT_MAX_MEMORY_PER_CHILD_MB = 512
@@ -85,6 +88,7 @@ VARIABLES = (
     "TASKPOOL_PREFETCH_MULTIPLIER",
     "TASKPOOL_RESTORE_INTERVAL",
     "TASKPOOL_MAX_MESSAGE_BYTES",
+    "TASKPOOL_MAX_DELIVERIES",
     "TASKPOOL_MAX_MEMORY_PER_CHILD_MB",
     "TASKPOOL_MAX_TASKS_PER_CHILD",
     "TASKPOOL_REDIS_PASSWORD",
@@ -126,6 +130,7 @@ class Settings:
     prefetch_multiplier: int = DEFAULT_PREFETCH_MULTIPLIER
     restore_interval: float = DEFAULT_RESTORE_INTERVAL
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_deliveries: int = DEFAULT_MAX_DELIVERIES
     max_memory_per_child_mb: int = DEFAULT_MAX_MEMORY_PER_CHILD_MB
     #: None: a pool process runs any number of tasks.
     max_tasks_per_child: int | None = None
@@ -253,6 +258,7 @@ class Settings:
             max_message_bytes=read.number(
                 "TASKPOOL_MAX_MESSAGE_BYTES", int, DEFAULT_MAX_MESSAGE_BYTES
             ),
+            max_deliveries=read.number("TASKPOOL_MAX_DELIVERIES", int, DEFAULT_MAX_DELIVERIES),
             max_memory_per_child_mb=read.number(
                 "TASKPOOL_MAX_MEMORY_PER_CHILD_MB", int, DEFAULT_MAX_MEMORY_PER_CHILD_MB
             ),
@@ -402,6 +408,7 @@ _POSITIVE = (
     "prefetch_multiplier",
     "restore_interval",
     "max_message_bytes",
+    "max_deliveries",
     "max_memory_per_child_mb",
     "max_tasks_per_child",
     "redis_wait_replicas",

@@ -1,5 +1,5 @@
 """What ``taskpool status`` reports: the broker (with Sentinel, its primary and replicas), the
-workers online, the queue's depth."""
+workers online, the queue's depth, the messages in the quarantine."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 from celery import Celery
 from kombu.exceptions import ChannelError
 
-from taskpool import sentinel
+from taskpool import quarantine, sentinel
 from taskpool.health import BrokerHealth
 from taskpool.settings import settings_of
 from taskpool.urls import is_sentinel, mask_url
@@ -26,6 +26,7 @@ def read_status(app: Celery) -> dict[str, Any]:
         "broker": {"url": mask_url(health.broker_url), "reachable": reachable},
         "workers": [],
         "queue": {"name": app.conf.task_default_queue, "depth": None},
+        "quarantine": None,
     }
     if not reachable:
         report["broker"]["reason"] = health.reason
@@ -42,6 +43,8 @@ def read_status(app: Celery) -> dict[str, Any]:
         for node, info in sorted(stats.items())
     ]
     report["queue"]["depth"] = _queue_depth(app, app.conf.task_default_queue)
+    with quarantine.of_app(app) as kept:
+        report["quarantine"] = kept.count()
     return report
 
 
@@ -70,4 +73,6 @@ def render_status(report: dict[str, Any]) -> str:
     lines += [f"  {w['node']} (pool of {w['pool']})" for w in workers]
     queue = report["queue"]
     lines.append(f"queue {queue['name']!r}: {queue['depth']} message(s) waiting")
+    if report["quarantine"]:
+        lines.append(f"quarantine: {report['quarantine']} message(s) (`taskpool quarantine list`)")
     return "\n".join(lines)

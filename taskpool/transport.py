@@ -28,17 +28,25 @@ confirmed in time raises NotReplicated, a connection error to kombu, which retri
 
 Acks are kombu's own: the acked message leaves the unacked records before ``ack()`` returns.
 
+No message can stop the worker: each popped one is read by ``taskpool.messages`` before kombu
+sees it, and one that cannot be read goes to the quarantine (``taskpool.quarantine``) with the
+reason, out of the queue and the unacked records at once. The script also counts each message's
+deliveries (``unacked_deliveries``; an ack or a final reject clears the count, a message given
+back unrun at close is not counted): one taken more than ``max_deliveries`` times without an
+outcome, as a task that kills its process is under late acks, is quarantined too.
+
 The restore of a dead worker's messages after the visibility timeout is kombu's own, reading
 the same ``unacked`` hash. Consumers that do not ack (``no_ack``, e.g. remote-control replies)
 keep kombu's path. Needs Redis 6.2, checked when a consumer starts. kombu private names used:
 ``_brpop_start``/``_brpop_read``/``_put``/``_purge``/``_delete`` (overridden), the
 ``_publish_batch`` argument of ``_put``, ``_brpop_sent_at``, ``_in_poll``, ``_closing``,
-``_flush_brpop_reauth``, ``_queue_cycle``, ``_tag_to_queue``, ``_maybe_update_queues_expire``
-and ``_q_for_pri``; kombu is pinned to the minor version tested.
+``_flush_brpop_reauth``, ``_queue_cycle``, ``_tag_to_queue``, ``_maybe_update_queues_expire``,
+``_q_for_pri`` and the QoS's ``_delivered``; kombu is pinned to the minor version tested.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,11 +58,15 @@ import redis
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
-from kombu.utils.json import loads
 
-from taskpool.errors import BrokerUnsupported
+from taskpool import messages
+from taskpool.errors import BrokerUnsupported, UnreadableMessage
+from taskpool.quarantine import Entry, Quarantine, Recorded, message_quarantined
 from taskpool.replication import ReplicaWait
+from taskpool.settings import DEFAULT_MAX_DELIVERIES, DEFAULT_MAX_MESSAGE_BYTES
 from taskpool.urls import mask_url
+
+log = logging.getLogger("taskpool.transport")
 
 #: The script's text, read once; Redis runs it by its SHA1 (EVALSHA).
 POP_AND_RECORD = Path(__file__).with_name("pop_and_record.lua").read_text()
@@ -90,7 +102,9 @@ def require_redis(version: str, url: str) -> None:
 
 
 class QoS(kombu_redis.QoS):
-    """kombu's QoS, minus the unacked write for messages the script already recorded."""
+    """kombu's QoS, minus the unacked write for messages the script already recorded; an
+    outcome (an ack, a final reject) also clears the message's delivery count, and messages
+    given back unrun when the channel closes do not count as delivered."""
 
     def append(self, message: Any, delivery_tag: str) -> None:
         recorded = self.channel.recorded_tags
@@ -100,6 +114,33 @@ class QoS(kombu_redis.QoS):
         else:
             super().append(message, delivery_tag)
 
+    def ack(self, delivery_tag: str) -> None:
+        # kombu's ack (its _remove_from_indices), with the delivery count in the same round trip.
+        channel = self.channel
+        with channel.conn_or_acquire() as client:
+            client.pipeline().zrem(self.unacked_index_key, delivery_tag).hdel(
+                self.unacked_key, delivery_tag
+            ).hdel(channel.deliveries_key, delivery_tag).execute()
+        virtual.QoS.ack(self, delivery_tag)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        if requeue:  # kombu's restore; the delivery counts
+            super().reject(delivery_tag, requeue=True)
+        else:
+            self.ack(delivery_tag)
+
+    def restore_unacked(self, client: Any = None) -> None:
+        given_back: list[str] = list(self._delivered or ())
+        super().restore_unacked(client)
+        if given_back:
+            with self.channel.conn_or_acquire(client) as redis_client:
+                # kombu's prefixing client leaves HINCRBY's key as it is.
+                key = (self.channel.global_keyprefix or "") + self.channel.deliveries_key
+                pipe = redis_client.pipeline(transaction=False)
+                for tag in given_back:
+                    pipe.hincrby(key, tag, -1)
+                pipe.execute()
+
     def can_consume(self) -> bool:
         if super().can_consume():
             return True
@@ -108,13 +149,14 @@ class QoS(kombu_redis.QoS):
         return False
 
 
-#: Transport options of taskpool's own (TASKPOOL_REDIS_WAIT_REPLICAS and _TIMEOUT).
-WAIT_OPTIONS = ("wait_replicas", "wait_timeout")
+#: Transport options of taskpool's own (TASKPOOL_REDIS_WAIT_REPLICAS and _TIMEOUT,
+#: TASKPOOL_MAX_DELIVERIES, TASKPOOL_MAX_MESSAGE_BYTES).
+OWN_OPTIONS = ("wait_replicas", "wait_timeout", "max_deliveries", "max_inflated")
 
 
 def _options(channel: type[kombu_redis.Channel]) -> tuple[str, ...]:
     """The transport options a kombu channel reads, and taskpool's."""
-    return tuple(channel.from_transport_options) + WAIT_OPTIONS
+    return tuple(channel.from_transport_options) + OWN_OPTIONS
 
 
 class Channel(kombu_redis.Channel):
@@ -127,6 +169,10 @@ class Channel(kombu_redis.Channel):
     #: returns; None: no wait.
     wait_replicas: int | None = None
     wait_timeout = 1.0
+    #: TASKPOOL_MAX_DELIVERIES and TASKPOOL_MAX_MESSAGE_BYTES (a compressed body's inflated
+    #: size), for apps that name this transport without taskpool's settings.
+    max_deliveries = DEFAULT_MAX_DELIVERIES
+    max_inflated = DEFAULT_MAX_MESSAGE_BYTES
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.recorded_tags: set[str] = set()
@@ -199,6 +245,11 @@ class Channel(kombu_redis.Channel):
         require_redis(version, self.connection.client.as_uri(include_password=False))
         self._server_checked = True
 
+    @property
+    def deliveries_key(self) -> str:
+        """The delivery counts' hash, named after kombu's unacked hash."""
+        return f"{self.unacked_key}_deliveries"
+
     def _reliable(self, queues: list[str]) -> bool:
         return all(q in self._acking_queues for q in queues)
 
@@ -221,6 +272,7 @@ class Channel(kombu_redis.Channel):
             *self._wake_keys(queues),
             prefix + self.unacked_index_key,
             prefix + self.unacked_key,
+            prefix + self.deliveries_key,
         ]
 
     # -- publishing: the message and its wake token, in one round trip ------------------
@@ -326,7 +378,8 @@ class Channel(kombu_redis.Channel):
                 raise Empty()
             self._waiting = False
             self._wait_index = 0
-            self._deliver_popped(reply)
+            if not self._deliver_popped(reply):
+                raise Empty()  # quarantined: the next pop goes at once
             return True
         finally:
             self._in_poll = None  # type: ignore[assignment]  # kombu declares it a Connection
@@ -360,17 +413,58 @@ class Channel(kombu_redis.Channel):
             self.client.connection.disconnect()  # reconnects on the next round
             raise
 
-    def _deliver_popped(self, reply: list[Any]) -> None:
-        dest, payload = self._decode(reply)
+    def _deliver_popped(self, reply: list[Any]) -> bool:
+        """Hand the popped message to kombu; False if it went to the quarantine instead."""
+        popped = self._read(reply)
+        if popped is None:
+            return False
+        dest, payload = popped
         self._queue_cycle.rotate(dest)
         self.connection._deliver(payload, dest)
+        return True
 
-    def _decode(self, reply: list[Any]) -> tuple[str, dict[str, Any]]:
-        key, item = bytes_to_str(reply[0]), loads(bytes_to_str(reply[1]))
-        if len(reply) == 2:
-            self.recorded_tags.add(item["properties"]["delivery_tag"])
-        key = key[len(self.global_keyprefix or "") :]
-        return key.rsplit(self.sep, 1)[0], item
+    def _read(self, reply: list[Any]) -> tuple[str, dict[str, Any]] | None:
+        """The popped message's queue and payload, or None once it is quarantined."""
+        key = bytes_to_str(reply[0])[len(self.global_keyprefix or "") :]
+        queue = key.rsplit(self.sep, 1)[0]
+        raw = reply[1] if isinstance(reply[1], bytes) else str(reply[1]).encode()
+        deliveries = int(reply[2])
+        tag = bytes_to_str(reply[3]) if deliveries else None
+        try:
+            payload = messages.read(raw, max_inflated=self.max_inflated)
+        except UnreadableMessage as exc:
+            self._quarantine(queue, raw, str(exc), tag, deliveries)
+            return None
+        if deliveries > self.max_deliveries:
+            reason = (
+                f"delivered {deliveries - 1} times without an outcome "
+                f"(TASKPOOL_MAX_DELIVERIES={self.max_deliveries})"
+            )
+            self._quarantine(queue, raw, reason, tag, deliveries - 1)
+            return None
+        if tag is not None:
+            self.recorded_tags.add(tag)
+        return queue, payload
+
+    def _quarantine(
+        self, queue: str, raw: bytes, reason: str, tag: str | None, deliveries: int
+    ) -> None:
+        entry = Entry.of(queue, raw, reason, deliveries)
+        recorded = tag and Recorded(
+            tag, self.unacked_index_key, self.unacked_key, self.deliveries_key
+        )
+        plain = redis.Redis(connection_pool=self.pool)  # Quarantine prefixes keys itself
+        Quarantine(plain, self.global_keyprefix or "").add(entry, recorded or None)
+        log.error(
+            "Quarantined a message from queue %r (task %s, id %s): %s. "
+            "`taskpool quarantine list` shows it, `taskpool quarantine replay %s` sends it again.",
+            queue,
+            entry.task,
+            entry.task_id,
+            reason,
+            entry.id,
+        )
+        message_quarantined.send(sender=self, entry=entry)
 
     # -- basic_get, the synchronous path ---------------------------------------------------
 
@@ -380,9 +474,10 @@ class Channel(kombu_redis.Channel):
         with self.conn_or_acquire() as client:
             reply = self._script(keys=self._script_keys([queue]), args=[1, 1])
             self._maybe_update_queues_expire(client, queue)
-        if not reply:
+        popped = self._read(reply) if reply else None
+        if popped is None:
             return None
-        _, payload = self._decode(reply)
+        _, payload = popped
         message = self.Message(payload, channel=self)
         self.qos.append(message, message.delivery_tag)
         return message

@@ -6,6 +6,7 @@ task really ran, which a result alone cannot tell.
 
 from __future__ import annotations
 
+import os
 import time
 
 import redis
@@ -26,3 +27,17 @@ def record(self: Task, n: int, seconds: float) -> int:
     finally:
         client.close()
     return n * n
+
+
+DIED = "probe:died"
+
+
+@shared_task(name="probe.die", bind=True)
+def die(self: Task, n: int) -> None:
+    """Record the run in Redis, then end the pool process running it, as a segfault would."""
+    client = redis.Redis.from_url(self.app.conf.broker_url, socket_timeout=5)
+    try:
+        client.rpush(DIED, n)
+    finally:
+        client.close()
+    os._exit(1)

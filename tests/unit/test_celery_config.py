@@ -116,3 +116,11 @@ def test_sentinels_take_the_reliable_sentinel_transport_with_their_options() -> 
     plain = celery_config(Settings())
     assert "master_name" not in plain["broker_transport_options"]
     assert "master_name" not in plain["result_backend_transport_options"]
+
+
+def test_the_transport_gets_the_delivery_limit_and_the_inflated_size_bound() -> None:
+    conf = celery_config(Settings.from_env({"TASKPOOL_MAX_DELIVERIES": "5"}))
+    options = conf["broker_transport_options"]
+    assert options["max_deliveries"] == 5
+    assert options["max_inflated"] == Settings().max_message_bytes
+    assert celery_config(Settings())["broker_transport_options"]["max_deliveries"] == 20

@@ -108,6 +108,7 @@ def test_settings_are_immutable() -> None:
         ("TASKPOOL_PREFETCH_MULTIPLIER", "0", "whole number greater than 0"),
         ("TASKPOOL_RESTORE_INTERVAL", "0", "number greater than 0"),
         ("TASKPOOL_MAX_MESSAGE_BYTES", "16M", "whole number greater than 0"),
+        ("TASKPOOL_MAX_DELIVERIES", "0", "whole number greater than 0"),
         ("TASKPOOL_MAX_MEMORY_PER_CHILD_MB", "-5", "whole number greater than 0"),
         ("TASKPOOL_MAX_TASKS_PER_CHILD", "0", "whole number greater than 0"),
         ("TASKPOOL_BROKER_URL", "not a url", "redis://"),

@@ -1,0 +1,232 @@
+"""Hostile and broken messages, pushed straight into Redis as someone else's code could.
+
+Each is read by a real prefork worker at the default settings. None may stop the worker or
+restart its running tasks: each goes to the quarantine with its reason, once, and the queue and
+the unacked records are left empty, so nothing comes round again (docs/RELIABILITY.md,
+docs/SECURITY.md).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis as redis_py
+from celery import Celery
+from celery.result import AsyncResult
+
+from taskpool.errors import MessageQuarantined
+from taskpool.quarantine import Entry, Quarantine
+from taskpool.testing.celery_worker import CeleryWorker
+from taskpool.testing.redis_server import RedisServer
+from taskpool.testing.waiting import wait_for
+from tests.conftest import client_app, node_name, worker_env
+from tests.support.probe_tasks import DIED, STARTED
+
+pytestmark = [pytest.mark.integration, pytest.mark.fault]
+
+PROBE = ("-I", "tests.support.probe_tasks")
+Message = dict[str, Any]
+
+
+def captured(app: Celery, client: redis_py.Redis) -> Message:
+    """A real task message for ``square(3)``, as Celery and kombu put it in Redis."""
+    app.tasks["tasks.square"].apply_async((3,), queue="capture")
+    raw = client.rpop("capture")
+    assert isinstance(raw, bytes)
+    message: Message = json.loads(raw)
+    return message
+
+
+def changed(message: Message, change: Callable[[Message], object]) -> bytes:
+    copy = json.loads(json.dumps(message))
+    change(copy)
+    return json.dumps(copy).encode()
+
+
+def with_body(message: Message, body: bytes, **headers: object) -> bytes:
+    def change(m: Message) -> None:
+        m["body"] = base64.b64encode(body).decode()
+        m["headers"].update(headers)
+
+    return changed(message, change)
+
+
+def bomb(inflated: int) -> bytes:
+    """zlib data (kombu's ``zlib`` compression) that inflates to ``inflated`` zero bytes."""
+    packer = zlib.compressobj(9)
+    chunk = bytes(1024 * 1024)
+    parts = [packer.compress(chunk) for _ in range(inflated // len(chunk))]
+    return b"".join(parts) + packer.flush()
+
+
+#: Bytes a hostile or broken client pushes, and what the quarantine entry's reason must say.
+POISONS: dict[str, tuple[Callable[[Message], bytes], str]] = {
+    "not-utf8": (lambda m: b"\xff\xfe{not json", "not UTF-8"),
+    "not-json": (lambda m: b"{this is not json", "not JSON"),
+    "json-array": (lambda m: b"[1, 2, 3]", "JSON array, not an object"),
+    "nested-2000-deep": (lambda m: b'{"a": ' * 2000 + b"1" + b"}" * 2000, "nested too deep"),
+    "no-properties": (lambda m: changed(m, lambda c: c.pop("properties")), "no properties"),
+    "no-delivery-tag": (
+        lambda m: changed(m, lambda c: c["properties"].pop("delivery_tag")),
+        "no delivery_tag",
+    ),
+    "body-not-base64": (
+        lambda m: changed(m, lambda c: c.update(body="@@ not base64 @@")),
+        "not base64",
+    ),
+    "body-not-args-kwargs-embed": (
+        lambda m: with_body(m, b'{"args": [1]}'),
+        "not [args, kwargs, embed]",
+    ),
+    "timelimit-not-numbers": (
+        lambda m: changed(m, lambda c: c["headers"].update(timelimit=["x", "y"])),
+        "timelimit",
+    ),
+    "zlib-bomb-512mb": (
+        lambda m: with_body(m, bomb(512 * 1024 * 1024), compression="application/x-gzip"),
+        "inflates past 16,777,216 bytes",
+    ),
+}
+
+
+@pytest.fixture
+def redis_url(redis_factory: Callable[..., RedisServer]) -> str:
+    return redis_factory().url()
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis_py.Redis]:
+    connection = redis_py.Redis.from_url(redis_url)
+    yield connection
+    connection.close()
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmHWM for {pid}")
+
+
+def assert_nothing_left(client: redis_py.Redis) -> None:
+    """Nothing of the message is in the queue or the unacked records, to come round again."""
+    assert client.llen("celery") == 0
+    assert client.hlen("unacked") == 0
+    assert client.zcard("unacked_index") == 0
+    assert client.hlen("unacked_deliveries") == 0
+
+
+@pytest.mark.parametrize("kind", sorted(POISONS))
+def test_an_unreadable_message_is_quarantined_and_the_worker_goes_on(
+    kind: str,
+    redis_url: str,
+    client: redis_py.Redis,
+    worker_factory: Callable[..., CeleryWorker],
+) -> None:
+    worker = worker_factory(redis_url, node_name(f"poisoned-{kind}"))
+    app = client_app(redis_url, dispatch="celery")
+    build, reason = POISONS[kind]
+    client.lpush("celery", build(captured(app, client)))
+
+    quarantine = Quarantine(client)
+    wait_for(lambda: quarantine.count() == 1, 20, f"the {kind} message in the quarantine")
+    [entry] = quarantine.entries()
+    assert reason in entry.reason, entry.reason
+    assert entry.queue == "celery"
+    assert_nothing_left(client)
+    assert app.tasks["tasks.square"].delay(7).get(timeout=10) == 49  # the worker goes on
+    assert worker.process is not None and worker.process.poll() is None
+    if entry.task_id is not None:  # the caller's .get() says why, instead of waiting for ever
+        with pytest.raises(MessageQuarantined, match="quarantine"):
+            AsyncResult(entry.task_id, app=app).get(timeout=10)
+    assert worker.log_tail(1_000_000).count("Quarantined a message") == 1
+    assert peak_rss_mb(worker.pid) < 300  # the bomb was not inflated in the worker
+
+
+def test_malformed_envelopes_do_not_restart_running_tasks(
+    redis_url: str, client: redis_py.Redis, worker_factory: Callable[..., CeleryWorker]
+) -> None:
+    """kombu takes a message it cannot wrap for a lost connection; Celery then cancels and
+    reruns every running task (worker_cancel_long_running_tasks_on_connection_loss)."""
+    worker = worker_factory(redis_url, node_name("envelopes"), extra=PROBE)
+    app = client_app(redis_url, dispatch="celery")
+    template = captured(app, client)
+    results = [app.send_task("probe.record", args=(n, 3.0)) for n in (1, 2)]
+    wait_for(lambda: client.llen(STARTED) == 2, 20, "both tasks running")
+    for _ in range(3):
+        client.lpush("celery", changed(template, lambda c: c.pop("properties")))
+        time.sleep(0.5)  # spread over the tasks' run
+    assert [r.get(timeout=30) for r in results] == [1, 4]
+    assert sorted(client.lrange(STARTED, 0, -1)) == [b"1", b"2"]  # each ran once
+    assert Quarantine(client).count() == 3
+    wait_for(lambda: client.hlen("unacked") == 0, 5, "the acks, which follow the results")
+    assert_nothing_left(client)
+    assert worker.process is not None and worker.process.poll() is None
+
+
+def test_a_task_that_kills_its_process_is_quarantined_after_max_deliveries(
+    redis_url: str, client: redis_py.Redis, worker_factory: Callable[..., CeleryWorker]
+) -> None:
+    """Late acks requeue a task whose process died; one that always kills it would loop."""
+    worker = worker_factory(redis_url, node_name("crasher"), extra=PROBE)
+    app = client_app(redis_url, dispatch="celery")
+    result = app.send_task("probe.die", args=(5,))
+    with pytest.raises(MessageQuarantined, match="delivered 20 times without an outcome"):
+        result.get(timeout=150)
+    assert client.llen(DIED) == 20  # TASKPOOL_MAX_DELIVERIES, the default
+    [entry] = Quarantine(client).entries()
+    assert (entry.task, entry.task_id, entry.deliveries) == ("probe.die", result.id, 20)
+    assert_nothing_left(client)
+    assert app.tasks["tasks.square"].delay(8).get(timeout=10) == 64
+    assert worker.process is not None and worker.process.poll() is None
+
+
+def taskpool_command(*args: str, broker_url: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "taskpool", *args]
+    return subprocess.run(
+        command, env=worker_env(broker_url), capture_output=True, text=True, timeout=60
+    )
+
+
+def test_the_quarantine_command_lists_replays_and_drops_what_workers_moved_aside(
+    redis_url: str, client: redis_py.Redis, worker_factory: Callable[..., CeleryWorker]
+) -> None:
+    app = client_app(redis_url, dispatch="celery")
+    message = captured(app, client)
+    worker_factory(redis_url, node_name("quarantine-cli"))
+    quarantine = Quarantine(client)
+    client.lpush("celery", b"[1, 2, 3]")
+    wait_for(lambda: quarantine.count() == 1, 20, "the worker to quarantine the array")
+    # A good message, quarantined as a worker does after TASKPOOL_MAX_DELIVERIES: replayable.
+    good = Entry.of("celery", json.dumps(message).encode(), "delivered 20 times", 20)
+    quarantine.add(good)
+
+    listed = taskpool_command("quarantine", "list", "--json", broker_url=redis_url)
+    assert listed.returncode == 0, listed.stderr
+    shown = {entry["id"]: entry for entry in json.loads(listed.stdout)["quarantine"]}
+    assert len(shown) == 2 and shown[good.id]["task_id"] == message["headers"]["id"]
+    assert [e["reason"] for i, e in shown.items() if i != good.id] == [
+        "the message is a JSON array, not an object"
+    ]
+    status = taskpool_command("status", "--json", broker_url=redis_url)
+    assert json.loads(status.stdout)["quarantine"] == 2
+
+    replayed = taskpool_command("quarantine", "replay", good.id, broker_url=redis_url)
+    assert replayed.returncode == 0 and "replayed 1 message(s)" in replayed.stdout
+    assert AsyncResult(message["headers"]["id"], app=app).get(timeout=10) == 9
+    unknown = taskpool_command("quarantine", "replay", "no-such-id", broker_url=redis_url)
+    assert unknown.returncode == 2 and "no such entry" in unknown.stderr
+    dropped = taskpool_command("quarantine", "drop", "--all", broker_url=redis_url)
+    assert dropped.returncode == 0 and "dropped 1 message(s)" in dropped.stdout
+    assert quarantine.count() == 0
+    wait_for(lambda: client.hlen("unacked") == 0, 5, "the ack, which follows the result")
+    assert_nothing_left(client)
