@@ -11,12 +11,14 @@ would round, are refused too, naming the argument.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from typing import Any
 
 from kombu.serialization import dumps
 
-from taskpool.errors import ArgumentTooLarge, UnsafeInteger
+from taskpool.errors import ArgumentTooLarge, NestedTooDeep, UnsafeInteger
+from taskpool.messages import MAX_NESTING
 
 #: RFC 8259 section 6: integers in this range are exchanged exactly by JSON implementations.
 JSON_SAFE_INTEGER = 2**53 - 1
@@ -35,9 +37,13 @@ def check_call(
     *,
     json_safe_integers: bool = False,
 ) -> None:
-    """Raise ArgumentTooLarge (or, when asked, UnsafeInteger) for a call that should not go."""
+    """Raise ArgumentTooLarge, NestedTooDeep (or, when asked, UnsafeInteger) for a call that
+    should not go."""
     positional, named = list(args or ()), dict(kwargs or {})
-    size = _rough_size([positional, named], json_safe_integers)
+    try:
+        size = _rough_size([positional, named], json_safe_integers)
+    except NestedTooDeep as exc:
+        raise NestedTooDeep(f"{task_name}: {exc}") from None
     if size < 0:  # an unsafe integer somewhere: find it and name it
         for index, value in enumerate(positional):
             _name_unsafe(task_name, value, f"args[{index}]")
@@ -102,32 +108,59 @@ def _all_safe_numbers(values: Sequence[Any]) -> bool:
     )
 
 
-def _rough_size(value: Any, refuse_unsafe: bool) -> int:
-    """About how many bytes ``value`` takes as JSON; -1 if it holds a refused integer."""
-    if isinstance(value, (str, bytes)):
-        return len(value) + 2
-    if _unsafe_int(value):
-        return -1 if refuse_unsafe else value.bit_length() // 3 + 2  # its decimal digits, roughly
-    if isinstance(value, dict):
-        parts = [_rough_size(k, refuse_unsafe) for k in value]
-        parts += [_rough_size(v, refuse_unsafe) for v in value.values()]
-    elif isinstance(value, _CONTAINERS):
-        parts = [_rough_size(item, refuse_unsafe) for item in value]
-    else:
-        return 32  # safe ints, floats, None, and what the serializer spells as a short string
-    return -1 if -1 in parts else sum(parts) + 2 * len(parts) + 2
+def _rough_size(value: Any, refuse_unsafe: bool) -> float:
+    """About how many bytes ``value`` takes as JSON; -1 if it holds a refused integer.
+
+    A walk with its own stack, not recursion, container by container: NestedTooDeep past
+    MAX_NESTING levels (``value`` is ``[args, kwargs]``, so an argument's own level is two
+    less). A container met twice (shared, or a cycle) is walked once and the size is unknown
+    (infinity): the trial encoding then tells.
+    """
+    total, shared = 0, False
+    seen: set[int] = set()
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        container, level = stack.pop()
+        if id(container) in seen:
+            shared = True
+            continue
+        seen.add(id(container))
+        if level - 1 > MAX_NESTING:
+            raise NestedTooDeep(
+                f"an argument is nested deeper than {MAX_NESTING} levels of lists and "
+                "dicts: a worker could not pass it to its pool process (RecursionError); "
+                "flatten it, or pass it as a JSON string"
+            )
+        items = [*container, *container.values()] if isinstance(container, dict) else container
+        total += 2 * len(items) + 2
+        for item in items:
+            if isinstance(item, (str, bytes)):
+                total += len(item) + 2
+            elif _unsafe_int(item):
+                if refuse_unsafe:
+                    return -1
+                total += item.bit_length() // 3 + 2  # its decimal digits, roughly
+            elif isinstance(item, (dict, *_CONTAINERS)):
+                stack.append((item, level + 1))
+            else:
+                total += 32  # safe ints, floats, None, what the serializer spells as a short string
+    return math.inf if shared else total
 
 
 def _name_unsafe(task_name: str, value: Any, where: str) -> None:
-    if _unsafe_int(value):
-        raise UnsafeInteger(
-            f"{task_name}: {where} is an integer of {value.bit_length()} bits, beyond "
-            "±(2**53 - 1), the integers JSON carries exactly (RFC 8259); pass it as a "
-            "string, e.g. str(n), and convert it back with int() inside the task"
-        )
-    if isinstance(value, dict):
-        for key, item in value.items():
-            _name_unsafe(task_name, item, f"{where}[{key!r}]")
-    elif isinstance(value, _CONTAINERS):
-        for index, item in enumerate(value):
-            _name_unsafe(task_name, item, f"{where}[{index}]")
+    """Raise UnsafeInteger naming the first unsafe integer in ``value`` (walked as above)."""
+    seen: set[int] = set()
+    stack = [(value, where)]
+    while stack:
+        item, path = stack.pop()
+        if _unsafe_int(item):
+            raise UnsafeInteger(
+                f"{task_name}: {path} is an integer of {item.bit_length()} bits, beyond "
+                "±(2**53 - 1), the integers JSON carries exactly (RFC 8259); pass it as a "
+                "string, e.g. str(n), and convert it back with int() inside the task"
+            )
+        if isinstance(item, (dict, *_CONTAINERS)) and id(item) not in seen:
+            seen.add(id(item))
+            pairs = item.items() if isinstance(item, dict) else enumerate(item)
+            # Reversed, so the stack gives the first unsafe integer first.
+            stack += [(v, f"{path}[{k!r}]") for k, v in reversed(list(pairs))]

@@ -16,6 +16,8 @@
     ├── UnreadableMessage (ValueError)    a message from the broker no worker can read
     ├── MessageQuarantined                a task whose message was moved to the quarantine
     ├── ArgumentTooLarge (ValueError)     arguments over TASKPOOL_MAX_MESSAGE_BYTES
+    ├── NestedTooDeep                     arguments nested deeper than a worker can pass on
+    │   (kombu.exceptions.EncodeError)
     └── MapItemFailed                     one input of a map failed (also of the task's own type)
 
 Each also derives from the built-in (or kombu) exception named beside it, so code written for
@@ -27,7 +29,7 @@ from __future__ import annotations
 from typing import Any
 
 import redis
-from kombu.exceptions import OperationalError
+from kombu.exceptions import EncodeError, OperationalError
 
 
 class TaskpoolError(Exception):
@@ -98,6 +100,15 @@ class MessageQuarantined(TaskpoolError):
     not be read, or it was delivered TASKPOOL_MAX_DELIVERIES times without an outcome.
 
     ``taskpool quarantine list`` shows it, ``taskpool quarantine replay`` sends it again.
+    """
+
+
+class NestedTooDeep(TaskpoolError, EncodeError):
+    """Raised before sending arguments nested deeper than ``taskpool.messages.MAX_NESTING``.
+
+    JSON encodes deeper ones (stock Celery refuses past about 980 levels, with this same base
+    class), but a prefork worker hands a task's arguments to its pool process by pickling, which
+    fails at about 470 levels and stops the worker. A worker quarantines such a message.
     """
 
 

@@ -106,6 +106,10 @@ class FallbackTask(Task):
     def _run_locally(
         self, args: Any, kwargs: Any, task_id: str | None, options: dict[str, Any]
     ) -> LocalResult | EagerResult:
+        # As Celery's apply_async: arguments that do not fit the function fail at the call.
+        check_arguments = getattr(self, "__header__", None) if self.typing else None
+        if check_arguments is not None:
+            check_arguments(*(args or ()), **(kwargs or {}))
         # Routing options mean nothing to one local queue; timing options are honoured.
         countdown = options.get("countdown") or 0.0
         eta = options.get("eta")

@@ -7,7 +7,9 @@ import os
 import pytest
 from celery import chain, chord, group
 from celery.result import AsyncResult
+from kombu.exceptions import EncodeError
 
+from taskpool.errors import NestedTooDeep
 from taskpool.testing.celery_worker import CeleryWorker
 from tasks import app, print_number, square
 
@@ -94,3 +96,35 @@ def test_canvas_primitives_run_on_the_worker_as_on_stock_celery(
     called = callback.freeze()
     square.apply_async((3,), link=callback).get(timeout=20)
     assert called.get(timeout=20) == 81
+
+
+def nested(depth: int) -> list[object]:
+    outer: list[object] = []
+    inner = outer
+    for _ in range(depth):
+        inner.append([])
+        inner = inner[0]  # type: ignore[assignment]
+    return outer
+
+
+@pytest.mark.parametrize("mode", ["celery", "local"])
+def test_argument_errors_are_raised_at_the_call_as_stock_celery_raises_them_on_both_paths(
+    mode: str, session_worker: CeleryWorker
+) -> None:
+    with pytest.raises(TypeError, match="takes 1 positional argument but 2 were given"):
+        square.apply_async((1, 2), dispatch=mode)
+    # Nesting past what a worker can hand to its pool process (pickling fails at about 470
+    # levels, stopping the worker): refused at the call, as kombu's EncodeError.
+    with pytest.raises(EncodeError, match="nested deeper than 200 levels") as caught:
+        square.apply_async((nested(600),), dispatch=mode)
+    assert isinstance(caught.value, NestedTooDeep)
+    with pytest.raises(NestedTooDeep):
+        square.apply_async((nested(200),), dispatch=mode)
+    sent = square.apply_async((nested(199),), dispatch=mode)  # 200 levels: sent, and run
+    with pytest.raises(TypeError, match="expected an int, got list"):
+        sent.get(timeout=20)
+    # A cycle is the encoder's to refuse, as on stock Celery.
+    cycle: list[object] = []
+    cycle.append(cycle)
+    with pytest.raises(EncodeError, match="Circular reference"):
+        square.apply_async((cycle,), dispatch=mode)

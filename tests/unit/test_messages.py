@@ -37,6 +37,11 @@ def message(body: bytes = b"[[3], {}, {}]", **headers: Any) -> dict[str, Any]:
     }
 
 
+def without_timelimit(payload: dict[str, Any]) -> dict[str, Any]:
+    del payload["headers"]["timelimit"]
+    return payload
+
+
 def raw(payload: object) -> bytes:
     return json.dumps(payload).encode()
 
@@ -61,6 +66,11 @@ def test_compressed_bodies_within_the_bound_are_read(
 ) -> None:
     body = compress(b"[[3], {}, {}]")
     assert read(raw(message(body, compression=compression)), max_inflated=LIMIT)
+
+
+def test_celerys_hybrid_body_a_protocol_1_body_under_protocol_2_headers_is_read() -> None:
+    hybrid = message(b'{"args": [3], "kwargs": {}, "timelimit": [null, 5]}')
+    assert read(raw(hybrid), max_inflated=LIMIT)
 
 
 def test_a_message_of_another_content_type_is_left_to_celerys_accept_content() -> None:
@@ -100,7 +110,10 @@ def test_a_message_that_is_no_task_message_is_checked_as_an_envelope_only() -> N
         (changed(lambda m: m["headers"].update(timelimit=[1])), "timelimit"),
         (changed(lambda m: m["headers"].update(timelimit=[True, None])), "timelimit"),
         (changed(lambda m: m["headers"].update(retries="2")), "retries '2' is not a number"),
-        (raw(message(b'{"args": []}')), "body object is not [args, kwargs, embed]"),
+        (raw(message(b'{"x": []}')), "body object is not [args, kwargs, embed]"),
+        (raw(message(b'{"args": {}}')), "not [args, kwargs, embed]"),
+        (raw(message(b'{"args": [], "kwargs": []}')), "not [args, kwargs, embed]"),
+        (raw(without_timelimit(message(b'{"args": [], "timelimit": ["x", 1]}'))), "timelimit"),
         (raw(message(b"[[], {}]")), "body array is not [args, kwargs, embed]"),
         (raw(message(b"[{}, {}, {}]")), "not [args, kwargs, embed]"),
         (raw(message(b"[[], [], {}]")), "not [args, kwargs, embed]"),
