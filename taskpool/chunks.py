@@ -18,6 +18,10 @@ from taskpool.errors import RetryInMap
 #: Largest automatic chunk: big enough that per-message costs vanish, small enough that a
 #: chunk redelivered after a crash is cheap to redo and one message stays near a megabyte.
 MAX_AUTO_CHUNKSIZE = 200_000
+#: The most inputs one chunk may hold, on either backend: five times the largest automatic
+#: chunk. A worker refuses a chunk message over it, so a small message naming a huge range
+#: cannot make a pool process build a list of billions of results.
+MAX_CHUNK_ITEMS = 1_000_000
 #: Chunk size when the input's length is unknown (a generator). Measured on 2,000,000 squares
 #: through the broker: 10,000 per chunk took ~1.9 s, 50,000 ~1.3 s, 100,000 ~1.2 s; 50,000 keeps
 #: most of the gain with half the memory in flight.
@@ -123,13 +127,35 @@ def pack(values: Sequence[Any]) -> dict[str, Any]:
 
 
 def unpack(packed: dict[str, Any]) -> Sequence[Any]:
-    """The list (or range) that ``pack`` wrapped."""
+    """The list (or range) that ``pack`` wrapped; ValueError past MAX_CHUNK_ITEMS."""
     if "range" in packed:
         start, stop, step = packed["range"]
-        return range(start, stop, step)
-    if "msgpack" in packed:
-        return msgpack.unpackb(base64.b64decode(packed["msgpack"]), strict_map_key=False)
-    return packed["json"]
+        items: Sequence[Any] = range(start, stop, step)
+    elif "msgpack" in packed:
+        data = base64.b64decode(packed["msgpack"])
+        try:  # refused before a list of 16 million one-byte items is built
+            items = msgpack.unpackb(data, strict_map_key=False, max_array_len=MAX_CHUNK_ITEMS)
+        except ValueError as exc:
+            if "max_array_len" in str(exc):
+                raise _too_many("a chunk message holds more inputs than allowed,") from None
+            raise
+    else:
+        items = packed["json"]
+    check_chunksize(len(items), "a chunk message holds")
+    return items
+
+
+def check_chunksize(size: int, what: str = "chunksize") -> None:
+    """ValueError for a chunk of more than MAX_CHUNK_ITEMS inputs."""
+    if size > MAX_CHUNK_ITEMS:
+        raise _too_many(f"{what} {size:,} inputs,")
+
+
+def _too_many(what: str) -> ValueError:
+    return ValueError(
+        f"{what} over the {MAX_CHUNK_ITEMS:,} one chunk may hold "
+        "(taskpool.chunks.MAX_CHUNK_ITEMS): pass a smaller chunksize"
+    )
 
 
 @shared_task(name="taskpool.run_chunk", bind=True, store_errors_even_if_ignored=True)

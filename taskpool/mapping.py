@@ -23,7 +23,15 @@ from tqdm import tqdm
 
 from taskpool import dispatch
 from taskpool.arguments import check_items
-from taskpool.chunks import ChunkOutcome, auto_chunksize, chunked, pack, run_chunk, unpack
+from taskpool.chunks import (
+    ChunkOutcome,
+    auto_chunksize,
+    check_chunksize,
+    chunked,
+    pack,
+    run_chunk,
+    unpack,
+)
 from taskpool.errors import ArgumentTooLarge, BrokerUnavailable, MapItemFailed
 from taskpool.local_pool import submit_chunk
 from taskpool.settings import settings_of
@@ -239,6 +247,7 @@ class _Map:
         )
         if self.chunksize < 1:
             raise ValueError(f"chunksize must be at least 1, got {self.chunksize}")
+        check_chunksize(self.chunksize)
         self.max_in_flight = max_in_flight or self.backend.in_flight_per_process * processes
         self.inputs, self.length = inputs, length
         self.return_exceptions = return_exceptions

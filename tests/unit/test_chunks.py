@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from taskpool.chunks import chunked, pack, run_items, unpack
+from taskpool.chunks import MAX_CHUNK_ITEMS, chunked, pack, run_items, unpack
 from taskpool.errors import RetryInMap
 from tasks import square
 
@@ -87,3 +87,26 @@ def test_a_retry_for_an_exception_keeps_that_exception() -> None:
     outcome = run_items(retries_on_value_error, [0, 1, 2], hostname=None)
     [(position, error)] = outcome.errors
     assert position == 1 and type(error) is ValueError
+
+
+@pytest.mark.parametrize(
+    "packed",
+    [{"range": [0, 10**12, 1]}, pack(list(range(MAX_CHUNK_ITEMS + 1))),
+     {"json": [0] * (MAX_CHUNK_ITEMS + 1)}],
+    ids=["range", "msgpack", "json"],
+)  # fmt: skip
+def test_a_chunk_message_over_max_chunk_items_is_refused_before_it_is_run(packed: Any) -> None:
+    """A 1 KB message naming range(10**12) would have a pool process build 10**12 results."""
+    with pytest.raises(ValueError, match="over the 1,000,000 one chunk may hold"):
+        unpack(packed)
+
+
+def test_a_chunk_of_max_chunk_items_is_read() -> None:
+    assert len(unpack({"range": [0, MAX_CHUNK_ITEMS, 1]})) == MAX_CHUNK_ITEMS
+
+
+def test_a_map_with_a_chunksize_over_max_chunk_items_is_refused_at_the_call() -> None:
+    import taskpool
+
+    with pytest.raises(ValueError, match="chunksize 1,000,001 inputs, over the 1,000,000"):
+        taskpool.map(square, range(10), chunksize=MAX_CHUNK_ITEMS + 1, dispatch="local")
