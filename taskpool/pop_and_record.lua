@@ -7,9 +7,18 @@
 --                  an ack or a final reject deletes the count)
 -- ARGV[1] = q, the number of queues; ARGV[2] = '1' to take the popped message's wake token
 -- (an idle consumer woken by that token has taken it already, and passes '0').
--- Returns {key, message, deliveries, tag} once popped and recorded (deliveries counts this
--- one); {key, message, 0} for a message it could not read (the worker reads it again, and
--- quarantines it or has kombu record it); false when every list is empty.
+-- Returns {key, message, deliveries, tag, eta} once popped and recorded (deliveries counts this
+-- one; eta is the eta header read, or false); {key, message, 0} for a message it could not read
+-- (the worker reads it again, and quarantines it or has kombu record it); false when every
+-- list is empty.
+--
+-- The message is not decoded whole: Redis serves no other client while a script runs, and
+-- decoding costs time in proportion to the message's size (bench/big_message.py). Its
+-- properties and headers are found in its text (kombu writes them after the body, which it
+-- stores in base64, so the search skips the body at memchr speed) and only they are decoded.
+-- A message written otherwise (other spacing, a brace inside a header string) is decoded whole.
+-- The worker reads the whole message itself and quarantines one whose delivery tag or eta
+-- differs from the one read here (a decoy object in the text before the real one).
 --
 -- A message due later (Celery's eta header, from countdown or eta) is indexed at its due time,
 -- not now: kombu's restore puts back messages indexed more than the visibility timeout ago, so
@@ -46,6 +55,36 @@ local function unix_time(text)
   return t
 end
 
+-- The JSON object after the first '"name": {' in the message's text, decoded, or nil.
+local function object_after(item, name)
+  local at = string.find(item, '"' .. name .. '": {', 1, true)
+  if not at then
+    return nil
+  end
+  local text = string.match(item, '^%b{}', at + #name + 4)
+  if not text then
+    return nil
+  end
+  local ok, value = pcall(cjson.decode, text)
+  if ok and type(value) == 'table' then
+    return value
+  end
+  return nil
+end
+
+-- The message's properties and headers, or nil for a message that is not a JSON object.
+local function envelope(item)
+  local properties, headers = object_after(item, 'properties'), object_after(item, 'headers')
+  if properties and headers then
+    return properties, headers
+  end
+  local ok, message = pcall(cjson.decode, item)
+  if not (ok and type(message) == 'table') then
+    return nil
+  end
+  return message['properties'], message['headers']
+end
+
 local index_key, unacked_key, deliveries_key = KEYS[#KEYS - 2], KEYS[#KEYS - 1], KEYS[#KEYS]
 local queues = tonumber(ARGV[1])
 local lists = #KEYS - 3 - queues
@@ -56,24 +95,23 @@ for i = 1, lists do
     if ARGV[2] == '1' then
       redis.call('RPOP', KEYS[lists + (i - 1) % queues + 1])
     end
-    local ok, message = pcall(cjson.decode, item)
-    local properties = ok and type(message) == 'table' and message['properties']
-    local delivery = properties and properties['delivery_info']
-    local tag = properties and properties['delivery_tag']
-    if not (delivery and type(tag) == 'string') then
+    local properties, headers = envelope(item)
+    local delivery = type(properties) == 'table' and properties['delivery_info']
+    local tag = delivery and properties['delivery_tag']
+    if not (type(delivery) == 'table' and type(tag) == 'string') then
       return {KEYS[i], item, 0}
     end
     local now = redis.call('TIME')
     local score = tonumber(now[1]) + tonumber(now[2]) / 1000000
-    local headers = message['headers']
-    local due = type(headers) == 'table' and unix_time(headers['eta'])
+    local eta = type(headers) == 'table' and type(headers['eta']) == 'string' and headers['eta']
+    local due = unix_time(eta)
     if due and due > score then
       score = due
     end
     redis.call('ZADD', index_key, score, tag)
     redis.call('HSET', unacked_key, tag, '[' .. item .. ',' .. cjson.encode(delivery['exchange'])
       .. ',' .. cjson.encode(delivery['routing_key']) .. ']')
-    return {KEYS[i], item, redis.call('HINCRBY', deliveries_key, tag, 1), tag}
+    return {KEYS[i], item, redis.call('HINCRBY', deliveries_key, tag, 1), tag, eta}
   end
 end
 return false

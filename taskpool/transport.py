@@ -435,6 +435,13 @@ class Channel(kombu_redis.Channel):
         except UnreadableMessage as exc:
             self._quarantine(queue, raw, str(exc), tag, deliveries)
             return None
+        if tag is not None and _read_apart(payload) != (tag, _text(reply[4])):
+            reason = (
+                "the message's text holds a second properties or headers object before its "
+                "own, which the pop read instead"
+            )
+            self._quarantine(queue, raw, reason, tag, deliveries)
+            return None
         if deliveries > self.max_deliveries:
             reason = (
                 f"delivered {deliveries - 1} times without an outcome "
@@ -481,6 +488,17 @@ class Channel(kombu_redis.Channel):
         message = self.Message(payload, channel=self)
         self.qos.append(message, message.delivery_tag)
         return message
+
+
+def _read_apart(payload: dict[str, Any]) -> tuple[str, str | None]:
+    """The delivery tag and eta header of a message, as the pop script reads them."""
+    eta = (payload.get("headers") or {}).get("eta")
+    return payload["properties"]["delivery_tag"], eta if isinstance(eta, str) else None
+
+
+def _text(value: Any) -> str | None:
+    """A script's string reply as text; None for its false (nil)."""
+    return None if value is None else bytes_to_str(value)
 
 
 _TransportBase: Any = kombu_redis.Transport if TYPE_CHECKING else object

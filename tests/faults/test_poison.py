@@ -60,6 +60,15 @@ def with_body(message: Message, body: bytes, **headers: object) -> bytes:
     return changed(message, change)
 
 
+def nested(depth: int) -> list[object]:
+    outer: list[object] = []
+    inner = outer
+    for _ in range(depth):
+        inner.append([])
+        inner = inner[0]  # type: ignore[assignment]
+    return outer
+
+
 def bomb(inflated: int) -> bytes:
     """zlib data (kombu's ``zlib`` compression) that inflates to ``inflated`` zero bytes."""
     packer = zlib.compressobj(9)
@@ -68,6 +77,8 @@ def bomb(inflated: int) -> bytes:
     return b"".join(parts) + packer.flush()
 
 
+#: Read before the message's own properties by a reader that does not decode it all.
+DECOY = {"delivery_tag": "decoy", "delivery_info": {"exchange": "", "routing_key": "celery"}}
 #: Bytes a hostile or broken client pushes, and what the quarantine entry's reason must say.
 POISONS: dict[str, tuple[Callable[[Message], bytes], str]] = {
     "not-utf8": (lambda m: b"\xff\xfe{not json", "not UTF-8"),
@@ -84,12 +95,24 @@ POISONS: dict[str, tuple[Callable[[Message], bytes], str]] = {
         "not base64",
     ),
     "body-not-args-kwargs-embed": (
-        lambda m: with_body(m, b'{"args": [1]}'),
+        lambda m: with_body(m, b'{"x": 1}'),
         "not [args, kwargs, embed]",
     ),
     "timelimit-not-numbers": (
         lambda m: changed(m, lambda c: c["headers"].update(timelimit=["x", "y"])),
         "timelimit",
+    ),
+    "decoy-properties-in-headers": (
+        lambda m: changed(m, lambda c: c["headers"].update(properties=DECOY)),
+        "a second properties or headers object",
+    ),
+    "args-nested-600-deep": (
+        lambda m: with_body(m, json.dumps([[nested(600)], {}, {}]).encode()),
+        "args nest deeper than 200 levels",
+    ),
+    "header-nested-600-deep": (
+        lambda m: changed(m, lambda c: c["headers"].update(custom=nested(600))),
+        "headers nest deeper than 200 levels",
     ),
     "zlib-bomb-512mb": (
         lambda m: with_body(m, bomb(512 * 1024 * 1024), compression="application/x-gzip"),
@@ -230,3 +253,17 @@ def test_the_quarantine_command_lists_replays_and_drops_what_workers_moved_aside
     assert quarantine.count() == 0
     wait_for(lambda: client.hlen("unacked") == 0, 5, "the ack, which follows the result")
     assert_nothing_left(client)
+
+
+def test_a_chunk_message_over_a_huge_range_fails_at_once_and_grows_no_pool_process(
+    redis_url: str, worker_factory: Callable[..., CeleryWorker]
+) -> None:
+    """A 1 KB message that would have a pool process build 10**12 results."""
+    worker = worker_factory(redis_url, node_name("chunked"))
+    app = client_app(redis_url, dispatch="celery")
+    hostile = {"range": [0, 10**12, 1]}
+    result = app.send_task("taskpool.run_chunk", args=("tasks.square", hostile))
+    with pytest.raises(ValueError, match="1,000,000,000,000 inputs, over the 1,000,000"):
+        result.get(timeout=20)
+    assert max(peak_rss_mb(pid) for pid in worker.pool_pids()) < 300
+    assert app.tasks["tasks.square"].delay(5).get(timeout=10) == 25
