@@ -1,5 +1,6 @@
 """Starting a worker: refuse at once when the broker rejects our credentials, retry result
-writes through a broker failover, and fail the tasks whose messages it quarantines.
+writes through a broker failover, fail the tasks whose messages it quarantines, and keep
+passwords out of its stats.
 
 Celery treats a rejected password like a broker that is not up yet and retries forever, so a
 typo in a deployment looks like a hang. A rejected password will not get better by waiting: the
@@ -21,7 +22,7 @@ from celery.signals import worker_init
 from taskpool.celery_conf import WORKER_RESULT_RETRIES
 from taskpool.health import probe_broker, probe_redis
 from taskpool.quarantine import Entry, fail_task_of, message_quarantined
-from taskpool.urls import is_redis, mask_url
+from taskpool.urls import is_redis, mask_url, masked
 
 log = logging.getLogger("taskpool.worker")
 
@@ -88,6 +89,15 @@ def fail_quarantined_tasks(sender: Any = None, **_: Any) -> None:
     message_quarantined.connect(fail, weak=False)
 
 
+def mask_worker_stats(sender: Any = None, **_: Any) -> None:
+    """``worker_init`` receiver: the worker's stats (``celery inspect stats``, Flower's worker
+    page) show its broker's transport options, where Celery removes the URL's password but not
+    the sentinels' (``sentinel_kwargs``) nor one in a query string: those are masked too."""
+    stats = getattr(sender, "stats", None)
+    if stats is not None:
+        sender.stats = lambda: masked(stats())
+
+
 def _is_rejection(exc: BaseException | None) -> bool:
     seen = 0
     while exc is not None and seen < 10:
@@ -100,7 +110,8 @@ def _is_rejection(exc: BaseException | None) -> bool:
 
 def watch_worker_start() -> None:
     """Have every worker started in this process check its credentials first, retry its
-    result writes longer, and fail the tasks it quarantines (idempotent)."""
+    result writes longer, fail the tasks it quarantines, and mask its stats (idempotent)."""
     worker_init.connect(refuse_rejected_credentials, weak=False)
     worker_init.connect(retry_result_writes, weak=False)
     worker_init.connect(fail_quarantined_tasks, weak=False)
+    worker_init.connect(mask_worker_stats, weak=False)

@@ -450,15 +450,29 @@ def _check_url(name: str, url: str, schemes: Collection[str]) -> None:
         scheme = url_scheme(url)
     except ValueError:
         scheme = ""
+    if scheme in REDIS_SCHEMES and not all(map(_has_database_path, url.split(";"))):
+        raise ConfigError(
+            name,
+            mask_url(url),
+            "the part after the host must be a database number (redis://host:6379/0); a / or "
+            "@ in the password must be percent-encoded (%2F, %40), or the password given in "
+            "TASKPOOL_REDIS_PASSWORD",
+        )
     if scheme not in schemes:
         raise ConfigError(
             name,
             mask_url(url),
             "expected a URL such as redis://[:password@]host:6379/0, "
             "sentinel://host1:26379;sentinel://host2:26379 or "
-            "amqp://user:password@host:5672// (percent-encode / @ : in a password), "
+            "amqp://user:password@host:5672// (percent-encode / @ : ; in a password), "
             "with a scheme among " + ", ".join(sorted(schemes)),
         )
+
+
+def _has_database_path(url: str) -> bool:
+    """A Redis URL's path is empty or ``/N``: anything else is a password's raw ``/``."""
+    path = urlsplit(url).path
+    return path in ("", "/") or path[1:].isdigit()
 
 
 @functools.cache

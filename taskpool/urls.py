@@ -1,22 +1,58 @@
-"""Parsing and password-masking of broker and result-backend URLs."""
+"""Parsing and password-masking of broker and result-backend URLs, and of what holds them."""
 
 from __future__ import annotations
 
 import re
+from typing import Any
 from urllib.parse import urlsplit
 
-#: ``scheme://user:password@``, with everything up to the password's colon as group 1. The
-#: password runs to the last ``@`` of the URL (``;`` separates failover URLs), so one holding
-#: ``/`` or ``@`` is masked whole.
-_CREDENTIALS = re.compile(r"(://[^/@;:]*:)[^;]*@")
+#: A URL in text: a scheme, then up to whitespace or a quote (a password holding either must be
+#: percent-encoded anyway). A failover list (``a;b``) is one match, split below.
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]*")
+#: Where the next URL of a failover list starts: a ``;`` followed by a scheme. A ``;`` that is
+#: not (one in a password, say) belongs to the URL it is in.
+_NEXT_URL = re.compile(r";(?=[A-Za-z][A-Za-z0-9+.-]*://)")
+#: A secret in a query string: redis-py reads ``?password=``, kombu its transport options.
+_QUERY_SECRET = re.compile(r"([?&;][A-Za-z_]*(?:password|passwd|secret|token)=)[^&#]*", re.I)
 
 
-def mask_url(url: str) -> str:
-    """Return ``url`` with every password replaced by ``**``, safe for messages and logs.
+def mask_url(text: str) -> str:
+    """Return ``text`` with the password of every URL in it replaced by ``**``, safe for
+    messages and logs: ``scheme://user:**@host``, ``?password=**``.
 
-    Works on text, so it also masks URLs too broken to parse and failover lists (``a;b``).
+    Works on text, so it also masks URLs too broken to parse, URLs inside a message, and
+    failover lists (``a;b``). The credentials run to the last ``@`` of each URL, so a password
+    holding ``/``, ``@``, ``:``, ``;``, ``?`` or ``#`` is masked whole.
     """
-    return _CREDENTIALS.sub(r"\1**@", url)
+    return _URL.sub(lambda found: ";".join(map(_mask_one, _NEXT_URL.split(found[0]))), text)
+
+
+def _mask_one(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    at = rest.rfind("@")
+    user, colon, _ = rest[: max(at, 0)].partition(":")
+    if colon and "/" not in user:  # user:password@ (a user may be empty)
+        rest = f"{user}:**{rest[at:]}"
+    return scheme + "://" + _QUERY_SECRET.sub(r"\1**", rest)
+
+
+#: Keys whose values are secrets wherever they sit in a mapping (``sentinel_kwargs``' password).
+_SECRET_KEY = re.compile(r"pass|secret|token", re.I)
+
+
+def masked(value: Any) -> Any:
+    """A copy of ``value`` (mappings, sequences, text) safe to show: the values of keys that
+    name a secret are ``**``, and every URL in a string is masked (``mask_url``)."""
+    if isinstance(value, str):
+        return mask_url(value)
+    if isinstance(value, dict):
+        return {
+            k: "**" if isinstance(k, str) and _SECRET_KEY.search(k) and v else masked(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return type(value)(masked(item) for item in value)
+    return value
 
 
 #: The URL schemes of a Redis: plain, TLS, and a list of sentinels that name the primary.

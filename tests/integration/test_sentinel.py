@@ -6,6 +6,8 @@ import functools
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -147,6 +149,17 @@ def test_the_compose_ha_worker_serves_through_the_sentinels(
         app = settings_app(Settings.from_env(service_env))
         worker.start().wait_ready(app)
         assert app.tasks["tasks.square"].delay(4).get(timeout=20) == 16
+        # What Flower's worker page and `celery inspect` show hold neither password.
+        for what in ("stats", "conf"):
+            shown = subprocess.run(
+                [sys.executable, "-m", "celery", "-A", "tasks", "inspect", what,
+                 "-d", worker.node, "--timeout", "5"],
+                env=env, capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            output = shown.stdout + shown.stderr
+            assert shown.returncode == 0, output[-2000:]
+            assert "sentinel_kwargs" in output  # shown, so the check below means something
+            assert PASSWORD not in output and SENTINEL_PASSWORD not in output, what
     finally:
         worker.stop()
 

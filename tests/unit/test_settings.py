@@ -115,6 +115,7 @@ def test_settings_are_immutable() -> None:
         ("TASKPOOL_BROKER_URL", "localhost:6379", "redis://"),
         ("TASKPOOL_BROKER_URL", "redis://localhost:sixty/0", "redis://"),
         ("TASKPOOL_BROKER_URL", "http://localhost/", "scheme among"),
+        ("TASKPOOL_RESULT_BACKEND", "redis://localhost:6379/zero", "database number"),
         ("CELERY_BROKER_URL", "nonsense", "redis://"),
         ("TASKPOOL_RESULT_BACKEND", "nope://x", "scheme among"),
     ],
@@ -286,3 +287,11 @@ def test_waiting_for_replicas_is_off_unless_asked_and_then_positive() -> None:
     assert (settings.redis_wait_replicas, settings.redis_wait_timeout) == (1, 0.5)
     with pytest.raises(ConfigError, match="TASKPOOL_REDIS_WAIT_REPLICAS"):
         Settings.from_env({"TASKPOOL_REDIS_WAIT_REPLICAS": "0"})
+
+
+def test_a_password_with_a_raw_slash_is_refused_without_showing_it() -> None:
+    """urlsplit reads redis://:p@ss/w0rd@host/0 as host ss and database "w0rd@host/0"."""
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"TASKPOOL_BROKER_URL": "redis://:p@ss/w0rd@localhost:6379/0"})
+    assert "database number" in str(caught.value) and "%2F" in str(caught.value)
+    assert "w0rd" not in str(caught.value)
