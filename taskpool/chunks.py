@@ -11,7 +11,7 @@ from typing import Any
 
 import msgpack
 from celery import Task, shared_task, states
-from celery.exceptions import Retry
+from celery.exceptions import Retry, SoftTimeLimitExceeded, TimeLimitExceeded
 
 from taskpool.errors import RetryInMap
 
@@ -68,7 +68,10 @@ class ChunkOutcome:
 def run_items(task: Task, items: Sequence[Any], hostname: str | None) -> ChunkOutcome:
     """Run ``task``'s body on each item, in this process; a failure does not stop the chunk.
 
-    Bound tasks (``bind=True``) see a request naming the node that runs them.
+    A chunk runs under one task's time limits (the mapped task's, else the app's), on either
+    backend: past the soft limit, the input running and every input not run yet fail with
+    SoftTimeLimitExceeded, and the chunk returns what it has. Bound tasks (``bind=True``) see a
+    request naming the node that runs them.
     """
     body = task.run
     context = _request(task, hostname) if hasattr(body, "__self__") else nullcontext()
@@ -78,6 +81,10 @@ def run_items(task: Task, items: Sequence[Any], hostname: str | None) -> ChunkOu
         while len(values) < len(items):
             try:  # list.extend keeps what map() produced before a failure: each item runs once
                 values.extend(map(body, itertools.islice(items, len(values), None)))
+            except (SoftTimeLimitExceeded, TimeLimitExceeded) as exc:
+                # The chunk's time is up: the input running and those not run fail with it.
+                errors += [(position, exc) for position in range(len(values), len(items))]
+                values += [None] * (len(items) - len(values))
             except Exception as exc:  # reported per input, the chunk goes on
                 errors.append((len(values), _named(task, exc)))
                 values.append(None)

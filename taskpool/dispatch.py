@@ -108,13 +108,20 @@ def route(app: Celery, dispatch: str | None = None, *, need_worker: bool = False
     if not need_worker:
         return Route("broker", mode, "the broker answers")  # no URL: this is every call's path
     broker = mask_url(verdict.broker_url)
-    workers = sorted(
-        name for reply in app.control.ping(timeout=WORKER_PING_TIMEOUT) for name in reply
-    )
+    workers = workers_answering(app)
     if not workers:
-        fix = f"start a worker (celery -A {app.main} worker)"
-        return fall_back(app, mode, f"no worker answered on {broker}", fix=fix)
+        return fall_back(app, mode, f"no worker answered on {broker}", fix=start_a_worker(app))
     return Route("broker", mode, f"{broker}, workers: {', '.join(workers)}")
+
+
+def workers_answering(app: Celery) -> list[str]:
+    """The nodes that answer a ping within WORKER_PING_TIMEOUT, sorted."""
+    return sorted(name for reply in app.control.ping(timeout=WORKER_PING_TIMEOUT) for name in reply)
+
+
+def start_a_worker(app: Celery) -> str:
+    """What to do when no worker answers."""
+    return f"start a worker (celery -A {app.main} worker)"
 
 
 def fall_back(app: Celery, mode: DispatchMode, reason: str, *, fix: str | None = None) -> Route:

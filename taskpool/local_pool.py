@@ -535,7 +535,8 @@ def _execute_chunk(
     task = _find_task(ref)
     if check_integers:
         check_items(task.name, items, start)
-    outcome = run_items(task, items, hostname=None)
+    with _time_limits(task, RunOptions()):  # a chunk's limits are one run's, as on a worker
+        outcome = run_items(task, items, hostname=None)
     outcome.errors = [(i, get_pickleable_exception(exc)) for i, exc in outcome.errors]
     return outcome
 

@@ -38,6 +38,9 @@ from taskpool.settings import settings_of
 
 #: How often a wait on the broker stops to ask whether the broker is still there.
 BROKER_POLL_SECONDS = 1.0
+#: How long a chunk may stay unfinished before the map asks whether any worker is left (a
+#: ping); every worker gone, the map runs on the local pool (mode auto) or says so (celery).
+WORKER_SILENCE_SECONDS = 10.0
 #: A chunk's result is polled from 1 ms, doubling to at most 20 ms: quick for fast chunks,
 #: at most ~50 reads a second for slow ones.
 POLL_FIRST_SECONDS = 0.001
@@ -118,7 +121,11 @@ class _Progress(tqdm):
 
 
 class _BackendLost(Exception):
-    """The broker or result store went away while a chunk was out."""
+    """The broker, the result store or every worker went away while a chunk was out."""
+
+    def __init__(self, reason: str, fix: str | None = None) -> None:
+        super().__init__(reason)
+        self.fix = fix
 
 
 class _LocalChunks:
@@ -170,6 +177,9 @@ class _BrokerChunks:
                     ignore_result=True,
                     # Celery would repr every input for monitoring; a summary costs nothing.
                     argsrepr=f"({self.task.name!r}, <{len(items)} inputs>)",
+                    # The mapped task's limits, as on the local pool (None: the app's).
+                    time_limit=self.task.time_limit,
+                    soft_time_limit=self.task.soft_time_limit,
                 ).id
             )
         except BrokerUnavailable as exc:
@@ -202,6 +212,7 @@ class _BrokerChunks:
 
     def _wait(self, task_id: str) -> dict[str, Any]:
         delay, waited = POLL_FIRST_SECONDS, 0.0
+        silent_since = time.monotonic()
         while True:
             try:
                 meta = self.app.backend.get_task_meta(task_id, cache=False)
@@ -214,9 +225,19 @@ class _BrokerChunks:
                 waited = 0.0
                 if not self.health.is_up():
                     raise _BackendLost(self.health.reason)
+                if time.monotonic() - silent_since >= WORKER_SILENCE_SECONDS:
+                    self._check_workers()
+                    silent_since = time.monotonic()
             time.sleep(delay)
             waited += delay
             delay = min(delay * 2, POLL_MAX_SECONDS)
+
+    def _check_workers(self) -> None:
+        if not dispatch.workers_answering(self.app):
+            raise _BackendLost(
+                f"no worker answered for {WORKER_SILENCE_SECONDS:g} s while a chunk was out",
+                fix=dispatch.start_a_worker(self.app),
+            )
 
 
 class _Map:
@@ -293,7 +314,7 @@ class _Map:
         if isinstance(self.backend, _LocalChunks):
             raise BrokerUnavailable(str(lost)) from lost
         try:
-            dispatch.fall_back(self.app, self.mode, str(lost))
+            dispatch.fall_back(self.app, self.mode, str(lost), fix=lost.fix)
         except BrokerUnavailable as unavailable:
             raise unavailable from lost
         self.backend = _LocalChunks(self.task)

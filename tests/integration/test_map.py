@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from celery.exceptions import SoftTimeLimitExceeded
 
 import taskpool
 from taskpool import MapItemFailed, current_settings
@@ -19,6 +20,9 @@ from taskpool.testing.redis_server import RedisServer, free_port
 from taskpool.testing.waiting import wait_for
 from tasks import print_number, square, sum_of_squares
 from tests.conftest import client_app, node_name
+from tests.support import probe_tasks  # noqa: F401 - probe.nap on every app
+
+PROBE = ("-I", "tests.support.probe_tasks")
 
 pytestmark = pytest.mark.integration
 
@@ -190,3 +194,52 @@ def test_a_broker_lost_mid_map_finishes_every_input_once_on_the_local_pool(
     assert [first, *results] == [sum(i * i for i in range(n)) for n in sizes]
     assert results.backends == ["broker", "local pool"]
     assert time.monotonic() - started < 60
+
+
+@pytest.mark.parametrize("mode", ["celery", "local"])
+def test_a_chunk_past_its_soft_time_limit_fails_the_rest_of_the_chunk_on_both_backends(
+    mode: str,
+    redis_factory: Callable[..., RedisServer],
+    worker_factory: Callable[..., CeleryWorker],
+) -> None:
+    """The mapped task's limits (soft 1 s) bound each chunk: the input running when time is up
+    and those after it fail with SoftTimeLimitExceeded; the next chunk starts afresh."""
+    redis = redis_factory()
+    if mode == "celery":
+        worker_factory(redis.url(), node_name("limited"), extra=PROBE)
+    app = client_app(redis.url(), dispatch=mode)
+    nap = app.tasks["probe.nap"]
+    results = taskpool.map(nap, [0, 0.1, 3, 0, 0, 0], chunksize=4, return_exceptions=True)
+    assert results[:2] == [0, 0.1] and results[4:] == [0, 0]
+    assert all(isinstance(r, SoftTimeLimitExceeded) for r in results[2:4]), results
+
+
+def test_a_map_whose_every_worker_died_runs_on_the_local_pool_within_a_bound(
+    redis_factory: Callable[..., RedisServer], worker_factory: Callable[..., CeleryWorker]
+) -> None:
+    redis = redis_factory()
+    worker = worker_factory(redis.url(), node_name("doomed"))
+    app = client_app(redis.url())  # mode auto, the default
+    sizes = [1_500_000 + n for n in range(16)]
+    results = taskpool.imap(app.tasks["tasks.sum_of_squares"], sizes, chunksize=2)
+    first = next(results)
+    os.killpg(worker.pid, signal.SIGKILL)  # the worker and its pool processes
+    killed = time.monotonic()
+    assert [first, *results] == [sum(i * i for i in range(n)) for n in sizes]
+    assert results.backends == ["broker", "local pool"]
+    assert time.monotonic() - killed < 60  # WORKER_SILENCE_SECONDS, then the local work
+
+
+def test_in_mode_celery_a_map_whose_every_worker_died_says_so_within_a_bound(
+    redis_factory: Callable[..., RedisServer], worker_factory: Callable[..., CeleryWorker]
+) -> None:
+    redis = redis_factory()
+    worker = worker_factory(redis.url(), node_name("doomed-celery"))
+    app = client_app(redis.url(), dispatch="celery")
+    results = taskpool.imap(app.tasks["tasks.sum_of_squares"], [1_500_000] * 16, chunksize=2)
+    next(results)
+    os.killpg(worker.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    with pytest.raises(taskpool.BrokerUnavailable, match="no worker answered.*start a worker"):
+        list(results)
+    assert time.monotonic() - killed < 60

@@ -41,3 +41,10 @@ def die(self: Task, n: int) -> None:
     finally:
         client.close()
     os._exit(1)
+
+
+@shared_task(name="probe.nap", soft_time_limit=1, time_limit=5)
+def nap(seconds: float) -> float:
+    """Sleep ``seconds``: past one, the soft time limit interrupts it."""
+    time.sleep(seconds)
+    return seconds
