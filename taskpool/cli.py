@@ -199,7 +199,10 @@ def map_command(
     task = _find_task(app, task_name)
     with json_stdout(as_json) as emit:
         sink = output or (None if as_json else sys.stdout)
-        dispatch = _dispatch(mode)  # before the clock: finding a worker is not mapping
+        # Before the clock: finding a worker is not mapping. On the broker, the map keeps the
+        # mode, so in mode auto it falls back mid-map as taskpool.map does.
+        route = _route(mode)
+        dispatch = route.mode if route.backend == "broker" else "local"
         started = time.perf_counter()
         results = imap(
             task, inputs, chunksize=chunksize, dispatch=dispatch,
@@ -387,14 +390,19 @@ def _app() -> Any:
 
 
 def _dispatch(mode: str | None) -> str:
-    """Where a command's tasks go: the broker only when a worker answers too.
+    """Where a command's tasks go: the broker only when a worker answers too."""
+    return _route(mode).dispatch
+
+
+def _route(mode: str | None) -> Any:
+    """The route of a command's tasks, asking for a worker too.
 
     With Redis up but no worker, a published task would wait for ever; in mode auto the
     command then uses the local pool, and in mode celery it stops with exit code 3.
     """
     from taskpool import dispatch
 
-    return dispatch.route(_app(), mode, need_worker=True).dispatch
+    return dispatch.route(_app(), mode, need_worker=True)
 
 
 def _backend_of(results: list[Any]) -> str:

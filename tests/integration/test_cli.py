@@ -7,13 +7,14 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from taskpool.examples import LOCAL_NODE
 from taskpool.testing.celery_worker import CeleryWorker
 from taskpool.testing.redis_server import RedisServer, free_port
-from tests.conftest import worker_env
+from tests.conftest import node_name, worker_env
 from tests.support.paths import REPO_ROOT
 
 pytestmark = pytest.mark.integration
@@ -269,3 +270,37 @@ def test_no_output_holds_the_password_whatever_form_the_url_gives_it(url: str) -
         outputs.append(output)
     # The URL was shown (masked), so the checks above mean something.
     assert any("127.0.0.1:" in output and "**" in output for output in outputs)
+
+
+def test_the_map_command_falls_back_mid_map_in_mode_auto_as_the_api_does(
+    tmp_path: Path,
+    redis_factory: Callable[..., RedisServer],
+    worker_factory: Callable[..., CeleryWorker],
+) -> None:
+    redis = redis_factory()
+    worker_factory(redis.url(), node_name("cli-lost"))
+    sizes = [1_500_000 + n for n in range(40)]
+    inputs = tmp_path / "sizes.jsonl"
+    inputs.write_text("".join(f"{n}\n" for n in sizes))
+    command = [sys.executable, "-m", "taskpool", "-A", "tasks", "map", "sum_of_squares",
+               "--input", str(inputs), "--chunksize", "2", "--no-progress"]  # fmt: skip
+    with subprocess.Popen(
+        command, cwd=REPO_ROOT, env=worker_env(redis.url()), text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    ) as mapping:  # fmt: skip
+        assert mapping.stdout is not None and mapping.stderr is not None
+        try:
+            first = mapping.stdout.readline()  # the broker is serving this map
+            redis.kill()
+            # The same buffered file: communicate() would skip what readline() buffered. The
+            # test's timeout bounds the reads.
+            rest, errors = mapping.stdout.read(), mapping.stderr.read()
+            mapping.wait(10)
+        finally:
+            if mapping.poll() is None:
+                mapping.kill()
+    assert mapping.returncode == 0, errors
+    assert [int(line) for line in [first, *rest.splitlines()]] == [
+        sum(i * i for i in range(n)) for n in sizes
+    ]
+    assert "backend=broker, then local pool" in errors
