@@ -6,6 +6,8 @@
     ├── ConfigError (ValueError)          a setting holds a value taskpool cannot use
     ├── BrokerUnavailable                 mode ``celery``, and no broker or result store answers
     │   (kombu.exceptions.OperationalError)
+    ├── ResultStoreUnavailable            ``.get()`` outlasted by a result store that stopped
+    │   (celery.exceptions.TimeoutError)  answering: the task may have run
     ├── BrokerUnsupported (RuntimeError)  the broker lacks what taskpool needs (Redis < 6.2)
     ├── NotReplicated                     a publish no replica confirmed in time (Redis WAIT)
     │   (redis.exceptions.ConnectionError)
@@ -29,6 +31,7 @@ from __future__ import annotations
 from typing import Any
 
 import redis
+from celery.exceptions import TimeoutError as CeleryTimeoutError
 from kombu.exceptions import EncodeError, OperationalError
 
 
@@ -54,6 +57,16 @@ class BrokerUnavailable(TaskpoolError, OperationalError):
 
     It subclasses kombu's (and Celery's) ``OperationalError``, so code that already catches
     Celery's connection errors catches this too.
+    """
+
+
+class ResultStoreUnavailable(TaskpoolError, CeleryTimeoutError):
+    """Raised by ``.get()`` when the result store stopped answering and did not come back
+    within the wait's timeout (or ``taskpool.result_consumer.OUTAGE_PATIENCE`` without one).
+
+    The task was sent, so it may have run, or may still run: read its result again with its id
+    once the store answers, rather than sending it again. It is also Celery's TimeoutError,
+    which code that waits with a timeout already handles.
     """
 
 

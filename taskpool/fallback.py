@@ -15,7 +15,6 @@ from typing import Any
 
 import redis
 from celery import Task
-from celery.backends.asynchronous import E_RETRY_LIMIT_EXCEEDED
 from celery.result import AsyncResult, EagerResult
 from celery.utils.time import maybe_iso8601, maybe_make_aware
 from kombu.exceptions import OperationalError
@@ -24,6 +23,7 @@ from taskpool import dispatch
 from taskpool.arguments import check_call
 from taskpool.errors import BrokerUnavailable, LocalPoolError
 from taskpool.local_pool import RunOptions, submit
+from taskpool.result_consumer import gave_up
 from taskpool.results import LocalResult
 from taskpool.settings import settings_of
 
@@ -179,7 +179,7 @@ def result_consumer_gave_up(exc: RuntimeError) -> bool:
     to the task's result, which Celery makes before it publishes: nothing was sent, so the
     call may run elsewhere. The next call reconnects afresh.
     """
-    return E_RETRY_LIMIT_EXCEEDED.strip() in str(exc)
+    return gave_up(exc)
 
 
 def refuse_canvas(caller: str, route: dispatch.Route, options: dict[str, Any]) -> None:

@@ -15,17 +15,28 @@ published to it. Nothing is missed, and each result costs what stock Celery's do
 
 With a background drainer (gevent, eventlet) every wait relies on it draining all the time:
 there the consumer subscribes when the task is sent, as stock Celery does.
+
+A wait rides out a result store that stops answering (a restart, a failover, a flapping
+network): Celery's consumer gives up after the result store's retry policy and raises
+"the Celery application must be restarted", or a raw ConnectionError, for a task that may well
+have run. Here the wait reconnects with back-off until the store answers, within its own
+timeout and at most ``OUTAGE_PATIENCE``, then reads the result; past that it raises
+ResultStoreUnavailable, which says the task may have run.
 """
 
 from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from celery.backends import redis as celery_redis
-from celery.backends.asynchronous import greenletDrainer
+from celery.backends.asynchronous import E_RETRY_LIMIT_EXCEEDED, greenletDrainer
 from redis.utils import str_if_bytes
+
+from taskpool.errors import ResultStoreUnavailable
+from taskpool.urls import mask_url
 
 #: What the confirming PING carries, to tell its answer from redis-py's health checks.
 CONFIRM = "taskpool-subscribed"
@@ -39,6 +50,17 @@ MIN_CONFIRM = 0.05
 #: Subscriptions held below which sending a task subscribes to its result, as stock Celery
 #: does: the backlog a client that sends without reading can build (about 50 µs each to read).
 SUBSCRIBED_AT_SEND = 100
+
+#: Seconds a wait without a timeout rides out a result store that stopped answering.
+OUTAGE_PATIENCE = 30.0
+#: Back-off between reconnects while riding one out: from the first to the longest.
+RECONNECT_FIRST, RECONNECT_LONGEST = 0.05, 1.0
+
+
+def gave_up(exc: BaseException) -> bool:
+    """Celery's result consumer could not reconnect to the result store within its retry
+    policy (RuntimeError: "the Celery application must be restarted")."""
+    return isinstance(exc, RuntimeError) and E_RETRY_LIMIT_EXCEEDED.strip() in str(exc)
 
 
 class ResultConsumer(celery_redis.ResultConsumer):
@@ -85,6 +107,44 @@ class ResultConsumer(celery_redis.ResultConsumer):
                 self._pubsub.close()
             self.backend.client.connection_pool.disconnect()
         super()._reconnect_pubsub()
+
+    def _wait_for_pending(
+        self, result: Any, timeout: float | None = None, **kwargs: Any
+    ) -> Iterator[None]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            try:
+                yield from super()._wait_for_pending(result, timeout=left, **kwargs)
+                return
+            except (RuntimeError, *self._connection_errors) as exc:
+                if isinstance(exc, RuntimeError) and not gave_up(exc):
+                    raise
+                self._ride_out(result.id, deadline, exc)
+
+    def _ride_out(self, task_id: str, deadline: float | None, error: BaseException) -> None:
+        """Reconnect with back-off until the result store answers; ResultStoreUnavailable
+        once the wait's deadline, or OUTAGE_PATIENCE, has passed."""
+        started = time.monotonic()
+        give_up = started + OUTAGE_PATIENCE if deadline is None else deadline
+        delay = RECONNECT_FIRST
+        while True:
+            try:
+                self._reconnect_pubsub()
+                return
+            except self._connection_errors as exc:
+                error = exc
+            if time.monotonic() + delay > give_up:
+                url = mask_url(str(self.backend.url or self.app.conf.result_backend))
+                raise ResultStoreUnavailable(
+                    f"the result store {url} stopped answering ({type(error).__name__}) and "
+                    f"did not come back within {time.monotonic() - started:.1f} s of waiting "
+                    f"for task {task_id}: it may have run. Read its result again with "
+                    f"AsyncResult({task_id!r}).get() once the store answers, rather than "
+                    "sending it again"
+                ) from error
+            time.sleep(delay)
+            delay = min(delay * 2, RECONNECT_LONGEST)
 
     def drain_events(self, timeout: float | None = None) -> None:
         # Returns early when a result came with the subscription (the caller checks before

@@ -47,6 +47,7 @@ keep kombu's path. Needs Redis 6.2, checked when a consumer starts. kombu privat
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -131,15 +132,25 @@ class QoS(kombu_redis.QoS):
 
     def restore_unacked(self, client: Any = None) -> None:
         given_back: list[str] = list(self._delivered or ())
-        super().restore_unacked(client)
-        if given_back:
-            with self.channel.conn_or_acquire(client) as redis_client:
-                # kombu's prefixing client leaves HINCRBY's key as it is.
-                key = (self.channel.global_keyprefix or "") + self.channel.deliveries_key
-                pipe = redis_client.pipeline(transaction=False)
-                for tag in given_back:
-                    pipe.hincrby(key, tag, -1)
-                pipe.execute()
+        try:
+            super().restore_unacked(client)
+        except self.channel.connection_errors:
+            # The connection is gone (a broker restart): the next channel gives them back.
+            _orphans.add(self.channel.broker_key, given_back)
+            raise
+        self.uncount(given_back, client)
+
+    def uncount(self, tags: list[str], client: Any = None) -> None:
+        """Messages given back unrun were not deliveries without an outcome."""
+        if not tags:
+            return
+        with self.channel.conn_or_acquire(client) as redis_client:
+            # kombu's prefixing client leaves HINCRBY's key as it is.
+            key = (self.channel.global_keyprefix or "") + self.channel.deliveries_key
+            pipe = redis_client.pipeline(transaction=False)
+            for tag in tags:
+                pipe.hincrby(key, tag, -1)
+            pipe.execute()
 
     def can_consume(self) -> bool:
         if super().can_consume():
@@ -147,6 +158,29 @@ class QoS(kombu_redis.QoS):
         # kombu holds a pending reply unread while this is False; the channel must know.
         self.channel.held()
         return False
+
+
+class _Orphans:
+    """Messages this process took and could not give back when their channel closed with its
+    connection already lost (a broker restart, a flapping network), by Redis. The next channel
+    to the same Redis gives them back as it starts consuming, instead of their waiting in the
+    unacked records for the visibility timeout. One a sweep restored meanwhile is skipped: a
+    restore takes only what is still recorded."""
+
+    def __init__(self) -> None:
+        self._tags: dict[str, set[str]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, broker: str, tags: list[str]) -> None:
+        with self._lock:
+            self._tags.setdefault(broker, set()).update(tags)
+
+    def take(self, broker: str) -> list[str]:
+        with self._lock:
+            return list(self._tags.pop(broker, ()))
+
+
+_orphans = _Orphans()
 
 
 #: Transport options of taskpool's own (TASKPOOL_REDIS_WAIT_REPLICAS and _TIMEOUT,
@@ -188,6 +222,10 @@ class Channel(kombu_redis.Channel):
         self._queues: list[str] = []  # those of the command in flight
         self._held = False  # kombu held the pending pop's reply unread (QoS.can_consume)
         super().__init__(*args, **kwargs)
+        # This channel's Redis, as _orphans knows it (no password); kept, because a channel
+        # closed after its connection was lost has no client left to ask.
+        uri = self.connection.client.as_uri(include_password=False)
+        self.broker_key = f"{uri}#{self.global_keyprefix or ''}"
 
     @contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
@@ -224,6 +262,7 @@ class Channel(kombu_redis.Channel):
     def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
         if not no_ack:
             self._check_server()
+            self._give_back_orphans()
             # Counted: a queue stays on the reliable path while any consumer of it acks.
             self._acking_queues[queue] = self._acking_queues.get(queue, 0) + 1
         return super().basic_consume(queue, no_ack, *args, **kwargs)
@@ -235,6 +274,18 @@ class Channel(kombu_redis.Channel):
             if not self._acking_queues[queue]:
                 del self._acking_queues[queue]
         return super().basic_cancel(consumer_tag)
+
+    def _give_back_orphans(self) -> None:
+        tags = _orphans.take(self.broker_key)
+        try:
+            for tag in tags:
+                self.qos.restore_by_tag(tag, leftmost=True)  # they were first in line
+        except self.connection_errors:
+            _orphans.add(self.broker_key, tags)  # the next channel tries again
+            raise
+        if tags:
+            log.info("Gave back %d message(s) a lost connection had left unacknowledged", len(tags))
+            self.qos.uncount(tags)
 
     def _check_server(self) -> None:
         """Refuse, at once and by name, a Redis older than the oldest tested."""
