@@ -107,6 +107,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_connection_timeout": settings.broker_timeout,
         # A worker that starts before Redis keeps retrying, with kombu's bounded back-off.
         "broker_connection_retry_on_startup": True,
+        # A full Redis (maxmemory, noeviction) refuses the worker's queue declarations with a
+        # channel error, which Celery would take as unrecoverable: it retries them instead.
+        "broker_channel_error_retry": True,
         "broker_transport_options": {
             # Unacked messages come back after this; longer than the task time limit (checked).
             "visibility_timeout": settings.visibility_timeout,

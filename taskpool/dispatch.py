@@ -20,7 +20,7 @@ from celery import Celery
 from celery.signals import beat_init
 
 from taskpool.errors import BrokerUnavailable
-from taskpool.health import BrokerHealth, health_of
+from taskpool.health import FREE_MEMORY, BrokerHealth, health_of
 from taskpool.settings import DispatchMode, Settings, check_dispatch, settings_of
 from taskpool.urls import mask_url
 
@@ -128,6 +128,8 @@ def fall_back(app: Celery, mode: DispatchMode, reason: str, *, fix: str | None =
     """The broker cannot take the work: the local pool in mode ``auto``, else BrokerUnavailable."""
     if mode != "celery":
         return Route("local", mode, reason)
+    if fix is None and health(app).full:
+        fix = FREE_MEMORY
     fix = fix or (
         f"start the broker ({mask_url(str(app.conf.broker_url))}; e.g. `docker compose up redis`)"
     )

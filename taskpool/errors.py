@@ -9,6 +9,8 @@
     ├── ResultStoreUnavailable            ``.get()`` outlasted by a result store that stopped
     │   (celery.exceptions.TimeoutError)  answering: the task may have run
     ├── BrokerUnsupported (RuntimeError)  the broker lacks what taskpool needs (Redis < 6.2)
+    ├── RedisFull                         Redis refused a write: memory over maxmemory
+    │   (redis.exceptions.OutOfMemoryError)
     ├── NotReplicated                     a publish no replica confirmed in time (Redis WAIT)
     │   (redis.exceptions.ConnectionError)
     ├── LocalPoolError (RuntimeError)     the local pool cannot run what was asked of it
@@ -72,6 +74,25 @@ class ResultStoreUnavailable(TaskpoolError, CeleryTimeoutError):
 
 class BrokerUnsupported(TaskpoolError, RuntimeError):
     """Raised when a consumer starts against a broker too old for taskpool's transport."""
+
+
+class RedisFull(TaskpoolError, redis.exceptions.OutOfMemoryError):
+    """Raised when Redis refuses a write because its memory is over ``maxmemory`` (with the
+    ``noeviction`` policy): a worker retries its result write with back-off (``redis_full``
+    tells such an error from others, in whichever form Redis 6 or 7 gave it)."""
+
+
+def redis_full(error: BaseException | None) -> bool:
+    """Whether ``error``, or one it was raised from, is Redis refusing a write for lack of
+    memory: Redis 7 names it OutOfMemoryError, Redis 6 a script's ResponseError "-OOM ..."."""
+    for _ in range(10):  # a chain of causes, bounded
+        if error is None:
+            return False
+        text = str(error)
+        if isinstance(error, redis.exceptions.OutOfMemoryError) or "> 'maxmemory'" in text:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 class NotReplicated(TaskpoolError, redis.exceptions.ConnectionError):

@@ -14,6 +14,7 @@ import redis
 from celery import Celery
 
 from taskpool import sentinel
+from taskpool.errors import redis_full
 from taskpool.urls import is_redis, is_sentinel, mask_url
 
 log = logging.getLogger("taskpool.fallback")
@@ -43,6 +44,7 @@ class BrokerHealth:
         self._up: bool | None = None
         self._checked_at = float("-inf")
         self.reason = ""
+        self.full = False
 
     @property
     def app(self) -> Celery:
@@ -61,6 +63,9 @@ class BrokerHealth:
     def mark_down(self, error: BaseException) -> None:
         """Record a failure seen outside a probe (a publish that failed after a good check)."""
         with self._lock:
+            if redis_full(error):
+                self._record(f"Redis at {mask_url(self.broker_url)} {FULL}", full=True)
+                return
             self._record(
                 self.scrub(f"broker {mask_url(self.broker_url)} failed ({_describe(error)})")
             )
@@ -82,8 +87,10 @@ class BrokerHealth:
     def backend_url(self) -> str:
         return str(self.app.conf.result_backend or "")
 
-    def _record(self, failure: str | None) -> None:
+    def _record(self, failure: str | None, full: bool = False) -> None:
         up = failure is None
+        #: Down because Redis is full, not unreachable: the fix is memory, not starting it.
+        self.full = full
         if not self.log_switches:
             pass
         elif up and self._up is False:
@@ -152,6 +159,11 @@ def probe_redis(
         client.ping()
     finally:
         client.close()
+
+
+#: How a full Redis is named in warnings and errors, and what to do about it.
+FULL = "is full (used memory over maxmemory, policy noeviction): it refuses new messages"
+FREE_MEMORY = "free memory in Redis (a consumer behind, results kept long) or raise its maxmemory"
 
 
 def _describe(exc: BaseException) -> str:

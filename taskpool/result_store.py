@@ -29,6 +29,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import redis
 from celery import states
 from celery._state import task_join_will_block
 from celery.backends.redis import RedisBackend, SentinelBackend
@@ -37,10 +38,12 @@ from kombu.utils.encoding import bytes_to_str
 from redis.exceptions import NoScriptError
 
 from taskpool import dispatch
+from taskpool.errors import RedisFull, redis_full
 from taskpool.fallback import refuse_canvas
 from taskpool.replication import ReplicaWait
 from taskpool.result_consumer import ResultConsumer
 from taskpool.settings import settings_of
+from taskpool.urls import mask_url
 
 STORE_RESULT = Path(__file__).with_name("store_result.lua").read_text()
 
@@ -108,10 +111,23 @@ class _Store(_Base):
         if self._script is None:
             self._script = self.client.register_script(STORE_RESULT)
         ttl = int(expires or 0)
-        if self._wait is None:
-            return int(self._script(keys=[key], args=[value, ttl]))
-        sha = self._script.sha
-        return int(self._replicated(lambda pipe: pipe.evalsha(sha, 1, key, value, ttl)))
+        try:
+            if self._wait is None:
+                return int(self._script(keys=[key], args=[value, ttl]))
+            sha = self._script.sha
+            return int(self._replicated(lambda pipe: pipe.evalsha(sha, 1, key, value, ttl)))
+        except redis.exceptions.ResponseError as exc:
+            if not redis_full(exc):
+                raise
+            raise RedisFull(
+                f"Redis at {mask_url(str(self.url))} is full (used memory over maxmemory, "
+                "policy noeviction): the result is not stored yet; retried with back-off"
+            ) from exc
+
+    def exception_safe_to_retry(self, exc: Exception) -> bool:
+        # A full Redis may free memory soon (a consumer catching up, keys expiring): a worker
+        # retries the write (WORKER_RESULT_RETRIES) rather than stop or lose the result.
+        return isinstance(exc, RedisFull) or bool(super().exception_safe_to_retry(exc))
 
     def _set(self, key: Any, value: Any, expires: Any = None) -> None:
         if self._wait is None:

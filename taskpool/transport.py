@@ -26,7 +26,10 @@ until that many replicas hold the message (``WAIT``), so a failover right after 
 it (``taskpool.replication``: the replicas connected, at most the number asked for); one not
 confirmed in time raises NotReplicated, a connection error to kombu, which retries.
 
-Acks are kombu's own: the acked message leaves the unacked records before ``ack()`` returns.
+Acks are kombu's own: the acked message leaves the unacked records before ``ack()`` returns,
+through a script (``forget_unacked.lua``) where kombu uses a MULTI, which a full Redis refuses.
+Messages a channel could not give back because its connection was already lost are given back
+by the next channel to the same Redis (``_Orphans``), not after the visibility timeout.
 
 No message can stop the worker: each popped one is read by ``taskpool.messages`` before kombu
 sees it, and one that cannot be read goes to the quarantine (``taskpool.quarantine``) with the
@@ -61,7 +64,7 @@ from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 
 from taskpool import messages
-from taskpool.errors import BrokerUnsupported, UnreadableMessage
+from taskpool.errors import BrokerUnsupported, UnreadableMessage, redis_full
 from taskpool.quarantine import Entry, Quarantine, Recorded, message_quarantined
 from taskpool.replication import ReplicaWait
 from taskpool.settings import DEFAULT_MAX_DELIVERIES, DEFAULT_MAX_MESSAGE_BYTES
@@ -69,8 +72,9 @@ from taskpool.urls import mask_url
 
 log = logging.getLogger("taskpool.transport")
 
-#: The script's text, read once; Redis runs it by its SHA1 (EVALSHA).
+#: The scripts' text, read once; Redis runs them by their SHA1 (EVALSHA).
 POP_AND_RECORD = Path(__file__).with_name("pop_and_record.lua").read_text()
+FORGET_UNACKED = Path(__file__).with_name("forget_unacked.lua").read_text()
 #: The oldest Redis tested; the transport refuses older ones rather than guess.
 MINIMUM_REDIS = (6, 2)
 #: While idle, the waits on the wake lists, longest last: a message published without a token
@@ -116,13 +120,18 @@ class QoS(kombu_redis.QoS):
             super().append(message, delivery_tag)
 
     def ack(self, delivery_tag: str) -> None:
-        # kombu's ack (its _remove_from_indices), with the delivery count in the same round trip.
-        channel = self.channel
-        with channel.conn_or_acquire() as client:
-            client.pipeline().zrem(self.unacked_index_key, delivery_tag).hdel(
-                self.unacked_key, delivery_tag
-            ).hdel(channel.deliveries_key, delivery_tag).execute()
+        # kombu's ack (its _remove_from_indices) and the delivery count, in one script.
+        self.channel.forget(delivery_tag)
         virtual.QoS.ack(self, delivery_tag)
+
+    def restore_visible(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            super().restore_visible(*args, **kwargs)
+        except redis.exceptions.ResponseError as exc:
+            if not redis_full(exc):
+                raise
+            # kombu's sweep takes a lock (SET NX) first, which a full Redis refuses.
+            log.warning("Redis is full (maxmemory): a dead worker's messages are not restored now")
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
         if requeue:  # kombu's restore; the delivery counts
@@ -216,6 +225,7 @@ class Channel(kombu_redis.Channel):
         self._wait_index = 0  # into IDLE_WAITS: grows while waits time out
         self._client_of_pool: Any = None
         self._script: Any = None  # POP_AND_RECORD registered on _client_of_pool
+        self._forget: Any = None  # FORGET_UNACKED, likewise
         self._server_checked = False
         self._wait: ReplicaWait | None = None  # made on first publish, if asked for
         self._pop: tuple[list[str], list[Any]] = ([], [])  # the pop in flight: keys, arguments
@@ -254,7 +264,9 @@ class Channel(kombu_redis.Channel):
         if self._client_of_pool is None or self._client_of_pool.connection_pool is not pool:
             self._client_of_pool = self._create_client()
             # A plain client on the same pool: the keys below carry their prefix already.
-            self._script = redis.Redis(connection_pool=pool).register_script(POP_AND_RECORD)
+            plain = redis.Redis(connection_pool=pool)
+            self._script = plain.register_script(POP_AND_RECORD)
+            self._forget = plain.register_script(FORGET_UNACKED)
         return self._client_of_pool
 
     # -- which consumers take the reliable path ------------------------------------------
@@ -300,6 +312,13 @@ class Channel(kombu_redis.Channel):
     def deliveries_key(self) -> str:
         """The delivery counts' hash, named after kombu's unacked hash."""
         return f"{self.unacked_key}_deliveries"
+
+    def forget(self, delivery_tag: str) -> None:
+        """Remove an acknowledged message's unacked records and delivery count."""
+        self._pool_client()  # registers the scripts for this pool
+        prefix = self.global_keyprefix or ""
+        keys = [prefix + key for key in (self.unacked_index_key, self.unacked_key)]
+        self._forget(keys=[*keys, prefix + self.deliveries_key], args=[delivery_tag])
 
     def _reliable(self, queues: list[str]) -> bool:
         return all(q in self._acking_queues for q in queues)

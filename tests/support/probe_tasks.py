@@ -48,3 +48,10 @@ def nap(seconds: float) -> float:
     """Sleep ``seconds``: past one, the soft time limit interrupts it."""
     time.sleep(seconds)
     return seconds
+
+
+@shared_task(name="probe.sleep")
+def sleep(seconds: float) -> float:
+    """Sleep ``seconds`` and return them, touching nothing else."""
+    time.sleep(seconds)
+    return seconds

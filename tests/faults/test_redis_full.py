@@ -1,0 +1,109 @@
+"""A full Redis (maxmemory with noeviction, the policy a broker needs): a named condition that
+stops no worker and loses no result.
+
+Redis over maxmemory refuses every write that needs memory, and every command queued in a
+MULTI; it still runs deletions and scripts whose first command frees memory.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis as redis_py
+
+import taskpool
+from taskpool.testing.celery_worker import CeleryWorker
+from taskpool.testing.redis_server import RedisServer
+from taskpool.testing.waiting import wait_for
+from tests.conftest import client_app, node_name, worker_env
+
+pytestmark = [pytest.mark.integration, pytest.mark.fault]
+
+PROBE = ("-I", "tests.support.probe_tasks")
+FULL = ("--maxmemory", "20mb", "--maxmemory-policy", "noeviction")
+
+
+class Filler:
+    """Takes a Redis past its maxmemory with junk keys, and gives the memory back."""
+
+    def __init__(self, port: int) -> None:
+        self.client = redis_py.Redis(port=port)
+        self.keys: list[str] = []
+
+    def fill(self) -> None:
+        limit = str(self.client.config_get("maxmemory")["maxmemory"])
+        self.client.config_set("maxmemory", 0)
+        while self.client.info("memory")["used_memory"] < int(limit) + 4 * 1024 * 1024:
+            self.keys.append(f"junk:{len(self.keys)}")
+            self.client.set(self.keys[-1], b"x" * 1024 * 1024)
+        self.client.config_set("maxmemory", limit)
+
+    def free(self) -> None:
+        if self.keys:
+            self.client.delete(*self.keys)
+        self.keys.clear()
+
+
+@pytest.fixture
+def full_redis(redis_factory: Callable[..., RedisServer]) -> Iterator[tuple[RedisServer, Filler]]:
+    redis = redis_factory(extra=FULL)
+    filler = Filler(redis.port)
+    yield redis, filler
+    filler.client.close()
+
+
+def test_a_task_finishing_while_redis_is_full_keeps_its_worker_and_its_result(
+    full_redis: tuple[RedisServer, Filler], worker_factory: Callable[..., CeleryWorker]
+) -> None:
+    """The result write is retried with back-off, saying why, and the ack still goes through;
+    the worker used to stop at that ack ("Unrecoverable error: OutOfMemoryError")."""
+    redis, filler = full_redis
+    worker = worker_factory(redis.url(), node_name("full"), extra=PROBE)
+    app = client_app(redis.url(), dispatch="celery")
+    result = app.send_task("probe.sleep", args=(2.0,))
+    wait_for(lambda: "probe.sleep[" in worker.log_tail(), 10, "the worker to take the task")
+    filler.fill()
+    wait_for(lambda: "is full" in worker.log_tail(100_000), 20, "the worker to say Redis is full")
+    assert worker.process is not None and worker.process.poll() is None
+    filler.free()
+    assert result.get(timeout=60) == 2.0
+    assert app.tasks["tasks.square"].delay(6).get(timeout=20) == 36
+    assert worker.process.poll() is None
+
+
+def test_a_call_to_a_full_redis_names_maxmemory_not_a_broker_to_start(
+    full_redis: tuple[RedisServer, Filler],
+) -> None:
+    redis, filler = full_redis
+    app = client_app(redis.url(), dispatch="celery")
+    filler.fill()
+    with pytest.raises(taskpool.BrokerUnavailable, match="maxmemory") as caught:
+        app.tasks["tasks.square"].delay(3)
+    assert "start the broker" not in str(caught.value)
+    with pytest.raises(taskpool.BrokerUnavailable, match="maxmemory"):  # within the recheck
+        app.tasks["tasks.square"].delay(3)
+    # Mode auto runs it on the local pool meanwhile.
+    auto = client_app(redis.url())
+    assert auto.tasks["tasks.square"].delay(4).get(timeout=30) == 16
+
+
+def test_a_worker_started_on_a_full_redis_waits_then_serves(
+    tmp_path: Path, full_redis: tuple[RedisServer, Filler]
+) -> None:
+    redis, filler = full_redis
+    app = client_app(redis.url(), dispatch="celery")
+    queued = app.tasks["tasks.square"].delay(5)  # before Redis fills
+    filler.fill()
+    worker = CeleryWorker(worker_env(redis.url()), node_name("late"), tmp_path / "late.log")
+    worker.start()
+    try:
+        wait_for(lambda: "maxmemory" in worker.log_tail(), 20, "the worker to say why it waits")
+        time.sleep(2.0)  # it keeps waiting: a worker that stopped would have exited by now
+        assert worker.process is not None and worker.process.poll() is None
+        filler.free()
+        assert queued.get(timeout=60) == 25
+    finally:
+        worker.stop()
