@@ -51,14 +51,7 @@ MAX_NESTING = 200
 
 def read(raw: bytes, *, max_inflated: int) -> dict[str, Any]:
     """The message ``raw`` as kombu's transport hands it on; UnreadableMessage if it is not."""
-    try:
-        payload = loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise UnreadableMessage(f"the message is not UTF-8 text ({exc.reason})") from None
-    except RecursionError:
-        raise UnreadableMessage("the message is JSON nested too deep to read") from None
-    except ValueError as exc:
-        raise UnreadableMessage(f"the message is not JSON ({exc})") from None
+    payload = _json(raw, "the message")
     if not isinstance(payload, dict):
         raise UnreadableMessage(f"the message is a JSON {_kind(payload)}, not an object")
     _check_envelope(payload)
@@ -67,6 +60,18 @@ def read(raw: bytes, *, max_inflated: int) -> dict[str, Any]:
     if "task" in headers:
         _check_task(headers, body if payload.get("content-type") == JSON else None)
     return payload
+
+
+def _json(data: bytes, what: str) -> Any:
+    """``data`` decoded as kombu's JSON; UnreadableMessage naming ``what`` if it is not."""
+    try:
+        return loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UnreadableMessage(f"{what} is not UTF-8 text ({exc.reason})") from None
+    except RecursionError:
+        raise UnreadableMessage(f"{what} is JSON nested too deep to read") from None
+    except ValueError as exc:
+        raise UnreadableMessage(f"{what} is not JSON ({exc})") from None
 
 
 def _check_envelope(payload: dict[str, Any]) -> None:
@@ -154,14 +159,7 @@ def _check_task_fields(headers: dict[str, Any]) -> None:
 
 
 def _check_task_body(body: bytes, headers: dict[str, Any]) -> None:
-    try:
-        decoded = loads(body.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise UnreadableMessage(f"the task message's body is not UTF-8 ({exc.reason})") from None
-    except RecursionError:
-        raise UnreadableMessage("the task message's body is JSON nested too deep") from None
-    except ValueError as exc:
-        raise UnreadableMessage(f"the task message's body is not JSON ({exc})") from None
+    decoded = _json(body, "the task message's body")
     if isinstance(decoded, dict) and "args" in decoded:
         # Celery's hybrid message: a protocol-1 body, whose fields the headers override.
         _check_task_fields({**decoded, **headers})

@@ -30,6 +30,7 @@ from taskpool.testing.redis_server import RedisServer
 from taskpool.testing.waiting import wait_for
 from tests.conftest import client_app, node_name, worker_env
 from tests.support.probe_tasks import DIED, STARTED
+from tests.support.values import nested
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
@@ -58,15 +59,6 @@ def with_body(message: Message, body: bytes, **headers: object) -> bytes:
         m["headers"].update(headers)
 
     return changed(message, change)
-
-
-def nested(depth: int) -> list[object]:
-    outer: list[object] = []
-    inner = outer
-    for _ in range(depth):
-        inner.append([])
-        inner = inner[0]  # type: ignore[assignment]
-    return outer
 
 
 def bomb(inflated: int) -> bytes:

@@ -12,6 +12,7 @@ from kombu.exceptions import EncodeError
 from taskpool.errors import NestedTooDeep
 from taskpool.testing.celery_worker import CeleryWorker
 from tasks import app, print_number, square
+from tests.support.values import nested
 
 pytestmark = pytest.mark.integration
 
@@ -98,15 +99,6 @@ def test_canvas_primitives_run_on_the_worker_as_on_stock_celery(
     assert called.get(timeout=20) == 81
 
 
-def nested(depth: int) -> list[object]:
-    outer: list[object] = []
-    inner = outer
-    for _ in range(depth):
-        inner.append([])
-        inner = inner[0]  # type: ignore[assignment]
-    return outer
-
-
 @pytest.mark.parametrize("mode", ["celery", "local"])
 def test_argument_errors_are_raised_at_the_call_as_stock_celery_raises_them_on_both_paths(
     mode: str, session_worker: CeleryWorker
@@ -119,8 +111,8 @@ def test_argument_errors_are_raised_at_the_call_as_stock_celery_raises_them_on_b
         square.apply_async((nested(600),), dispatch=mode)
     assert isinstance(caught.value, NestedTooDeep)
     with pytest.raises(NestedTooDeep):
-        square.apply_async((nested(200),), dispatch=mode)
-    sent = square.apply_async((nested(199),), dispatch=mode)  # 200 levels: sent, and run
+        square.apply_async((nested(201),), dispatch=mode)
+    sent = square.apply_async((nested(200),), dispatch=mode)  # sent, and run
     with pytest.raises(TypeError, match="expected an int, got list"):
         sent.get(timeout=20)
     # A cycle is the encoder's to refuse, as on stock Celery.

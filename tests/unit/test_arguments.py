@@ -14,6 +14,7 @@ from taskpool.errors import ArgumentTooLarge, BrokerUnavailable, NestedTooDeep, 
 from taskpool.examples import register
 from taskpool.messages import MAX_NESTING
 from taskpool.testing.redis_server import free_port
+from tests.support.values import nested
 
 LIMIT = 16 * 1024 * 1024
 
@@ -137,23 +138,16 @@ def test_delay_refuses_oversized_arguments_on_either_backend(dispatch: str) -> N
         square.apply_async(("x" * 5000,), dispatch=dispatch)
 
 
-def _nested(depth: int, kind: type = list) -> object:
-    value: object = 1
-    for _ in range(depth):
-        value = [value] if kind is list else {"k": value}
-    return value
-
-
 @pytest.mark.parametrize("kind", [list, dict])
 def test_arguments_nested_past_max_nesting_are_refused_at_the_call(kind: type) -> None:
-    check_call("tasks.square", (_nested(MAX_NESTING, kind),), {}, 10**6)
+    check_call("tasks.square", (nested(MAX_NESTING, kind),), {}, 10**6)
     with pytest.raises(NestedTooDeep, match="tasks.square: an argument is nested deeper than"):
-        check_call("tasks.square", (), {"tree": _nested(MAX_NESTING + 1, kind)}, 10**6)
+        check_call("tasks.square", (), {"tree": nested(MAX_NESTING + 1, kind)}, 10**6)
 
 
 def test_deep_nesting_is_walked_without_recursion_and_cycles_are_left_to_the_encoder() -> None:
     with pytest.raises(NestedTooDeep):
-        check_call("t", (_nested(50_000),), {}, 10**6)  # no RecursionError of the check's own
+        check_call("t", (nested(50_000),), {}, 10**6)  # no RecursionError of the check's own
     cycle: list[object] = []
     cycle.append(cycle)
     with pytest.raises(EncodeError, match="Circular reference"):
