@@ -24,8 +24,10 @@ from typing import Any
 
 import redis
 from celery.utils.dispatch import Signal
+from kombu.exceptions import OperationalError
 
-from taskpool.errors import BrokerUnsupported, MessageQuarantined
+from taskpool.errors import BrokerUnavailable, BrokerUnsupported, MessageQuarantined
+from taskpool.urls import mask_url
 
 ENTRIES = "taskpool.quarantine"
 INDEX = "taskpool.quarantine.index"
@@ -169,14 +171,21 @@ def fail_task_of(app: Any, entry: Entry) -> None:
 def of_app(app: Any) -> Iterator[Quarantine]:
     """The quarantine on ``app``'s broker, through kombu's connection settings (TLS, Sentinel,
     password, key prefix)."""
-    with app.connection_for_write() as connection:
-        channel = connection.default_channel
-        pool = getattr(channel, "pool", None)
-        if pool is None:
-            raise BrokerUnsupported(
-                f"the quarantine is kept in Redis, and the broker {connection.as_uri()} is not one"
-            )
-        yield Quarantine(redis.Redis(connection_pool=pool), channel.global_keyprefix or "")
+    url = mask_url(str(app.conf.broker_url))
+    try:
+        with app.connection_for_write() as connection:
+            channel = connection.default_channel
+            pool = getattr(channel, "pool", None)
+            if pool is None:
+                raise BrokerUnsupported(
+                    f"the quarantine is kept in Redis, and the broker {url} is not one"
+                )
+            yield Quarantine(redis.Redis(connection_pool=pool), channel.global_keyprefix or "")
+    except (OperationalError, redis.exceptions.ConnectionError, OSError) as exc:
+        raise BrokerUnavailable(
+            f"broker {url} unreachable ({type(exc).__name__}: {mask_url(str(exc))}): the "
+            "quarantine is kept there"
+        ) from None
 
 
 def render(summaries: Sequence[dict[str, Any]]) -> str:

@@ -26,7 +26,7 @@ from celery.result import AsyncResult
 from taskpool.errors import MessageQuarantined
 from taskpool.quarantine import Entry, Quarantine
 from taskpool.testing.celery_worker import CeleryWorker
-from taskpool.testing.redis_server import RedisServer
+from taskpool.testing.redis_server import RedisServer, free_port
 from taskpool.testing.waiting import wait_for
 from tests.conftest import client_app, node_name, worker_env
 from tests.support.probe_tasks import DIED, STARTED
@@ -245,6 +245,8 @@ def test_the_quarantine_command_lists_replays_and_drops_what_workers_moved_aside
     assert quarantine.count() == 0
     wait_for(lambda: client.hlen("unacked") == 0, 5, "the ack, which follows the result")
     assert_nothing_left(client)
+    closed = taskpool_command("quarantine", "list", broker_url=f"redis://127.0.0.1:{free_port()}/0")
+    assert closed.returncode == 3 and "unreachable" in closed.stderr  # exit 3: broker unavailable
 
 
 def test_a_chunk_message_over_a_huge_range_fails_at_once_and_grows_no_pool_process(

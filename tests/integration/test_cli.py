@@ -261,6 +261,7 @@ def test_no_output_holds_the_password_whatever_form_the_url_gives_it(url: str) -
         ("demo", "--mode", "auto"),
         ("square", "3", "--mode", "celery"),
         ("square", "3", "--mode", "auto"),
+        ("quarantine", "list"),
     ]
     outputs = []
     for args in runs:
