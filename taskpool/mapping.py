@@ -33,8 +33,10 @@ from taskpool.chunks import (
     unpack,
 )
 from taskpool.errors import ArgumentTooLarge, BrokerUnavailable, MapItemFailed
+from taskpool.health import FREE_MEMORY, FULL
 from taskpool.local_pool import submit_chunk
 from taskpool.settings import settings_of
+from taskpool.urls import mask_url
 
 #: How often a wait on the broker stops to ask whether the broker is still there.
 BROKER_POLL_SECONDS = 1.0
@@ -226,13 +228,29 @@ class _BrokerChunks:
                 if not self.health.is_up():
                     raise _BackendLost(self.health.reason)
                 if time.monotonic() - silent_since >= WORKER_SILENCE_SECONDS:
-                    self._check_workers()
+                    self._check_silence()
                     silent_since = time.monotonic()
             time.sleep(delay)
             waited += delay
             delay = min(delay * 2, POLL_MAX_SECONDS)
 
-    def _check_workers(self) -> None:
+    def _check_silence(self) -> None:
+        """A chunk has been out WORKER_SILENCE_SECONDS: _BackendLost if the result store is full
+        (a worker gives up storing a result after its retries; a ping cannot be answered
+        either), or if no worker is left."""
+        client = getattr(self.app.backend, "client", None)  # a Redis result store's
+        try:
+            memory = client.info("memory") if client is not None else {}
+        except LOST_BROKER_ERRORS as exc:
+            raise _BackendLost(str(exc)) from exc
+        limit = int(memory.get("maxmemory") or 0)
+        if (
+            limit
+            and int(memory["used_memory"]) > limit
+            and "noeviction" in str(memory.get("maxmemory_policy"))
+        ):
+            url = mask_url(str(self.app.conf.result_backend))
+            raise _BackendLost(f"Redis at {url} {FULL}", fix=FREE_MEMORY)
         if not dispatch.workers_answering(self.app):
             raise _BackendLost(
                 f"no worker answered for {WORKER_SILENCE_SECONDS:g} s while a chunk was out",

@@ -19,6 +19,7 @@ from taskpool.testing.celery_worker import CeleryWorker
 from taskpool.testing.redis_server import RedisServer
 from taskpool.testing.waiting import wait_for
 from tests.conftest import client_app, node_name, worker_env
+from tests.support import probe_tasks  # noqa: F401 - probe.sleep on every app
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
@@ -107,3 +108,25 @@ def test_a_worker_started_on_a_full_redis_waits_then_serves(
         assert queued.get(timeout=60) == 25
     finally:
         worker.stop()
+
+
+@pytest.mark.parametrize("mode", ["celery", "auto"])
+def test_a_map_on_a_redis_that_fills_up_says_so_or_finishes_locally_within_a_bound(
+    mode: str, full_redis: tuple[RedisServer, Filler], worker_factory: Callable[..., CeleryWorker]
+) -> None:
+    """Its chunks' results cannot be stored (the worker gives up after its retries) and new
+    chunks cannot be sent: the map used to wait for ever in mode celery."""
+    redis, filler = full_redis
+    worker_factory(redis.url(), node_name(f"mapfull-{mode}"), extra=PROBE)
+    app = client_app(redis.url(), dispatch=mode)
+    results = taskpool.imap(app.tasks["probe.sleep"], [0.5] * 8, chunksize=1)
+    assert next(results) == 0.5
+    filler.fill()
+    started = time.monotonic()
+    if mode == "celery":
+        with pytest.raises(taskpool.BrokerUnavailable, match="maxmemory"):
+            list(results)
+    else:
+        assert list(results) == [0.5] * 7
+        assert results.backends == ["broker", "local pool"]
+    assert time.monotonic() - started < 60
