@@ -330,7 +330,7 @@ def _quarantine_change(replay: bool) -> Callable[..., None]:
         if bool(ids) == every:
             raise click.UsageError("name the entries by id, or pass --all")
         with of_app(_app()) as kept:
-            entries = kept.entries(None if every else ids)
+            entries = kept.entries(None if every else dict.fromkeys(ids))  # each id once
             missing = set(ids) - {entry.id for entry in entries}
             if missing:
                 raise click.UsageError(f"no such entry in the quarantine: {', '.join(missing)}")

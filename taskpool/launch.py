@@ -94,8 +94,16 @@ def mask_worker_stats(sender: Any = None, **_: Any) -> None:
     page) show its broker's transport options, where Celery removes the URL's password but not
     the sentinels' (``sentinel_kwargs``) nor one in a query string: those are masked too."""
     stats = getattr(sender, "stats", None)
-    if stats is not None:
-        sender.stats = lambda: masked(stats())
+    if stats is None:
+        return
+
+    def masked_stats() -> Any:
+        info = stats()
+        if isinstance(info, dict) and "broker" in info:  # not "total": task names, by count
+            info["broker"] = masked(info["broker"])
+        return info
+
+    sender.stats = masked_stats
 
 
 def _is_rejection(exc: BaseException | None) -> bool:

@@ -243,6 +243,8 @@ class _BrokerChunks:
             memory = client.info("memory") if client is not None else {}
         except LOST_BROKER_ERRORS as exc:
             raise _BackendLost(str(exc)) from exc
+        except redis.exceptions.ResponseError:  # INFO refused (an ACL user): no memory check
+            memory = {}
         limit = int(memory.get("maxmemory") or 0)
         if (
             limit

@@ -72,6 +72,10 @@ def _json(data: bytes, what: str) -> Any:
         raise UnreadableMessage(f"{what} is JSON nested too deep to read") from None
     except ValueError as exc:
         raise UnreadableMessage(f"{what} is not JSON ({exc})") from None
+    except Exception as exc:  # kombu's type markers ({"__type__": ...}) raise their own errors
+        raise UnreadableMessage(
+            f"{what} holds a value kombu cannot read ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def _check_envelope(payload: dict[str, Any]) -> None:

@@ -18,7 +18,8 @@
 -- stores in base64, so the search skips the body at memchr speed) and only they are decoded.
 -- A message written otherwise (other spacing, a brace inside a header string) is decoded whole.
 -- The worker reads the whole message itself and quarantines one whose delivery tag or eta
--- differs from the one read here (a decoy object in the text before the real one).
+-- differs from the one read here (a crafted message with a decoy object where the real one is
+-- looked for).
 --
 -- A message due later (Celery's eta header, from countdown or eta) is indexed at its due time,
 -- not now: kombu's restore puts back messages indexed more than the visibility timeout ago, so
@@ -55,9 +56,18 @@ local function unix_time(text)
   return t
 end
 
--- The JSON object after the first '"name": {' in the message's text, decoded, or nil.
-local function object_after(item, name)
-  local at = string.find(item, '"' .. name .. '": {', 1, true)
+-- The JSON object after the first (or, with last, the last) '"name": {' in the message's
+-- text, decoded, or nil.
+local function object_after(item, name, last)
+  local pattern = '"' .. name .. '": {'
+  local at = string.find(item, pattern, 1, true)
+  while last and at do
+    local next_at = string.find(item, pattern, at + 1, true)
+    if not next_at then
+      break
+    end
+    at = next_at
+  end
   if not at then
     return nil
   end
@@ -72,10 +82,14 @@ local function object_after(item, name)
   return nil
 end
 
--- The message's properties and headers, or nil for a message that is not a JSON object.
+-- The message's properties and headers, or nil for a message that is not a JSON object. kombu
+-- writes the headers first and the properties last: an object of either name inside a header
+-- comes after the headers' start and before the properties'.
 local function envelope(item)
-  local properties, headers = object_after(item, 'properties'), object_after(item, 'headers')
-  if properties and headers then
+  local properties = object_after(item, 'properties', true)
+  local headers = object_after(item, 'headers', false)
+  if properties and headers and type(properties['delivery_tag']) == 'string'
+      and type(properties['delivery_info']) == 'table' then
     return properties, headers
   end
   local ok, message = pcall(cjson.decode, item)

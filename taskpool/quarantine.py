@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -29,6 +30,8 @@ from kombu.exceptions import OperationalError
 from taskpool.errors import BrokerUnavailable, BrokerUnsupported, MessageQuarantined
 from taskpool.urls import mask_url
 
+#: The script that keeps an entry, read once; Redis runs it by its SHA1.
+KEEP = (Path(__file__).with_name("quarantine.lua")).read_text()
 ENTRIES = "taskpool.quarantine"
 INDEX = "taskpool.quarantine.index"
 #: How long an entry is kept before the next quarantining drops it.
@@ -91,7 +94,7 @@ def _task_of(message: bytes) -> tuple[str | None, str | None]:
 class Recorded:
     """Where the transport recorded a popped message, for the quarantine to clear."""
 
-    tag: str
+    tag: bytes | str  # as Redis gave it: a tag that is not UTF-8 is still found
     index_key: str
     unacked_key: str
     deliveries_key: str
@@ -104,17 +107,17 @@ class Quarantine:
         self.client = client
         self.prefix = prefix
         self.entries_key, self.index_key = prefix + ENTRIES, prefix + INDEX
+        self._keep = client.register_script(KEEP)
 
     def add(self, entry: Entry, recorded: Recorded | None = None) -> None:
-        """Keep ``entry`` and forget the message's unacked record, in one transaction."""
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.hset(self.entries_key, entry.id, entry.to_json())
-            pipe.zadd(self.index_key, {entry.id: entry.at})
-            if recorded is not None:
-                pipe.zrem(self.prefix + recorded.index_key, recorded.tag)
-                pipe.hdel(self.prefix + recorded.unacked_key, recorded.tag)
-                pipe.hdel(self.prefix + recorded.deliveries_key, recorded.tag)
-            pipe.execute()
+        """Keep ``entry`` and forget the message's unacked records, in one step that a full
+        Redis still runs (``quarantine.lua``)."""
+        names = ("unacked_index", "unacked", "unacked_deliveries")  # unused without a record
+        if recorded is not None:
+            names = (recorded.index_key, recorded.unacked_key, recorded.deliveries_key)
+        keys = [self.entries_key, self.index_key, *(self.prefix + name for name in names)]
+        tag = recorded.tag if recorded is not None else ""
+        self._keep(keys=keys, args=[entry.id, entry.to_json(), entry.at, tag])
         self._expire(entry.at - KEEP_SECONDS)
 
     def _expire(self, before: float) -> None:

@@ -127,7 +127,7 @@ class _Store(_Base):
     def exception_safe_to_retry(self, exc: Exception) -> bool:
         # A full Redis may free memory soon (a consumer catching up, keys expiring): a worker
         # retries the write (WORKER_RESULT_RETRIES) rather than stop or lose the result.
-        return isinstance(exc, RedisFull) or bool(super().exception_safe_to_retry(exc))
+        return redis_full(exc) or bool(super().exception_safe_to_retry(exc))
 
     def _set(self, key: Any, value: Any, expires: Any = None) -> None:
         if self._wait is None:

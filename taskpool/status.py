@@ -11,7 +11,7 @@ from kombu.exceptions import ChannelError
 from taskpool import quarantine, sentinel
 from taskpool.health import BrokerHealth
 from taskpool.settings import settings_of
-from taskpool.urls import is_sentinel, mask_url
+from taskpool.urls import is_redis, is_sentinel, mask_url
 
 #: How long to wait for workers to answer an inspect broadcast.
 INSPECT_TIMEOUT = 1.0
@@ -43,8 +43,9 @@ def read_status(app: Celery) -> dict[str, Any]:
         for node, info in sorted(stats.items())
     ]
     report["queue"]["depth"] = _queue_depth(app, app.conf.task_default_queue)
-    with quarantine.of_app(app) as kept:
-        report["quarantine"] = kept.count()
+    if is_redis(health.broker_url):  # the quarantine is kept in a Redis broker
+        with quarantine.of_app(app) as kept:
+            report["quarantine"] = kept.count()
     return report
 
 

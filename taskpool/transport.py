@@ -177,16 +177,23 @@ class _Orphans:
     restore takes only what is still recorded."""
 
     def __init__(self) -> None:
-        self._tags: dict[str, set[str]] = {}
+        self._tags: dict[str, dict[str, float]] = {}  # broker -> tag -> when it was taken
         self._lock = threading.Lock()
 
-    def add(self, broker: str, tags: list[str]) -> None:
+    def add(self, broker: str, tags: list[str], since: float | None = None) -> None:
         with self._lock:
-            self._tags.setdefault(broker, set()).update(tags)
+            taken = self._tags.setdefault(broker, {})
+            for tag in tags:
+                taken.setdefault(tag, monotonic() if since is None else since)
 
-    def take(self, broker: str) -> list[str]:
+    def take(self, broker: str, max_age: float) -> tuple[list[str], float]:
+        """The tags left within ``max_age`` seconds (older ones the visibility timeout's
+        sweep may have handed to another worker by now), and when the oldest was left."""
         with self._lock:
-            return list(self._tags.pop(broker, ()))
+            taken = self._tags.pop(broker, {})
+        now = monotonic()
+        fresh = {tag: when for tag, when in taken.items() if now - when < max_age}
+        return list(fresh), min(fresh.values(), default=now)
 
 
 _orphans = _Orphans()
@@ -288,12 +295,12 @@ class Channel(kombu_redis.Channel):
         return super().basic_cancel(consumer_tag)
 
     def _give_back_orphans(self) -> None:
-        tags = _orphans.take(self.broker_key)
+        tags, since = _orphans.take(self.broker_key, self.visibility_timeout)
         try:
             for tag in tags:
                 self.qos.restore_by_tag(tag, leftmost=True)  # they were first in line
         except self.connection_errors:
-            _orphans.add(self.broker_key, tags)  # the next channel tries again
+            _orphans.add(self.broker_key, tags, since)  # the next channel tries again
             raise
         if tags:
             log.info("Gave back %d message(s) a lost connection had left unacknowledged", len(tags))
@@ -499,32 +506,37 @@ class Channel(kombu_redis.Channel):
         queue = key.rsplit(self.sep, 1)[0]
         raw = reply[1] if isinstance(reply[1], bytes) else str(reply[1]).encode()
         deliveries = int(reply[2])
-        tag = bytes_to_str(reply[3]) if deliveries else None
+        recorded_as = reply[3] if deliveries else None  # bytes: a tag need not be UTF-8
+        tag = None if recorded_as is None else bytes_to_str(recorded_as)
         try:
             payload = messages.read(raw, max_inflated=self.max_inflated)
         except UnreadableMessage as exc:
-            self._quarantine(queue, raw, str(exc), tag, deliveries)
+            self._quarantine(queue, raw, str(exc), recorded_as, deliveries)
+            return None
+        except Exception as exc:  # a check of ours that failed must not stop the worker either
+            reason = f"reading it failed ({type(exc).__name__}: {exc})"
+            self._quarantine(queue, raw, reason, recorded_as, deliveries)
             return None
         if tag is not None and _read_apart(payload) != (tag, _text(reply[4])):
             reason = (
                 "the message's text holds a second properties or headers object before its "
                 "own, which the pop read instead"
             )
-            self._quarantine(queue, raw, reason, tag, deliveries)
+            self._quarantine(queue, raw, reason, recorded_as, deliveries)
             return None
         if deliveries > self.max_deliveries:
             reason = (
                 f"delivered {deliveries - 1} times without an outcome "
                 f"(TASKPOOL_MAX_DELIVERIES={self.max_deliveries})"
             )
-            self._quarantine(queue, raw, reason, tag, deliveries - 1)
+            self._quarantine(queue, raw, reason, recorded_as, deliveries - 1)
             return None
         if tag is not None:
             self.recorded_tags.add(tag)
         return queue, payload
 
     def _quarantine(
-        self, queue: str, raw: bytes, reason: str, tag: str | None, deliveries: int
+        self, queue: str, raw: bytes, reason: str, tag: bytes | None, deliveries: int
     ) -> None:
         entry = Entry.of(queue, raw, reason, deliveries)
         recorded = tag and Recorded(

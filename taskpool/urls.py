@@ -6,9 +6,9 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
-#: A URL in text: a scheme, then up to whitespace or a quote (a password holding either must be
-#: percent-encoded anyway). A failover list (``a;b``) is one match, split below.
-_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]*")
+#: A URL in text: a scheme, credentials up to an ``@`` (quotes allowed: a password may hold
+#: them), then up to whitespace or a quote. A failover list (``a;b``) is one match, split below.
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://(?:[^/@\s]*@)?[^\s'\"]*")
 #: Where the next URL of a failover list starts: a ``;`` followed by a scheme. A ``;`` that is
 #: not (one in a password, say) belongs to the URL it is in.
 _NEXT_URL = re.compile(r";(?=[A-Za-z][A-Za-z0-9+.-]*://)")

@@ -69,7 +69,7 @@ def bomb(inflated: int) -> bytes:
     return b"".join(parts) + packer.flush()
 
 
-#: Read before the message's own properties by a reader that does not decode it all.
+#: Read instead of the message's own properties by a reader that does not decode it all.
 DECOY = {"delivery_tag": "decoy", "delivery_info": {"exchange": "", "routing_key": "celery"}}
 #: Bytes a hostile or broken client pushes, and what the quarantine entry's reason must say.
 POISONS: dict[str, tuple[Callable[[Message], bytes], str]] = {
@@ -94,8 +94,8 @@ POISONS: dict[str, tuple[Callable[[Message], bytes], str]] = {
         lambda m: changed(m, lambda c: c["headers"].update(timelimit=["x", "y"])),
         "timelimit",
     ),
-    "decoy-properties-in-headers": (
-        lambda m: changed(m, lambda c: c["headers"].update(properties=DECOY)),
+    "decoy-properties-after-its-own": (
+        lambda m: changed(m, lambda c: c.update(zz={"properties": DECOY})),
         "a second properties or headers object",
     ),
     "args-nested-600-deep": (
@@ -165,6 +165,22 @@ def test_an_unreadable_message_is_quarantined_and_the_worker_goes_on(
             AsyncResult(entry.task_id, app=app).get(timeout=10)
     assert worker.log_tail(1_000_000).count("Quarantined a message") == 1
     assert peak_rss_mb(worker.pid) < 300  # the bomb was not inflated in the worker
+
+
+def test_a_header_holding_a_properties_object_is_read_as_the_message_it_is(
+    redis_url: str, client: redis_py.Redis, worker_factory: Callable[..., CeleryWorker]
+) -> None:
+    """Headers come before the properties: the pop script, which does not decode the message
+    whole, must not take a header's object for the message's own."""
+    worker_factory(redis_url, node_name("forwarded"))
+    app = client_app(redis_url, dispatch="celery")
+    message = captured(app, client)
+    message["headers"]["forwarded"] = {"properties": {**DECOY, "colour": "red"}}
+    client.lpush("celery", json.dumps(message).encode())
+    assert AsyncResult(message["headers"]["id"], app=app).get(timeout=20) == 9
+    assert Quarantine(client).count() == 0
+    wait_for(lambda: client.hlen("unacked") == 0, 5, "the ack, which follows the result")
+    assert_nothing_left(client)
 
 
 def test_malformed_envelopes_do_not_restart_running_tasks(
