@@ -241,8 +241,8 @@ class Channel(kombu_redis.Channel):
         super().__init__(*args, **kwargs)
         # This channel's Redis, as _orphans knows it (no password); kept, because a channel
         # closed after its connection was lost has no client left to ask.
-        uri = self.connection.client.as_uri(include_password=False)
-        self.broker_key = f"{uri}#{self.global_keyprefix or ''}"
+        self._uri = self.connection.client.as_uri(include_password=False)
+        self.broker_key = f"{self._uri}#{self.global_keyprefix or ''}"
 
     @contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
@@ -312,7 +312,7 @@ class Channel(kombu_redis.Channel):
             return
         with self.conn_or_acquire() as client:
             version = str(client.info("server")["redis_version"])
-        require_redis(version, self.connection.client.as_uri(include_password=False))
+        require_redis(version, self._uri)
         self._server_checked = True
 
     @property
