@@ -88,7 +88,9 @@ class FallbackTask(Task):
             except PUBLISH_ERRORS as exc:
                 route = dispatch.publish_failed(self.app, route.mode, exc)
             except RuntimeError as exc:
-                if not result_consumer_gave_up(exc):
+                # Celery's result consumer could not reach the result store to subscribe,
+                # which it does before publishing: nothing was sent, so the call may run here.
+                if not gave_up(exc):
                     raise
                 route = dispatch.publish_failed(self.app, route.mode, exc)
         self.refuse_canvas(route, {"link": link, "link_error": link_error, **options})
@@ -170,16 +172,6 @@ def send_task(
         f"send_task({name!r}): no broker to send it to ({route.reason}), and no task of "
         f"that name is registered on app {app.main!r} to run on the local pool"
     )
-
-
-def result_consumer_gave_up(exc: RuntimeError) -> bool:
-    """Celery's result consumer could not reconnect to the result store in time.
-
-    It raises RuntimeError ("the Celery application must be restarted") from the subscription
-    to the task's result, which Celery makes before it publishes: nothing was sent, so the
-    call may run elsewhere. The next call reconnects afresh.
-    """
-    return gave_up(exc)
 
 
 def refuse_canvas(caller: str, route: dispatch.Route, options: dict[str, Any]) -> None:

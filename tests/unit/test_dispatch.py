@@ -64,7 +64,7 @@ def test_only_celerys_result_consumer_giving_up_counts_as_a_failed_publish() -> 
     sent; any other RuntimeError is the caller's to see."""
     from celery.backends.asynchronous import E_RETRY_LIMIT_EXCEEDED
 
-    from taskpool.fallback import result_consumer_gave_up
+    from taskpool.result_consumer import gave_up
 
-    assert result_consumer_gave_up(RuntimeError(E_RETRY_LIMIT_EXCEEDED))
-    assert not result_consumer_gave_up(RuntimeError("the task's own error"))
+    assert gave_up(RuntimeError(E_RETRY_LIMIT_EXCEEDED))
+    assert not gave_up(RuntimeError("the task's own error"))
