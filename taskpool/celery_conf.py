@@ -111,10 +111,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # channel error, which Celery would take as unrecoverable: it retries them instead.
         "broker_channel_error_retry": True,
         "broker_transport_options": {
-            # Unacked messages come back after this; longer than the task time limit (checked).
+            # Read by taskpool's transport: a consumer silent this long is dead, and what it
+            # held goes back to its queues (taskpool.liveness).
+            "liveness_timeout": settings.liveness_timeout,
+            # Only for messages stock workers took (kombu's unacked hash): they come back after
+            # this, swept this often (throttle 1: each interval really scans).
             "visibility_timeout": settings.visibility_timeout,
-            # Every worker sweeps for messages of dead workers this often (throttle 1: each
-            # interval really scans), so redelivery follows the visibility timeout closely.
             "unacked_restore_interval": settings.restore_interval,
             "unacked_restore_throttle": 1,
             **redis_timeouts,

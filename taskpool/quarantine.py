@@ -28,6 +28,7 @@ from celery.utils.dispatch import Signal
 from kombu.exceptions import OperationalError
 
 from taskpool.errors import BrokerUnavailable, BrokerUnsupported, MessageQuarantined
+from taskpool.liveness import HELD
 from taskpool.urls import mask_url
 
 #: The script that keeps an entry, read once; Redis runs it by its SHA1.
@@ -95,9 +96,8 @@ class Recorded:
     """Where the transport recorded a popped message, for the quarantine to clear."""
 
     tag: bytes | str  # as Redis gave it: a tag that is not UTF-8 is still found
-    index_key: str
-    unacked_key: str
-    deliveries_key: str
+    held_key: str  # the consumer's held messages (taskpool.liveness), prefix included
+    deliveries_key: str  # without the prefix, as kombu names it
 
 
 class Quarantine:
@@ -112,10 +112,10 @@ class Quarantine:
     def add(self, entry: Entry, recorded: Recorded | None = None) -> None:
         """Keep ``entry`` and forget the message's unacked records, in one step that a full
         Redis still runs (``quarantine.lua``)."""
-        names = ("unacked_index", "unacked", "unacked_deliveries")  # unused without a record
+        held, deliveries = self.prefix + HELD, "unacked_deliveries"  # unused without a record
         if recorded is not None:
-            names = (recorded.index_key, recorded.unacked_key, recorded.deliveries_key)
-        keys = [self.entries_key, self.index_key, *(self.prefix + name for name in names)]
+            held, deliveries = recorded.held_key, self.prefix + recorded.deliveries_key
+        keys = [self.entries_key, self.index_key, held, deliveries]
         tag = recorded.tag if recorded is not None else ""
         self._keep(keys=keys, args=[entry.id, entry.to_json(), entry.at, tag])
         self._expire(entry.at - KEEP_SECONDS)

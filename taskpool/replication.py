@@ -2,9 +2,12 @@
 
 A write waits (Redis ``WAIT``) for the replicas asked for, or for fewer when fewer are connected
 to the primary right now: a primary that lost its replica has no failover to lose the write
-to, and waiting there would only stall every write for the timeout. The count of connected
-replicas comes from ``ROLE``, asked at most once a second, and again after a wait that fell
-short.
+to, and waiting there would only stall every write for the timeout. The count is of the
+replicas online (``INFO replication``), asked at most once a second, and again after a wait that
+fell short. A replica in its first sync is not counted: it holds no copy to fail over to yet,
+and it confirms nothing until the sync ends (on Redis 7, a diskless sync starts only after
+``repl-diskless-sync-delay``, 5 s), so waiting for it would fail every write meanwhile. Redis
+6.2's ``ROLE`` listed such a replica and 7's does not; ``INFO``'s state reads the same on both.
 """
 
 from __future__ import annotations
@@ -12,8 +15,6 @@ from __future__ import annotations
 import threading
 import time
 from typing import Any
-
-from redis.utils import str_if_bytes
 
 from taskpool.errors import NotReplicated
 
@@ -53,8 +54,15 @@ class ReplicaWait:
         with self._lock:
             if time.monotonic() - self._checked_at < RECHECK:
                 return self._connected
-        role = client.execute_command("ROLE")
-        connected = len(role[2]) if str_if_bytes(role[0]) == "master" else 0
+        connected = online_replicas(client.info("replication"))
         with self._lock:
             self._connected, self._checked_at = connected, time.monotonic()
         return connected
+
+
+def online_replicas(info: dict[str, Any]) -> int:
+    """The replicas online in a primary's ``INFO replication`` (none on a replica)."""
+    if str(info.get("role")) != "master":
+        return 0
+    replicas = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
+    return sum(1 for replica in replicas if str(replica.get("state")) == "online")

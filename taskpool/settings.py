@@ -35,22 +35,25 @@ DEFAULT_BROKER_RECHECK = 2.0
 DEFAULT_TASK_TIME_LIMIT = 300.0
 #: Soft limit raises SoftTimeLimitExceeded inside the task first, so it can clean up.
 DEFAULT_TASK_SOFT_TIME_LIMIT = 270.0
-#: Unset limits follow the hard one: the soft limit at 90 % of it, the visibility timeout at
-#: twice it (at least the default), so setting TASKPOOL_TASK_TIME_LIMIT alone stays consistent.
+#: An unset soft limit follows the hard one, at 90 % of it, so setting TASKPOOL_TASK_TIME_LIMIT
+#: alone stays consistent.
 SOFT_LIMIT_SHARE = 0.9
-VISIBILITY_PER_LIMIT = 2
 #: Results are kept a day, then Redis drops them.
 DEFAULT_RESULT_EXPIRES = 86_400
-#: An unacknowledged message goes back to the queue after this long: longer than any task may run.
-DEFAULT_VISIBILITY_TIMEOUT = 600
+#: A worker's consumer silent this long is dead, and the messages it held go back to their
+#: queues (taskpool.liveness): a killed worker's tasks run again within about this plus a beat.
+DEFAULT_LIVENESS_TIMEOUT = 3.0
+#: Only for messages stock Celery workers on the same Redis took (kombu's ``unacked`` hash):
+#: they go back after this long, as stock's own sweep does (kombu's default, one hour).
+DEFAULT_VISIBILITY_TIMEOUT = 3600
 #: Bounds every Redis read and write, so no call blocks forever on a server that stopped answering.
 DEFAULT_SOCKET_TIMEOUT = 5.0
 #: Messages each worker process reserves ahead. Measured with bench/prefetch.py (3,000 tiny
 #: tasks, concurrency 2): 1 -> 453/s, 4 -> 464/s, 16 -> 438/s, 64 -> 409/s. 4 is the fastest,
 #: and a small value keeps few messages reserved by a worker that may die or be slow.
 DEFAULT_PREFETCH_MULTIPLIER = 4
-#: How often a worker looks for unacknowledged messages past the visibility timeout (those of a
-#: worker that died) and puts them back on the queue. kombu's default sweep is every ~100 s.
+#: How often a worker looks for messages stock workers took and left past the visibility timeout,
+#: and puts them back on the queue. kombu's default sweep is every ~100 s.
 DEFAULT_RESTORE_INTERVAL = 10.0
 #: Largest serialized arguments of one call. Map chunks are sized far below it (a chunk of
 #: 50,000 ints is about 0.4 MB); compose caps Redis's bulk length at 32 MB behind it.
@@ -83,6 +86,7 @@ VARIABLES = (
     "TASKPOOL_TASK_TIME_LIMIT",
     "TASKPOOL_TASK_SOFT_TIME_LIMIT",
     "TASKPOOL_RESULT_EXPIRES",
+    "TASKPOOL_LIVENESS_TIMEOUT",
     "TASKPOOL_VISIBILITY_TIMEOUT",
     "TASKPOOL_SOCKET_TIMEOUT",
     "TASKPOOL_PREFETCH_MULTIPLIER",
@@ -125,6 +129,7 @@ class Settings:
     task_time_limit: float = DEFAULT_TASK_TIME_LIMIT
     task_soft_time_limit: float = DEFAULT_TASK_SOFT_TIME_LIMIT
     result_expires: int = DEFAULT_RESULT_EXPIRES
+    liveness_timeout: float = DEFAULT_LIVENESS_TIMEOUT
     visibility_timeout: int = DEFAULT_VISIBILITY_TIMEOUT
     socket_timeout: float = DEFAULT_SOCKET_TIMEOUT
     prefetch_multiplier: int = DEFAULT_PREFETCH_MULTIPLIER
@@ -243,10 +248,11 @@ class Settings:
                 "TASKPOOL_TASK_SOFT_TIME_LIMIT", float, hard_limit * SOFT_LIMIT_SHARE
             ),
             result_expires=read.number("TASKPOOL_RESULT_EXPIRES", int, DEFAULT_RESULT_EXPIRES),
+            liveness_timeout=read.number(
+                "TASKPOOL_LIVENESS_TIMEOUT", float, DEFAULT_LIVENESS_TIMEOUT
+            ),
             visibility_timeout=read.number(
-                "TASKPOOL_VISIBILITY_TIMEOUT",
-                int,
-                max(DEFAULT_VISIBILITY_TIMEOUT, int(hard_limit * VISIBILITY_PER_LIMIT)),
+                "TASKPOOL_VISIBILITY_TIMEOUT", int, DEFAULT_VISIBILITY_TIMEOUT
             ),
             socket_timeout=read.number("TASKPOOL_SOCKET_TIMEOUT", float, DEFAULT_SOCKET_TIMEOUT),
             prefetch_multiplier=read.number(
@@ -285,13 +291,6 @@ class Settings:
                 str(self.task_soft_time_limit),
                 f"must be below TASKPOOL_TASK_TIME_LIMIT ({self.task_time_limit:g} s), "
                 "so a task is warned before it is killed",
-            )
-        if self.visibility_timeout <= self.task_time_limit:
-            raise ConfigError(
-                "TASKPOOL_VISIBILITY_TIMEOUT",
-                str(self.visibility_timeout),
-                f"must exceed TASKPOOL_TASK_TIME_LIMIT ({self.task_time_limit:g} s): "
-                "a shorter one makes Redis hand a healthy running task to another worker",
             )
 
 
@@ -403,6 +402,7 @@ _POSITIVE = (
     "task_time_limit",
     "task_soft_time_limit",
     "result_expires",
+    "liveness_timeout",
     "visibility_timeout",
     "socket_timeout",
     "prefetch_multiplier",

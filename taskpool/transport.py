@@ -50,7 +50,6 @@ keep kombu's path. Needs Redis 6.2, checked when a consumer starts. kombu privat
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -63,24 +62,30 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 
-from taskpool import messages
+from taskpool import liveness, messages
 from taskpool.errors import BrokerUnsupported, UnreadableMessage, redis_full
+from taskpool.liveness import Heart
 from taskpool.quarantine import Entry, Quarantine, Recorded, message_quarantined
 from taskpool.replication import ReplicaWait
-from taskpool.settings import DEFAULT_MAX_DELIVERIES, DEFAULT_MAX_MESSAGE_BYTES
+from taskpool.settings import (
+    DEFAULT_LIVENESS_TIMEOUT,
+    DEFAULT_MAX_DELIVERIES,
+    DEFAULT_MAX_MESSAGE_BYTES,
+)
 from taskpool.urls import mask_url
 
 log = logging.getLogger("taskpool.transport")
 
 #: The scripts' text, read once; Redis runs them by their SHA1 (EVALSHA).
 POP_AND_RECORD = Path(__file__).with_name("pop_and_record.lua").read_text()
-FORGET_UNACKED = Path(__file__).with_name("forget_unacked.lua").read_text()
 #: The oldest Redis tested; the transport refuses older ones rather than guess.
 MINIMUM_REDIS = (6, 2)
 #: While idle, the waits on the wake lists, longest last: a message published without a token
 #: waits at most the current one, and a long-idle consumer sends about two commands a second
 #: (stock kombu: one BRPOP a second).
 IDLE_WAITS = (0.05, 0.1, 0.2, 0.5, 1.0)
+#: The pop script's answer to a consumer taken for dead (``taskpool.liveness``).
+TAKEN_FOR_DEAD = -1
 #: The most tokens a wake list holds: as many idle consumers as a burst can wake at once. Tokens
 #: left by messages that stock consumers took cost a woken consumer one empty pop each.
 WAKE_CAP = 100
@@ -107,21 +112,39 @@ def require_redis(version: str, url: str) -> None:
 
 
 class QoS(kombu_redis.QoS):
-    """kombu's QoS, minus the unacked write for messages the script already recorded; an
-    outcome (an ack, a final reject) also clears the message's delivery count, and messages
-    given back unrun when the channel closes do not count as delivered."""
+    """kombu's QoS over the messages this channel's consumer holds (``taskpool.liveness``);
+    messages kombu itself recorded (those the pop script could not read a tag in) keep kombu's
+    ``unacked`` records and its restore by the visibility timeout."""
 
     def append(self, message: Any, delivery_tag: str) -> None:
-        recorded = self.channel.recorded_tags
-        if delivery_tag in recorded:
-            recorded.discard(delivery_tag)
+        if delivery_tag in self.channel.held:
             virtual.QoS.append(self, message, delivery_tag)  # in-memory bookkeeping only
         else:
             super().append(message, delivery_tag)
 
     def ack(self, delivery_tag: str) -> None:
-        # kombu's ack (its _remove_from_indices) and the delivery count, in one script.
-        self.channel.forget(delivery_tag)
+        heart = self.channel.held.pop(delivery_tag, None)
+        if heart is None:
+            super().ack(delivery_tag)
+            return
+        if not heart.ack(delivery_tag, self.channel.deliveries_key):
+            log.warning(
+                "Acknowledged message %s after this consumer was taken for dead: it went back "
+                "to its queue meanwhile and may run twice",
+                delivery_tag,
+            )
+        virtual.QoS.ack(self, delivery_tag)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        if not requeue:  # a final reject: an outcome, as an ack is
+            self.ack(delivery_tag)
+            return
+        heart = self.channel.held.pop(delivery_tag, None)
+        if heart is None:
+            super().reject(delivery_tag, requeue=True)
+            return
+        # kombu's requeue: to the back of the queue, and the delivery counts.
+        heart.give_back(delivery_tag, self.channel.deliveries_key, counted=True, front=False)
         virtual.QoS.ack(self, delivery_tag)
 
     def restore_visible(self, *args: Any, **kwargs: Any) -> None:
@@ -133,75 +156,35 @@ class QoS(kombu_redis.QoS):
             # kombu's sweep takes a lock (SET NX) first, which a full Redis refuses.
             log.warning("Redis is full (maxmemory): a dead worker's messages are not restored now")
 
-    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
-        if requeue:  # kombu's restore; the delivery counts
-            super().reject(delivery_tag, requeue=True)
-        else:
-            self.ack(delivery_tag)
-
     def restore_unacked(self, client: Any = None) -> None:
-        given_back: list[str] = list(self._delivered or ())
-        try:
-            super().restore_unacked(client)
-        except self.channel.connection_errors:
-            # The connection is gone (a broker restart): the next channel gives them back.
-            _orphans.add(self.channel.broker_key, given_back)
-            raise
-        self.uncount(given_back, client)
-
-    def uncount(self, tags: list[str], client: Any = None) -> None:
-        """Messages given back unrun were not deliveries without an outcome."""
-        if not tags:
-            return
-        with self.channel.conn_or_acquire(client) as redis_client:
-            # kombu's prefixing client leaves HINCRBY's key as it is.
-            key = (self.channel.global_keyprefix or "") + self.channel.deliveries_key
-            pipe = redis_client.pipeline(transaction=False)
-            for tag in tags:
-                pipe.hincrby(key, tag, -1)
-            pipe.execute()
+        """At close: messages taken and not run go back to the front, uncounted."""
+        held = self.channel.held
+        delivered: dict[str, Any] = self._delivered or {}
+        for tag in list(delivered):
+            heart = held.pop(tag, None)
+            if heart is None:
+                self.restore_by_tag(tag, client=client)
+            else:
+                heart.give_back(tag, self.channel.deliveries_key, counted=False, front=True)
+            del delivered[tag]
 
     def can_consume(self) -> bool:
         if super().can_consume():
             return True
         # kombu holds a pending reply unread while this is False; the channel must know.
-        self.channel.held()
+        self.channel.held_reply()
         return False
 
 
-class _Orphans:
-    """Messages this process took and could not give back when their channel closed with its
-    connection already lost (a broker restart, a flapping network), by Redis. The next channel
-    to the same Redis gives them back as it starts consuming, instead of their waiting in the
-    unacked records for the visibility timeout. One a sweep restored meanwhile is skipped: a
-    restore takes only what is still recorded."""
-
-    def __init__(self) -> None:
-        self._tags: dict[str, dict[str, float]] = {}  # broker -> tag -> when it was taken
-        self._lock = threading.Lock()
-
-    def add(self, broker: str, tags: list[str], since: float | None = None) -> None:
-        with self._lock:
-            taken = self._tags.setdefault(broker, {})
-            for tag in tags:
-                taken.setdefault(tag, monotonic() if since is None else since)
-
-    def take(self, broker: str, max_age: float) -> tuple[list[str], float]:
-        """The tags left within ``max_age`` seconds (older ones the visibility timeout's
-        sweep may have handed to another worker by now), and when the oldest was left."""
-        with self._lock:
-            taken = self._tags.pop(broker, {})
-        now = monotonic()
-        fresh = {tag: when for tag, when in taken.items() if now - when < max_age}
-        return list(fresh), min(fresh.values(), default=now)
-
-
-_orphans = _Orphans()
-
-
 #: Transport options of taskpool's own (TASKPOOL_REDIS_WAIT_REPLICAS and _TIMEOUT,
-#: TASKPOOL_MAX_DELIVERIES, TASKPOOL_MAX_MESSAGE_BYTES).
-OWN_OPTIONS = ("wait_replicas", "wait_timeout", "max_deliveries", "max_inflated")
+#: TASKPOOL_MAX_DELIVERIES, TASKPOOL_MAX_MESSAGE_BYTES, TASKPOOL_LIVENESS_TIMEOUT).
+OWN_OPTIONS = (
+    "wait_replicas",
+    "wait_timeout",
+    "max_deliveries",
+    "max_inflated",
+    "liveness_timeout",
+)
 
 
 def _options(channel: type[kombu_redis.Channel]) -> tuple[str, ...]:
@@ -223,26 +206,26 @@ class Channel(kombu_redis.Channel):
     #: size), for apps that name this transport without taskpool's settings.
     max_deliveries = DEFAULT_MAX_DELIVERIES
     max_inflated = DEFAULT_MAX_MESSAGE_BYTES
+    liveness_timeout = DEFAULT_LIVENESS_TIMEOUT
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.recorded_tags: set[str] = set()
+        #: The messages popped and not yet acked, rejected or given back, by who holds them:
+        #: this channel's consumer when it popped them (a new one after it was taken for dead).
+        self.held: dict[str, Heart] = {}
+        self._heart: Heart | None = None
         self._acking_queues: dict[str, int] = {}
         self._pending: str | None = None  # the reliable command awaiting its reply
         self._waiting = False  # the last pop found nothing: wait before popping again
         self._wait_index = 0  # into IDLE_WAITS: grows while waits time out
         self._client_of_pool: Any = None
         self._script: Any = None  # POP_AND_RECORD registered on _client_of_pool
-        self._forget: Any = None  # FORGET_UNACKED, likewise
         self._server_checked = False
         self._wait: ReplicaWait | None = None  # made on first publish, if asked for
-        self._pop: tuple[list[str], list[Any]] = ([], [])  # the pop in flight: keys, arguments
+        self._pop: tuple[list[str], list[Any], Heart | None] = ([], [], None)  # the pop in flight
         self._queues: list[str] = []  # those of the command in flight
         self._held = False  # kombu held the pending pop's reply unread (QoS.can_consume)
         super().__init__(*args, **kwargs)
-        # This channel's Redis, as _orphans knows it (no password); kept, because a channel
-        # closed after its connection was lost has no client left to ask.
-        self._uri = self.connection.client.as_uri(include_password=False)
-        self.broker_key = f"{self._uri}#{self.global_keyprefix or ''}"
+        self._uri = self.connection.client.as_uri(include_password=False)  # for messages
 
     @contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
@@ -273,7 +256,6 @@ class Channel(kombu_redis.Channel):
             # A plain client on the same pool: the keys below carry their prefix already.
             plain = redis.Redis(connection_pool=pool)
             self._script = plain.register_script(POP_AND_RECORD)
-            self._forget = plain.register_script(FORGET_UNACKED)
         return self._client_of_pool
 
     # -- which consumers take the reliable path ------------------------------------------
@@ -281,7 +263,7 @@ class Channel(kombu_redis.Channel):
     def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
         if not no_ack:
             self._check_server()
-            self._give_back_orphans()
+            self._consumer()
             # Counted: a queue stays on the reliable path while any consumer of it acks.
             self._acking_queues[queue] = self._acking_queues.get(queue, 0) + 1
         return super().basic_consume(queue, no_ack, *args, **kwargs)
@@ -294,17 +276,27 @@ class Channel(kombu_redis.Channel):
                 del self._acking_queues[queue]
         return super().basic_cancel(consumer_tag)
 
-    def _give_back_orphans(self) -> None:
-        tags, since = _orphans.take(self.broker_key, self.visibility_timeout)
+    def _consumer(self) -> Heart:
+        """This channel's consumer, beating; a new one if the last was taken for dead."""
+        heart = self._heart
+        if heart is None or not heart.alive:
+            if heart is not None:
+                heart.stop(leave=False)
+            plain = redis.Redis(connection_pool=self.pool)  # the keys carry their prefix
+            keys = liveness.Keys(self.global_keyprefix or "")
+            self._heart = heart = Heart(plain, keys, self.liveness_timeout, WAKE_CAP).start()
+        return heart
+
+    def close(self) -> None:
         try:
-            for tag in tags:
-                self.qos.restore_by_tag(tag, leftmost=True)  # they were first in line
-        except self.connection_errors:
-            _orphans.add(self.broker_key, tags, since)  # the next channel tries again
-            raise
-        if tags:
-            log.info("Gave back %d message(s) a lost connection had left unacknowledged", len(tags))
-            self.qos.uncount(tags)
+            super().close()  # gives back what was taken and not run (QoS.restore_unacked)
+        finally:
+            heart, self._heart = self._heart, None
+            if heart is not None:
+                try:
+                    heart.stop(leave=True)
+                except (redis.RedisError, *self.connection_errors):
+                    pass  # the connection is gone: what it held waits for the sweep
 
     def _check_server(self) -> None:
         """Refuse, at once and by name, a Redis older than the oldest tested."""
@@ -319,13 +311,6 @@ class Channel(kombu_redis.Channel):
     def deliveries_key(self) -> str:
         """The delivery counts' hash, named after kombu's unacked hash."""
         return f"{self.unacked_key}_deliveries"
-
-    def forget(self, delivery_tag: str) -> None:
-        """Remove an acknowledged message's unacked records and delivery count."""
-        self._pool_client()  # registers the scripts for this pool
-        prefix = self.global_keyprefix or ""
-        keys = [prefix + key for key in (self.unacked_index_key, self.unacked_key)]
-        self._forget(keys=[*keys, prefix + self.deliveries_key], args=[delivery_tag])
 
     def _reliable(self, queues: list[str]) -> bool:
         return all(q in self._acking_queues for q in queues)
@@ -342,15 +327,18 @@ class Channel(kombu_redis.Channel):
         prefix = self.global_keyprefix or ""
         return [prefix + self._wake_key(q) for q in queues]
 
-    def _script_keys(self, queues: list[str]) -> list[str]:
+    def _pop_for(self, queues: list[str], take_token: bool) -> tuple[list[str], list[Any], Heart]:
+        """The pop script's keys and arguments for ``queues``, and the consumer it records for."""
+        heart = self._consumer()
         prefix = self.global_keyprefix or ""
-        return [
+        keys = [
             *self._keys(queues),
             *self._wake_keys(queues),
-            prefix + self.unacked_index_key,
-            prefix + self.unacked_key,
+            heart.keys.consumers,
+            heart.held_key,
             prefix + self.deliveries_key,
         ]
+        return keys, [len(queues), int(take_token), heart.id], heart
 
     # -- publishing: the message and its wake token, in one round trip ------------------
 
@@ -422,11 +410,10 @@ class Channel(kombu_redis.Channel):
             connection.send_command("BRPOP", *self._wake_keys(queues), wait)
         else:
             self._pending = "EVALSHA"
-            keys = self._script_keys(queues)
-            self._pop = (keys, [len(queues), 1])
-            connection.send_command("EVALSHA", self._script.sha, len(keys), *keys, *self._pop[1])
+            self._pop = keys, args, _ = self._pop_for(queues, take_token=True)
+            connection.send_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
 
-    def held(self) -> None:
+    def held_reply(self) -> None:
         """Note that kombu holds the pending pop's reply unread (``QoS.can_consume``)."""
         if self._pending == "EVALSHA":
             self._held = True
@@ -450,6 +437,9 @@ class Channel(kombu_redis.Channel):
                     wait_next = not reply
             elif not reply and held and self._may_pop():
                 reply = self._pop_now(take_token=True)
+            if reply == TAKEN_FOR_DEAD:
+                self._consumer_lost()  # the next pop goes at once, under a new consumer
+                raise Empty()
             if not reply:
                 self._waiting = True
                 raise Empty()
@@ -470,11 +460,15 @@ class Channel(kombu_redis.Channel):
             return False
         return bool(self.qos.can_consume())
 
+    def _consumer_lost(self) -> None:
+        """The pop found this channel's consumer taken for dead."""
+        heart = self._pop[2]
+        if heart is not None:
+            heart.alive = False
+
     def _pop_now(self, take_token: bool) -> Any:
         """Run the script at once for the queues of the command read; its reply."""
-        queues = self._queues
-        self._pop = (self._script_keys(queues), [len(queues), int(take_token)])
-        keys, args = self._pop
+        self._pop = keys, args, _ = self._pop_for(self._queues, take_token)
         return self._script(keys=keys, args=args)
 
     def _reply(self, command: str, **options: Any) -> Any:
@@ -484,7 +478,7 @@ class Channel(kombu_redis.Channel):
             # The same pop at once, through redis-py's script object, which loads it again: an
             # event loop's reader expects a message or Empty, and kombu's own BRPOP never sees
             # this error (kombu's hub test called the reader by hand and got one).
-            keys, args = self._pop
+            keys, args, _ = self._pop
             return self._script(keys=keys, args=args)
         except self.connection_errors:
             self.client.connection.disconnect()  # reconnects on the next round
@@ -492,7 +486,7 @@ class Channel(kombu_redis.Channel):
 
     def _deliver_popped(self, reply: list[Any]) -> bool:
         """Hand the popped message to kombu; False if it went to the quarantine instead."""
-        popped = self._read(reply)
+        popped = self._read(reply, self._pop[2])
         if popped is None:
             return False
         dest, payload = popped
@@ -500,50 +494,53 @@ class Channel(kombu_redis.Channel):
         self.connection._deliver(payload, dest)
         return True
 
-    def _read(self, reply: list[Any]) -> tuple[str, dict[str, Any]] | None:
-        """The popped message's queue and payload, or None once it is quarantined."""
+    def _read(self, reply: list[Any], heart: Heart | None) -> tuple[str, dict[str, Any]] | None:
+        """The popped message's queue and payload, or None once it is quarantined; ``heart``
+        is the consumer the pop recorded it for."""
         key = bytes_to_str(reply[0])[len(self.global_keyprefix or "") :]
         queue = key.rsplit(self.sep, 1)[0]
         raw = reply[1] if isinstance(reply[1], bytes) else str(reply[1]).encode()
         deliveries = int(reply[2])
         recorded_as = reply[3] if deliveries else None  # bytes: a tag need not be UTF-8
         tag = None if recorded_as is None else bytes_to_str(recorded_as)
+        recorded = None
+        if recorded_as is not None and heart is not None:
+            recorded = Recorded(recorded_as, heart.held_key, self.deliveries_key)
         try:
             payload = messages.read(raw, max_inflated=self.max_inflated)
         except UnreadableMessage as exc:
-            self._quarantine(queue, raw, str(exc), recorded_as, deliveries)
+            self._quarantine(queue, raw, str(exc), recorded, deliveries)
             return None
         except Exception as exc:  # a check of ours that failed must not stop the worker either
             reason = f"reading it failed ({type(exc).__name__}: {exc})"
-            self._quarantine(queue, raw, reason, recorded_as, deliveries)
+            self._quarantine(queue, raw, reason, recorded, deliveries)
             return None
-        if tag is not None and _read_apart(payload) != (tag, _text(reply[4])):
+        if tag is not None and payload["properties"]["delivery_tag"] != tag:
             reason = (
-                "the message's text holds a second properties or headers object before its "
-                "own, which the pop read instead"
+                "the message's text holds a second properties object after its own, which the "
+                "pop read instead"
             )
-            self._quarantine(queue, raw, reason, recorded_as, deliveries)
+            self._quarantine(queue, raw, reason, recorded, deliveries)
             return None
         if deliveries > self.max_deliveries:
             reason = (
                 f"delivered {deliveries - 1} times without an outcome "
                 f"(TASKPOOL_MAX_DELIVERIES={self.max_deliveries})"
             )
-            self._quarantine(queue, raw, reason, recorded_as, deliveries - 1)
+            self._quarantine(queue, raw, reason, recorded, deliveries - 1)
             return None
-        if tag is not None:
-            self.recorded_tags.add(tag)
+        if tag is not None and heart is not None:
+            self.held[tag] = heart
+            if int(reply[4]):  # handed out before: as kombu marks the messages it restores
+                _mark_redelivered(payload)
         return queue, payload
 
     def _quarantine(
-        self, queue: str, raw: bytes, reason: str, tag: bytes | None, deliveries: int
+        self, queue: str, raw: bytes, reason: str, recorded: Recorded | None, deliveries: int
     ) -> None:
         entry = Entry.of(queue, raw, reason, deliveries)
-        recorded = tag and Recorded(
-            tag, self.unacked_index_key, self.unacked_key, self.deliveries_key
-        )
         plain = redis.Redis(connection_pool=self.pool)  # Quarantine prefixes keys itself
-        Quarantine(plain, self.global_keyprefix or "").add(entry, recorded or None)
+        Quarantine(plain, self.global_keyprefix or "").add(entry, recorded)
         log.error(
             "Quarantined a message from queue %r (task %s, id %s): %s. "
             "`taskpool quarantine list` shows it, `taskpool quarantine replay %s` sends it again.",
@@ -561,9 +558,14 @@ class Channel(kombu_redis.Channel):
         if no_ack:
             return super().basic_get(queue, no_ack, **kwargs)
         with self.conn_or_acquire() as client:
-            reply = self._script(keys=self._script_keys([queue]), args=[1, 1])
+            keys, args, heart = self._pop_for([queue], take_token=True)
+            reply = self._script(keys=keys, args=args)
+            if reply == TAKEN_FOR_DEAD:
+                heart.alive = False
+                keys, args, heart = self._pop_for([queue], take_token=True)
+                reply = self._script(keys=keys, args=args)
             self._maybe_update_queues_expire(client, queue)
-        popped = self._read(reply) if reply else None
+        popped = self._read(reply, heart) if reply else None
         if popped is None:
             return None
         _, payload = popped
@@ -572,15 +574,13 @@ class Channel(kombu_redis.Channel):
         return message
 
 
-def _read_apart(payload: dict[str, Any]) -> tuple[str, str | None]:
-    """The delivery tag and eta header of a message, as the pop script reads them."""
-    eta = (payload.get("headers") or {}).get("eta")
-    return payload["properties"]["delivery_tag"], eta if isinstance(eta, str) else None
-
-
-def _text(value: Any) -> str | None:
-    """A script's string reply as text; None for its false (nil)."""
-    return None if value is None else bytes_to_str(value)
+def _mark_redelivered(payload: dict[str, Any]) -> None:
+    """Celery reads ``delivery_info['redelivered']`` (``worker_deduplicate_successful_tasks``
+    skips a redelivered task whose success is stored); kombu's header too."""
+    payload["properties"]["delivery_info"]["redelivered"] = True
+    headers = payload.get("headers")
+    if isinstance(headers, dict):
+        headers["redelivered"] = True
 
 
 _TransportBase: Any = kombu_redis.Transport if TYPE_CHECKING else object

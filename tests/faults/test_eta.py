@@ -18,6 +18,7 @@ from taskpool.testing.celery_worker import CeleryWorker
 from taskpool.testing.redis_server import RedisServer
 from taskpool.testing.waiting import wait_for
 from tests.conftest import client_app, node_name
+from tests.support.held import held_count
 from tests.support.paths import REPO_ROOT
 from tests.support.probe_tasks import FINISHED, STARTED
 
@@ -60,5 +61,5 @@ def test_a_task_due_after_the_visibility_timeout_runs_exactly_once(
     time.sleep(3)
     assert client.lrange(STARTED, 0, -1) == ["5"], "the task ran more than once"
     assert client.lrange(FINISHED, 0, -1) == ["5"]
-    wait_for(lambda: client.hlen("unacked") == 0, 10, "the message to be acknowledged")
+    wait_for(lambda: held_count(client) == 0, 10, "the message to be acknowledged")
     client.close()

@@ -18,6 +18,7 @@ from taskpool.testing.celery_worker import CeleryWorker
 from taskpool.testing.redis_server import RedisServer, free_port
 from taskpool.testing.waiting import wait_for
 from tests.conftest import client_app, node_name, redis_binary, worker_env
+from tests.support.held import held_count
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
@@ -116,7 +117,7 @@ def test_a_pickle_message_is_refused_and_does_not_loop(
     refusal = "Refusing to deserialize untrusted content of type pickle"
     wait_for(lambda: refusal in worker.log_tail(100_000), 15, "the worker to refuse the message")
     wait_for(
-        lambda: client.llen("celery") == 0 and client.hlen("unacked") == 0,
+        lambda: client.llen("celery") == 0 and held_count(client) == 0,
         15,
         "the message to be gone",
     )

@@ -22,6 +22,7 @@ import redis as redis_py
 from taskpool.testing.celery_worker import CeleryWorker
 from taskpool.testing.redis_server import RedisServer
 from tests.conftest import FAST_REDELIVERY, client_app, node_name, worker_env
+from tests.support.held import held_text
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.slow]
 
@@ -98,7 +99,7 @@ def _as_bytes(item: bytes | str) -> bytes:
 def where_are(client: redis_py.Redis, missing: list[str]) -> str:
     """Where the missing tasks' messages are, for the failure message."""
     queued = b"".join(_as_bytes(item) for item in client.lrange("celery", 0, -1))
-    unacked = b"".join(_as_bytes(item) for item in client.hvals("unacked"))
+    unacked = held_text(client).encode()
     return (
         "; ".join(
             f"{task_id}: queued={task_id.encode() in queued} unacked={task_id.encode() in unacked}"

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -22,12 +24,23 @@ from taskpool.testing.redis_server import RedisServer
 from taskpool.testing.waiting import wait_for
 from tests import conftest
 from tests.conftest import client_app, node_name
+from tests.support.held import held_count
 from tests.support.paths import REPO_ROOT
 from tests.support.probe_tasks import FINISHED, STARTED
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
 PROBE = ("-I", "tests.support.probe_tasks")
+#: Takes one message from the default queue through taskpool's transport, then waits.
+TAKE_AND_WAIT = """
+import sys, time
+from kombu import Connection
+from taskpool.transport import Transport
+with Connection(sys.argv[1], transport=Transport) as connection:
+    assert connection.default_channel.basic_get("celery", no_ack=False) is not None
+    print("taken", flush=True)
+    time.sleep(120)
+"""
 #: Redelivery in seconds, and the probe task importable by the worker.
 FAST_REDELIVERY = {**conftest.FAST_REDELIVERY, "PYTHONPATH": str(REPO_ROOT)}
 
@@ -54,7 +67,7 @@ def test_a_whole_worker_killed_loses_nothing_and_reruns_nothing_that_finished(
 
     os.killpg(doomed.pid, signal.SIGKILL)  # the main process and its pool processes at once
     doomed.wait_exit(10)
-    held = client.hlen("unacked")
+    held = held_count(client)
     assert held > 2, "the dead worker should have held running and prefetched messages"
     assert client.llen("celery") > 0, "some tasks should still have been queued"
     finished = {n for n, r in enumerate(results) if r.state == states.SUCCESS}
@@ -67,7 +80,7 @@ def test_a_whole_worker_killed_loses_nothing_and_reruns_nothing_that_finished(
     rerun = runs(client, STARTED, started_before)
     assert not set(rerun) & finished, f"finished tasks ran again: {set(rerun) & finished}"
     # Late acks follow the stored result, so the last ack may land just after the last .get().
-    wait_for(lambda: client.hlen("unacked") == 0, 10, "every message to be acknowledged")
+    wait_for(lambda: held_count(client) == 0, 10, "every message to be acknowledged")
     client.close()
 
 
@@ -85,7 +98,7 @@ def test_warm_shutdown_finishes_running_tasks_and_requeues_the_prefetched(
     leaving.process.send_signal(signal.SIGTERM)
     assert leaving.wait_exit(15) == 0  # well inside compose's stop_grace_period
     assert running <= set(runs(client, FINISHED)), "a running task was cut short"
-    assert client.hlen("unacked") == 0, "prefetched messages were left for the visibility timeout"
+    assert held_count(client) == 0, "prefetched messages were left for the visibility timeout"
     assert client.llen("celery") >= 10 - client.llen(FINISHED)
 
     worker_factory(redis.url(), node_name("next"), extra=PROBE, **FAST_REDELIVERY)
@@ -120,17 +133,23 @@ def test_a_redelivered_task_that_already_succeeded_is_not_run_again(
     redis = redis_factory()
     app = client_app(redis.url(), dispatch="celery")
     result = app.send_task("probe.record", args=(7, 0.0))
-    with app.connection_for_read() as connection:
-        channel = connection.default_channel
-        assert channel.basic_get("celery", no_ack=False) is not None  # now held, unacked
-        app.backend.store_result(result.id, 49, states.SUCCESS)  # ...after it had succeeded
-    # Closing the connection without an ack puts the message back, marked redelivered.
     client = redis_py.Redis(port=redis.port, decode_responses=True)
-    assert client.llen("celery") == 1 and '"redelivered": true' in str(client.lindex("celery", 0))
+    taker = subprocess.Popen(
+        [sys.executable, "-c", TAKE_AND_WAIT, redis.url()], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert taker.stdout is not None and taker.stdout.readline().strip() == "taken"
+        app.backend.store_result(result.id, 49, states.SUCCESS)  # ...after it had succeeded
+    finally:
+        taker.kill()  # before its ack: the message goes back once its consumer is found dead
+        taker.wait(timeout=10)
+        if taker.stdout is not None:
+            taker.stdout.close()
+    assert held_count(client) == 1
 
     worker = worker_factory(redis.url(), node_name("dedup"), extra=PROBE, **FAST_REDELIVERY)
     wait_for(lambda: "already completed successfully" in worker.log_tail(), 15, "the skip")
-    wait_for(lambda: client.llen("celery") + client.hlen("unacked") == 0, 15, "the ack")
+    wait_for(lambda: client.llen("celery") + held_count(client) == 0, 15, "the ack")
     assert client.llen(STARTED) == 0, "the body ran again"
     assert result.get(timeout=5) == 49
     client.close()

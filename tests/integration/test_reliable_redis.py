@@ -17,13 +17,15 @@ import redis as redis_py
 from kombu import Connection, Consumer, Exchange, Message, Producer, Queue
 from kombu.asynchronous import Hub
 
-from taskpool import Settings, celery_config, transport
+from taskpool import Settings, celery_config, liveness, transport
 from taskpool.errors import BrokerUnsupported
+from taskpool.liveness import HELD
 from taskpool.testing.celery_worker import CeleryWorker
 from taskpool.testing.redis_server import RedisServer
 from taskpool.testing.waiting import wait_for
 from taskpool.transport import POP_AND_RECORD, Transport, require_redis
 from tests.conftest import client_app, node_name, worker_env
+from tests.support.held import consumers, held_count
 
 pytestmark = pytest.mark.integration
 #: kombu's separator between a queue's name and its priority, and taskpool's wake list suffix.
@@ -70,7 +72,7 @@ def test_taskpool_apps_use_it_for_redis_brokers_only() -> None:
     assert celery_config(amqp)["broker_transport"] is None
 
 
-def test_a_message_is_recorded_unacked_in_the_same_step_that_pops_it(
+def test_a_message_is_recorded_as_held_in_the_same_step_that_pops_it(
     redis_server: RedisServer, client: redis_py.Redis, queue_name: str, queue: Queue
 ) -> None:
     publish(redis_server, queue, [{"n": 1}])
@@ -79,29 +81,34 @@ def test_a_message_is_recorded_unacked_in_the_same_step_that_pops_it(
         message = channel.basic_get(queue_name, no_ack=False)
         assert message is not None and message.payload == {"n": 1}
         assert client.llen(queue_name) == 0
-        # kombu's own format, so its restore reads it: [payload, exchange, routing key]
-        payload, exchange, routing_key = json.loads(
-            str(client.hget("unacked", message.delivery_tag))
-        )
-        delivery = message.delivery_info
-        assert (exchange, routing_key) == (delivery["exchange"], delivery["routing_key"])
-        assert routing_key == queue_name
+        # Under the consumer that popped it, with where it goes back: <n>:<list><m>:<wake>
+        (consumer,) = consumers(client)
+        record = str(client.hget(f"{HELD}{consumer}", message.delivery_tag))
+        wake = f"{queue_name}{SEP}wake"
+        prefix = f"{len(queue_name)}:{queue_name}{len(wake)}:{wake}"
+        assert record.startswith(prefix)
+        payload = json.loads(record[len(prefix) :])
         assert payload["properties"]["delivery_tag"] == message.delivery_tag
-        assert client.zscore("unacked_index", message.delivery_tag) is not None
+        assert client.hlen("unacked") == 0 and client.zcard("unacked_index") == 0  # kombu's
         message.ack()
-    assert client.hlen("unacked") == 0 and client.zcard("unacked_index") == 0
+    assert held_count(client) == 0
+    assert consumers(client) == []  # a consumer that closed holding nothing has left
 
 
-def test_an_unacked_message_comes_back_through_kombus_restore(
+def test_an_unacked_message_goes_back_to_the_front_of_its_queue_when_the_channel_closes(
     redis_server: RedisServer, client: redis_py.Redis, queue_name: str, queue: Queue
 ) -> None:
-    publish(redis_server, queue, [{"n": 2}])
+    publish(redis_server, queue, [{"n": 2}, {"n": 3}])
     with connection(redis_server) as conn:
         assert conn.default_channel.basic_get(queue_name, no_ack=False) is not None
-    # Closing without an ack restores it, as kombu does: back on the queue, marked redelivered.
-    assert client.hlen("unacked") == 0
-    restored = json.loads(str(client.lindex(queue_name, 0)))
-    assert restored["properties"]["delivery_info"]["redelivered"] is True
+    assert held_count(client) == 0
+    assert client.llen(f"{queue_name}{SEP}wake") == 2  # its token is back too
+    with connection(redis_server) as conn:
+        again = conn.default_channel.basic_get(queue_name, no_ack=False)
+        assert again is not None and again.payload == {"n": 2}  # first in line, as before
+        # Handed out before: marked redelivered, as kombu marks what it restores.
+        assert again.delivery_info["redelivered"] is True
+        again.ack()
 
 
 def test_consumers_get_every_message_once_and_leave_nothing_unacked(
@@ -119,7 +126,7 @@ def test_consumers_get_every_message_once_and_leave_nothing_unacked(
         while len(seen) < 50:
             conn.drain_events(timeout=5)
     assert sorted(seen) == list(range(50))
-    assert client.llen(queue_name) == 0 and client.hlen("unacked") == 0
+    assert client.llen(queue_name) == 0 and held_count(client) == 0
 
 
 def test_no_ack_consumers_leave_nothing_in_unacked(
@@ -135,7 +142,7 @@ def test_no_ack_consumers_leave_nothing_in_unacked(
         while len(seen) < 5:
             conn.drain_events(timeout=5)
     assert sorted(seen) == list(range(5))
-    assert client.hlen("unacked") == 0
+    assert held_count(client) == 0
 
 
 def test_publishes_share_one_client_per_connection_pool(
@@ -195,7 +202,7 @@ def test_an_idle_consumer_is_woken_at_once_for_its_second_queue_and_for_a_priori
             )
         body, took = drain_one(conn, [first, second], deadline=5)
         assert body == "urgent" and took < 5
-    assert client.hlen("unacked") == 0
+    assert held_count(client) == 0
     assert client.llen(f"first{SEP}wake") == 0 and client.llen(f"second{SEP}wake") == 0
 
 
@@ -213,7 +220,11 @@ def test_one_message_wakes_one_idle_consumer(
         message.ack()
 
     def consume() -> None:
-        with connection(redis_server) as conn, Consumer(conn, [queue], accept=["json"]) as c:
+        rarely = {"liveness_timeout": 60}  # a beat every 20 s: none while this test counts
+        with (
+            Connection(redis_server.url(), transport=Transport, transport_options=rarely) as conn,
+            Consumer(conn, [queue], accept=["json"]) as c,
+        ):
             c.register_callback(record)
             with contextlib.suppress(socket.timeout):
                 conn.drain_events(timeout=0.3)  # found nothing: now waiting
@@ -228,14 +239,15 @@ def test_one_message_wakes_one_idle_consumer(
     try:
         waiting.wait(timeout=10)
         time.sleep(0.3)  # every consumer is blocked on the wake list now
-        client.script_load(transport.FORGET_UNACKED)  # the ack's script: one run, no reload
+        client.script_load(liveness.LIVENESS)  # the ack's script: one run, no reload
         client.config_resetstat()
         publish(redis_server, queue, ["once"])
         deadline = time.monotonic() + 5
         while not got and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(0.5)  # a wake-everyone design would show its extra pops by now
-        # Scripts run: the pops, and one ack (forget_unacked.lua) per message taken.
+        # Scripts run: the pops, and one ack (liveness.lua) per message taken. The consumers
+        # beat with the same script, every 20 s here: not within this second.
         pops = client.info("commandstats")["cmdstat_evalsha"]["calls"] - len(got)
     finally:
         stop.set()
@@ -301,7 +313,7 @@ def test_a_flushed_script_cache_is_reloaded_and_delivery_goes_on(
         client.script_flush()  # what a restarted or failed-over Redis has
         publish(redis_server, queue, ["after"])
         assert drain_one(conn, [queue], deadline=5)[0] == "after"
-    assert client.hlen("unacked") == 0
+    assert held_count(client) == 0
 
 
 def test_a_pop_that_finds_the_script_gone_delivers_in_the_same_read(
@@ -385,7 +397,7 @@ def test_a_pop_reply_held_while_the_channel_was_full_is_looked_at_again(
         assert [m.payload for m in got] == ["first", "second"]
         assert starts == []  # delivered by the read of the held reply
         got[1].ack()
-    assert client.hlen("unacked") == 0 and client.zcard("unacked_index") == 0
+    assert held_count(client) == 0
 
 
 def test_prefixed_keys_take_the_reliable_path_too(
@@ -398,25 +410,10 @@ def test_prefixed_keys_take_the_reliable_path_too(
         assert client.llen(f"app1:{queue.name}{SEP}wake") == 1
         message = conn.default_channel.basic_get(queue.name, no_ack=False)
         assert message is not None and message.payload == "hello"
-        assert client.hlen("app1:unacked") == 1 and client.hlen("unacked") == 0
+        assert held_count(client, "app1:") == 1 and held_count(client) == 0
+        assert client.zcard("app1:taskpool.consumers") == 1
         message.ack()
-        assert client.hlen("app1:unacked") == 0
-
-
-def test_a_message_due_later_is_indexed_at_its_due_time(
-    redis_server: RedisServer, client: redis_py.Redis
-) -> None:
-    """So kombu's restore, after the visibility timeout, skips it until then: no second run."""
-    from tests.conftest import client_app
-
-    app = client_app(redis_server.url(), dispatch="celery")
-    app.tasks["tasks.square"].apply_async((3,), countdown=3600)
-    with connection(redis_server) as conn:
-        message = conn.default_channel.basic_get("celery", no_ack=False)
-        assert message is not None
-        due = client.zscore("unacked_index", message.delivery_tag)
-        assert due is not None and 3590 < due - time.time() < 3610
-        message.ack()
+        assert held_count(client, "app1:") == 0
 
 
 @pytest.mark.parametrize(
@@ -477,7 +474,7 @@ def test_a_queue_with_an_expiry_gives_its_wake_list_the_same(
 
 
 def unacked(client: redis_py.Redis) -> int:
-    return int(client.hlen("unacked")) + int(client.zcard("unacked_index"))
+    return held_count(client) + int(client.zcard("unacked_index"))
 
 
 def test_an_ack_in_an_event_loop_is_in_redis_before_it_returns(
@@ -506,7 +503,7 @@ def test_an_ack_in_an_event_loop_is_in_redis_before_it_returns(
                 while len(got) < expected and time.monotonic() < deadline:
                     hub.run_once()
                 assert [m.payload for m in got] == ["first", "second"][:expected]
-                assert unacked(client) == 2  # the message delivered: hash and index
+                assert unacked(client) == 1  # the message delivered, held
                 got[-1].ack()
                 assert unacked(client) == 0
     finally:

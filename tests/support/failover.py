@@ -23,21 +23,16 @@ from taskpool.testing.celery_worker import CeleryWorker
 from taskpool.testing.redis_server import RedisServer, free_port, sentinel_config
 from taskpool.testing.waiting import wait_for
 from tests.conftest import node_name, redis_binary, settings_app, worker_env
+from tests.support.held import held_text
 
 MASTER = "taskpool"  # as in the compose file's profile "ha"
 PASSWORD = "redis-secret"
 SENTINEL_PASSWORD = "sentinel-secret"
 #: The client sends about this many calls a second, so failovers land mid-stream.
 SEND_RATE = 1000
-#: Redelivery within seconds, but a time limit longer than a failover: a task that was storing
-#: its result when the primary died retries the write (WORKER_RESULT_RETRIES) inside its time
-#: limit, and with the fault tests' usual 4 s it failed with TimeLimitExceeded (seen once in six
-#: runs: the promotion alone takes 2.3 s here).
-REDELIVERY = {
-    "TASKPOOL_TASK_TIME_LIMIT": "15",
-    "TASKPOOL_VISIBILITY_TIMEOUT": "20",
-    "TASKPOOL_RESTORE_INTERVAL": "1",
-}
+#: The workers run with the default settings: a message whose pop reply or whose consumer was
+#: lost with the old primary goes back one liveness timeout after the failover.
+REDELIVERY: dict[str, str] = {}
 
 
 @dataclass
@@ -50,7 +45,7 @@ class Cluster:
 
     def start(self) -> Cluster:
         primary = self._redis("redis-0")
-        self._redis("redis-1", replica_of=primary.port)
+        self._wait_in_sync(self._redis("redis-1", replica_of=primary.port), "the replica in sync")
         for n in range(3):
             config = sentinel_config(
                 self.folder / f"sentinel-{n}", MASTER, primary.port, primary_password=PASSWORD
@@ -115,18 +110,23 @@ class Cluster:
         self.servers.remove(old)
         primary = int(self.topology()["primary"].rsplit(":", 1)[1])
         replica = self._redis(old.workdir.name + "-again", replica_of=primary, port=old.port)
-        # In sync, not only connected: promoted mid-sync, it would take over with part of the
-        # data, and a failover then loses what it lacks.
+        self._wait_in_sync(replica, "the restarted replica in sync")
+        wait_for(lambda: len(self.topology()["replicas"]) >= 1, 30, "a replica again")
+
+    @staticmethod
+    def _wait_in_sync(replica: RedisServer, what: str) -> None:
+        """In sync, not only connected: promoted mid-sync, a replica would take over with part
+        of the data, and a failover then loses what it lacks. Redis 7 starts a new replica's
+        diskless sync only after ``repl-diskless-sync-delay`` (5 s)."""
         client = redis_py.Redis(port=replica.port, password=PASSWORD, socket_timeout=5)
         try:
             wait_for(
                 lambda: client.info("replication")["master_link_status"] == "up"
                 and not client.info("replication")["master_sync_in_progress"],
-                60, "the restarted replica in sync",
+                60, what,
             )  # fmt: skip
         finally:
             client.close()
-        wait_for(lambda: len(self.topology()["replicas"]) >= 1, 30, "a replica again")
 
     def stop(self) -> None:
         for server in [*self.sentinels, *self.servers]:
@@ -303,7 +303,7 @@ def where_are(cluster: Cluster, missing: list[str]) -> str:
     client = redis_py.Redis(host=host, port=int(port), password=PASSWORD, socket_timeout=5)
     try:
         queued = str(client.lrange("celery", 0, -1))
-        unacked = str(client.hvals("unacked"))
+        unacked = held_text(client)
     finally:
         client.close()
     return "; ".join(

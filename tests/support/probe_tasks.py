@@ -55,3 +55,10 @@ def sleep(seconds: float) -> float:
     """Sleep ``seconds`` and return them, touching nothing else."""
     time.sleep(seconds)
     return seconds
+
+
+@shared_task(name="probe.where", bind=True)
+def where(self: Task, n: int, seconds: float) -> str:
+    """As ``record``, and return the node name of the worker that ran it, to tell runs apart."""
+    record.run(n, seconds)
+    return str(self.request.hostname)

@@ -1,0 +1,110 @@
+-- What a consumer does with the messages it holds, and the heartbeat that keeps them its own.
+-- ARGV[1] names the step; each takes its own keys and arguments:
+--
+-- beat: KEYS = the consumers alive (sorted set: id -> server time of its last beat), the
+--   liveness clock (hash: last = the last beat of any consumer; since = when beats resumed
+--   after a silence longer than the timeout; late_acks, below). ARGV = beat, this consumer's
+--   id, the liveness timeout in seconds, '1' on its first beat, the prefix of the held-message
+--   hashes (prefix .. id), the most tokens a wake list holds.
+--   Returns {1, id, n, id, n, ...} once beaten (each id a silent consumer whose n held messages
+--   are back in their queues), or {0} when this consumer was taken for dead: its messages went
+--   back already, and it must not pop or beat under this id again.
+-- ack: KEYS = this consumer's held messages (hash: delivery tag -> record), the delivery
+--   counts, the liveness clock. ARGV = ack, the delivery tag. Returns 1, or 0 when the message
+--   was no longer this consumer's (it was taken for dead meanwhile: the message went back and
+--   may run again; counted in the clock's late_acks).
+-- give_back: KEYS = the held messages, the delivery counts. ARGV = give_back, the delivery tag,
+--   '1' if the delivery does not count (given back unrun), the wake cap, '1' to put it at the
+--   front of its queue rather than the back. Returns 1, or 0 when the message was no longer
+--   this consumer's.
+-- leave: KEYS = the consumers alive, the held messages. ARGV = leave, this consumer's id.
+--   Removes it when it holds nothing (what it still holds waits for the sweep). Returns 1 or 0.
+--
+-- A consumer silent for longer than the timeout is dead: each beat removes such consumers and
+-- puts every message they held back at the front of the list it was popped from, with a wake
+-- token, in one step. After a silence of every consumer longer than the timeout (Redis restarted,
+-- failed over, unreachable or full), nobody is judged until the timeout has passed again: the
+-- live consumers have that long to beat before their messages are handed out.
+--
+-- A held record is <n>:<list key><m>:<wake key><message>, as pop_and_record.lua writes it.
+-- ack and give_back write nothing before they free memory: a full Redis (maxmemory,
+-- noeviction) still runs them.
+
+local step = ARGV[1]
+
+local function restore(record, cap, front)
+  local colon = string.find(record, ':', 1, true)
+  local n = tonumber(string.sub(record, 1, colon - 1))
+  local list = string.sub(record, colon + 1, colon + n)
+  local at = colon + n + 1
+  colon = string.find(record, ':', at, true)
+  local m = tonumber(string.sub(record, at, colon - 1))
+  local wake = string.sub(record, colon + 1, colon + m)
+  -- Consumers pop from the right: the front of a queue.
+  redis.call(front and 'RPUSH' or 'LPUSH', list, string.sub(record, colon + m + 1))
+  redis.call('LPUSH', wake, 1)
+  redis.call('LTRIM', wake, 0, cap - 1)
+end
+
+if step == 'ack' then
+  if redis.call('HDEL', KEYS[1], ARGV[2]) == 1 then
+    redis.call('HDEL', KEYS[2], ARGV[2])
+    return 1
+  end
+  redis.pcall('HINCRBY', KEYS[3], 'late_acks', 1)
+  return 0
+end
+
+if step == 'give_back' then
+  local record = redis.call('HGET', KEYS[1], ARGV[2])
+  if not record then
+    return 0
+  end
+  redis.call('HDEL', KEYS[1], ARGV[2])
+  if ARGV[3] == '1' then
+    redis.call('HINCRBY', KEYS[2], ARGV[2], -1)
+  end
+  restore(record, tonumber(ARGV[4]), ARGV[5] == '1')
+  return 1
+end
+
+if step == 'leave' then
+  if redis.call('HLEN', KEYS[2]) == 0 then
+    redis.call('ZREM', KEYS[1], ARGV[2])
+    return 1
+  end
+  return 0
+end
+
+-- beat
+local owners, clock = KEYS[1], KEYS[2]
+local owner, timeout, held_prefix, cap = ARGV[2], tonumber(ARGV[3]), ARGV[5], tonumber(ARGV[6])
+if ARGV[4] ~= '1' and not redis.call('ZSCORE', owners, owner) then
+  return {0}
+end
+local time = redis.call('TIME')
+local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
+local last = tonumber(redis.call('HGET', clock, 'last'))
+if last == nil or now - last > timeout then
+  redis.call('HSET', clock, 'since', now)
+end
+redis.call('HSET', clock, 'last', now)
+redis.call('ZADD', owners, now, owner)
+
+local reply = {1}
+local cutoff = now - timeout
+if tonumber(redis.call('HGET', clock, 'since')) <= cutoff then
+  local dead = redis.call('ZRANGE', owners, '-inf', cutoff, 'BYSCORE', 'LIMIT', 0, 10)
+  for _, id in ipairs(dead) do
+    redis.call('ZREM', owners, id)
+    local held = held_prefix .. id
+    local records = redis.call('HVALS', held)
+    for _, record in ipairs(records) do
+      restore(record, cap, true)
+    end
+    redis.call('DEL', held)
+    table.insert(reply, id)
+    table.insert(reply, #records)
+  end
+end
+return reply

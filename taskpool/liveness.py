@@ -1,0 +1,163 @@
+"""Which consumers are alive, by heartbeat, and the messages each one holds.
+
+A message popped by taskpool's transport is recorded as held by the consumer (the channel)
+that popped it, in a hash of that consumer's own (``taskpool.held.<id>``), not in kombu's
+``unacked`` hash, which kombu's restore empties by age alone. Each consumer beats once a third
+of the liveness timeout (``TASKPOOL_LIVENESS_TIMEOUT``, 3 s: one command a second), from a
+thread of its own, so a long task, a busy event loop or a solo pool does not stop it. Each
+beat is also a sweep: a consumer silent for longer than the timeout is taken for dead, and
+every message it held, running or reserved, goes back to the front of its queue in the same
+step (``liveness.lua``). So a killed worker's tasks run again within seconds, and a live
+worker's are never handed to another, however long they run or however far their eta.
+
+A consumer taken for dead that comes back (a network cut, a stopped process) learns it at its
+next beat or pop: it takes a new id, and acks under the old one find nothing to remove
+(counted as ``late_acks``: those tasks may have run twice, as at-least-once delivery allows).
+It never acks, re-queues or deletes a message another consumer holds, since each step touches
+only the hash of the id that popped the message. A stored success is never overwritten by the
+second run (``store_result.lua``).
+
+Peers: Dramatiq's Redis broker keeps each worker's unacked messages under its id with a
+heartbeat (``heartbeat_timeout``, 60 s); Kafka's consumer groups drop a silent member after
+``session.timeout.ms`` (45 s); stock Celery on Redis waits one visibility timeout (1 hour) for a
+dead worker and a long task alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from pathlib import Path
+from time import monotonic
+from typing import Any
+
+import redis
+
+log = logging.getLogger("taskpool.liveness")
+
+LIVENESS = Path(__file__).with_name("liveness.lua").read_text()
+
+#: The consumers alive (sorted set: id -> the server time of its last beat).
+CONSUMERS = "taskpool.consumers"
+#: The liveness clock (hash): the last beat of any consumer, when beats resumed after a
+#: silence, and the count of acks that found their message handed out again (``late_acks``).
+CLOCK = "taskpool.liveness"
+#: Each consumer's held messages: this prefix and its id (hash: delivery tag -> record).
+HELD = "taskpool.held."
+#: A beat every third of the timeout: two may be lost before a consumer counts as dead.
+BEATS_PER_TIMEOUT = 3
+
+
+def consumer_id() -> str:
+    """A new consumer id: the host and process, for an operator to read, and a random part."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+class Keys:
+    """The liveness keys on one Redis, with kombu's global key prefix."""
+
+    def __init__(self, prefix: str = "") -> None:
+        self.consumers = prefix + CONSUMERS
+        self.clock = prefix + CLOCK
+        self.held_prefix = prefix + HELD
+
+    def held(self, consumer: str) -> str:
+        return self.held_prefix + consumer
+
+
+class Heart:
+    """One consumer's heartbeat: ``start`` beats once (so it may pop at once), then a thread
+    beats until ``stop``. ``alive`` turns False for good once the consumer is taken for dead."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, timeout: float, wake_cap: int) -> None:
+        self.client = client
+        self.keys = keys
+        self.timeout = timeout
+        self.wake_cap = wake_cap
+        self.id = consumer_id()
+        self.held_key = keys.held(self.id)
+        self.alive = True
+        self._script = client.register_script(LIVENESS)
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Heart:
+        self.beat(first=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"taskpool-liveness-{self.id}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def beat(self, first: bool = False) -> bool:
+        """Beat and sweep once; False (and ``alive`` False) once taken for dead."""
+        reply = self._script(
+            keys=[self.keys.consumers, self.keys.clock],
+            args=["beat", self.id, self.timeout, int(first), self.keys.held_prefix, self.wake_cap],
+        )
+        if not int(reply[0]):
+            self.alive = False
+            return False
+        for silent, count in zip(reply[1::2], reply[2::2], strict=True):
+            log.warning(
+                "Consumer %s was silent for more than %s s (TASKPOOL_LIVENESS_TIMEOUT): "
+                "the %d message(s) it held are back in their queues",
+                _text(silent),
+                _seconds(self.timeout),
+                int(count),
+            )
+        return True
+
+    def _run(self) -> None:
+        interval = self.timeout / BEATS_PER_TIMEOUT
+        failing_since: float | None = None
+        while not self._stopped.wait(interval):
+            try:
+                alive = self.beat()
+            except redis.RedisError as exc:
+                if failing_since is None:
+                    failing_since = monotonic()
+                    log.warning("Consumer %s cannot beat: %s", self.id, exc)
+                continue
+            if failing_since is not None:
+                log.info("Consumer %s beats again", self.id)
+                failing_since = None
+            if not alive:
+                log.warning(
+                    "Consumer %s was taken for dead (silent for more than %s s): the messages "
+                    "it held went back to their queues and may run twice",
+                    self.id,
+                    _seconds(self.timeout),
+                )
+                return
+
+    def stop(self, leave: bool) -> None:
+        """Stop beating; with ``leave``, also leave the consumers alive if nothing is held
+        (whatever is left waits for the sweep, one timeout later)."""
+        self._stopped.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=self.timeout)
+        if leave and self.alive:
+            self._script(keys=[self.keys.consumers, self.held_key], args=["leave", self.id])
+
+    def ack(self, tag: str, deliveries_key: str) -> bool:
+        """Forget a message acknowledged; False if it was no longer this consumer's."""
+        keys = [self.held_key, deliveries_key, self.keys.clock]
+        return bool(self._script(keys=keys, args=["ack", tag]))
+
+    def give_back(self, tag: str, deliveries_key: str, counted: bool, front: bool) -> bool:
+        """Put a held message back in its queue; False if it was no longer held."""
+        keys = [self.held_key, deliveries_key]
+        args: list[str | int] = ["give_back", tag, int(not counted), self.wake_cap, int(front)]
+        return bool(self._script(keys=keys, args=args))
+
+
+def _text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}"

@@ -1,0 +1,32 @@
+"""What Redis records as taken and not yet acked: the consumers' held messages
+(``taskpool.liveness``) and kombu's own ``unacked`` hash (messages stock workers took)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from taskpool.liveness import CONSUMERS, HELD
+
+
+def held_keys(client: Any, prefix: str = "") -> list[Any]:
+    """Each consumer's hash of held messages, as the client names keys (str or bytes)."""
+    return list(client.scan_iter(match=f"{prefix}{HELD}*", count=1000))
+
+
+def held_count(client: Any, prefix: str = "") -> int:
+    """Messages taken and not yet acked, rejected or given back, by any consumer."""
+    held = sum(int(client.hlen(key)) for key in held_keys(client, prefix))
+    return held + int(client.hlen(f"{prefix}unacked"))
+
+
+def held_text(client: Any, prefix: str = "") -> str:
+    """Every held message's record, as one text to search for a task id in."""
+    records = [client.hvals(key) for key in held_keys(client, prefix)]
+    records.append(client.hvals(f"{prefix}unacked"))
+    return " ".join(str(value) for values in records for value in values)
+
+
+def consumers(client: Any, prefix: str = "") -> list[str]:
+    """The consumers alive, by their last beat."""
+    members = client.zrange(f"{prefix}{CONSUMERS}", 0, -1)
+    return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
