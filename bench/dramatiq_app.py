@@ -1,7 +1,9 @@
 """Dramatiq as a peer for ``python -m bench``: the Redis broker and the Results middleware.
 
 The same task body as the project's (``taskpool/examples.py``) as an actor that stores its
-results in Redis (``RedisBackend``), and Dramatiq's defaults otherwise.
+results in Redis (``RedisBackend``), and Dramatiq's defaults otherwise. ``record`` (for
+``python -m bench.redelivery``) marks its start in Redis, sleeps, and returns ``n * n``, as
+``probe.record`` (tests/support/probe_tasks.py) does on the Celery workers.
 
     dramatiq bench.dramatiq_app --processes 2 --threads 8
 
@@ -14,6 +16,7 @@ touch. Only the ``dramatiq`` worker and the bench's dramatiq client import it.
 from __future__ import annotations
 
 import os
+import time
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
@@ -35,3 +38,17 @@ broker.add_middleware(Results(backend=backend))
 dramatiq.set_broker(broker)
 
 square = dramatiq.actor(actor_name="square", store_results=True)(examples.square)
+
+
+#: The list each run of ``record`` marks its start in: the name probe.record uses.
+STARTED = "probe:started"
+
+
+def _record(n: int, seconds: float) -> int:
+    """Mark the start in Redis, sleep ``seconds``, return ``n * n``."""
+    broker.client.rpush(STARTED, n)
+    time.sleep(seconds)
+    return n * n
+
+
+record = dramatiq.actor(actor_name="record", store_results=True)(_record)
