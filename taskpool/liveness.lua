@@ -1,11 +1,11 @@
 -- What a consumer does with the messages it holds, and the heartbeat that keeps them its own.
 -- ARGV[1] names the step; each takes its own keys and arguments:
 --
--- beat: KEYS = the consumers alive (sorted set: id -> server time of its last beat), the
---   liveness clock (hash: last = the last beat of any consumer; since = when beats resumed
---   after a silence longer than the timeout; late_acks, below). ARGV = beat, this consumer's
---   id, the liveness timeout in seconds, '1' on its first beat, the prefix of the held-message
---   hashes (prefix .. id), the most tokens a wake list holds.
+-- beat: KEYS = the consumers alive (sorted set: id -> the server time by which it must beat
+--   again, its last beat plus its own timeout), the liveness clock (hash: last = the last beat
+--   of any consumer; late_acks, below). ARGV = beat, this consumer's id, its liveness timeout
+--   in seconds, '1' on its first beat, the prefix of the held-message hashes (prefix .. id),
+--   the most tokens a wake list holds.
 --   Returns {1, id, n, id, n, ...} once beaten (each id a silent consumer whose n held messages
 --   are back in their queues), or {0} when this consumer was taken for dead: its messages went
 --   back already, and it must not pop or beat under this id again.
@@ -20,11 +20,11 @@
 -- leave: KEYS = the consumers alive, the held messages. ARGV = leave, this consumer's id.
 --   Removes it when it holds nothing (what it still holds waits for the sweep). Returns 1 or 0.
 --
--- A consumer silent for longer than the timeout is dead: each beat removes such consumers and
--- puts every message they held back at the front of the list it was popped from, with a wake
--- token, in one step. After a silence of every consumer longer than the timeout (Redis restarted,
--- failed over, unreachable or full), nobody is judged until the timeout has passed again: the
--- live consumers have that long to beat before their messages are handed out.
+-- A consumer silent for longer than its own timeout is dead (workers may be configured apart):
+-- each beat removes such consumers and puts every message they held back at the front of the
+-- list it was popped from, with a wake token, in one step. A silence of every consumer longer
+-- than the beating one's timeout (Redis restarted, failed over, unreachable or full, or every
+-- worker stopped) does not count against anyone: it moves every deadline on by its length.
 --
 -- A held record is <n>:<list key><m>:<wake key><message>, as pop_and_record.lua writes it.
 -- ack and give_back write nothing before they free memory: a full Redis (maxmemory,
@@ -85,26 +85,27 @@ end
 local time = redis.call('TIME')
 local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
 local last = tonumber(redis.call('HGET', clock, 'last'))
-if last == nil or now - last > timeout then
-  redis.call('HSET', clock, 'since', now)
+if last and now - last > timeout then
+  local silence = now - last
+  local deadlines = redis.call('ZRANGE', owners, 0, -1, 'WITHSCORES')
+  for i = 1, #deadlines, 2 do
+    redis.call('ZADD', owners, tonumber(deadlines[i + 1]) + silence, deadlines[i])
+  end
 end
 redis.call('HSET', clock, 'last', now)
-redis.call('ZADD', owners, now, owner)
+redis.call('ZADD', owners, now + timeout, owner)
 
 local reply = {1}
-local cutoff = now - timeout
-if tonumber(redis.call('HGET', clock, 'since')) <= cutoff then
-  local dead = redis.call('ZRANGE', owners, '-inf', cutoff, 'BYSCORE', 'LIMIT', 0, 10)
-  for _, id in ipairs(dead) do
-    redis.call('ZREM', owners, id)
-    local held = held_prefix .. id
-    local records = redis.call('HVALS', held)
-    for _, record in ipairs(records) do
-      restore(record, cap, true)
-    end
-    redis.call('DEL', held)
-    table.insert(reply, id)
-    table.insert(reply, #records)
+local dead = redis.call('ZRANGE', owners, '-inf', '(' .. now, 'BYSCORE', 'LIMIT', 0, 10)
+for _, id in ipairs(dead) do
+  redis.call('ZREM', owners, id)
+  local held = held_prefix .. id
+  local records = redis.call('HVALS', held)
+  for _, record in ipairs(records) do
+    restore(record, cap, true)
   end
+  redis.call('DEL', held)
+  table.insert(reply, id)
+  table.insert(reply, #records)
 end
 return reply

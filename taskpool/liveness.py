@@ -8,7 +8,8 @@ thread of its own, so a long task, a busy event loop or a solo pool does not sto
 beat is also a sweep: a consumer silent for longer than the timeout is taken for dead, and
 every message it held, running or reserved, goes back to the front of its queue in the same
 step (``liveness.lua``). So a killed worker's tasks run again within seconds, and a live
-worker's are never handed to another, however long they run or however far their eta.
+worker's are never handed to another, however long they run or however far their eta. Each
+consumer is judged by its own timeout, so workers configured apart share one Redis safely.
 
 A consumer taken for dead that comes back (a network cut, a stopped process) learns it at its
 next beat or pop: it takes a new id, and acks under the old one find nothing to remove
@@ -40,7 +41,7 @@ log = logging.getLogger("taskpool.liveness")
 
 LIVENESS = Path(__file__).with_name("liveness.lua").read_text()
 
-#: The consumers alive (sorted set: id -> the server time of its last beat).
+#: The consumers alive (sorted set: id -> the server time by which it must beat again).
 CONSUMERS = "taskpool.consumers"
 #: The liveness clock (hash): the last beat of any consumer, when beats resumed after a
 #: silence, and the count of acks that found their message handed out again (``late_acks``).
@@ -102,11 +103,11 @@ class Heart:
             self.alive = False
             return False
         for silent, count in zip(reply[1::2], reply[2::2], strict=True):
-            log.warning(
-                "Consumer %s was silent for more than %s s (TASKPOOL_LIVENESS_TIMEOUT): "
-                "the %d message(s) it held are back in their queues",
+            log.log(
+                logging.WARNING if int(count) else logging.INFO,
+                "Consumer %s was silent for longer than its liveness timeout: the %d "
+                "message(s) it held are back in their queues",
                 _text(silent),
-                _seconds(self.timeout),
                 int(count),
             )
         return True
@@ -153,6 +154,18 @@ class Heart:
         keys = [self.held_key, deliveries_key]
         args: list[str | int] = ["give_back", tag, int(not counted), self.wake_cap, int(front)]
         return bool(self._script(keys=keys, args=args))
+
+
+def summary(client: redis.Redis, prefix: str = "") -> dict[str, int]:
+    """The consumers alive, the messages they hold, and the acks that came after their
+    consumer was taken for dead (tasks that may have run twice), for ``taskpool status``."""
+    keys = Keys(prefix)
+    held = client.scan_iter(match=f"{keys.held_prefix}*", count=1000)
+    return {
+        "consumers": int(client.zcard(keys.consumers)),
+        "held": sum(int(client.hlen(key)) for key in held),
+        "late_acks": int(client.hget(keys.clock, "late_acks") or 0),
+    }
 
 
 def _text(value: Any) -> str:

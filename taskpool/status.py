@@ -1,5 +1,6 @@
 """What ``taskpool status`` reports: the broker (with Sentinel, its primary and replicas), the
-workers online, the queue's depth, the messages in the quarantine."""
+workers online, the queue's depth, the consumers alive and what they hold, the messages in the
+quarantine."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 from celery import Celery
 from kombu.exceptions import ChannelError
 
-from taskpool import quarantine, sentinel
+from taskpool import liveness, quarantine, sentinel
 from taskpool.health import BrokerHealth
 from taskpool.settings import settings_of
 from taskpool.urls import is_redis, is_sentinel, mask_url
@@ -27,6 +28,7 @@ def read_status(app: Celery) -> dict[str, Any]:
         "workers": [],
         "queue": {"name": app.conf.task_default_queue, "depth": None},
         "quarantine": None,
+        "liveness": None,
     }
     if not reachable:
         report["broker"]["reason"] = health.reason
@@ -46,6 +48,7 @@ def read_status(app: Celery) -> dict[str, Any]:
     if is_redis(health.broker_url):  # the quarantine is kept in a Redis broker
         with quarantine.of_app(app) as kept:
             report["quarantine"] = kept.count()
+            report["liveness"] = liveness.summary(kept.client, kept.prefix)
     return report
 
 
@@ -74,6 +77,14 @@ def render_status(report: dict[str, Any]) -> str:
     lines += [f"  {w['node']} (pool of {w['pool']})" for w in workers]
     queue = report["queue"]
     lines.append(f"queue {queue['name']!r}: {queue['depth']} message(s) waiting")
+    alive = report["liveness"]
+    if alive is not None:
+        lines.append(f"consumers alive: {alive['consumers']}, holding {alive['held']} message(s)")
+        if alive["late_acks"]:
+            lines.append(
+                f"late acks: {alive['late_acks']} (acked after their worker was taken for "
+                "dead: those tasks may have run twice)"
+            )
     if report["quarantine"]:
         lines.append(f"quarantine: {report['quarantine']} message(s) (`taskpool quarantine list`)")
     return "\n".join(lines)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import redis as redis_py
@@ -21,7 +23,7 @@ from taskpool.liveness import CLOCK
 from taskpool.testing.celery_worker import CeleryWorker
 from taskpool.testing.redis_server import RedisServer
 from taskpool.testing.waiting import wait_for
-from tests.conftest import client_app, node_name
+from tests.conftest import client_app, node_name, worker_env
 from tests.support.held import consumers, held_count
 from tests.support.paths import REPO_ROOT
 from tests.support.probe_tasks import FINISHED, STARTED
@@ -93,7 +95,7 @@ def test_a_live_workers_long_and_delayed_tasks_are_never_handed_to_another(
     idle = worker_factory(redis.url(), node_name("idle"), extra=PROBE, **short)
     assert [r.get(timeout=60) for r in [*results, *delayed]] == [holder.node] * 3
     assert runs(client, STARTED) == Counter({0: 2, 1: 1}), "a task ran twice"
-    assert "silent for more than" not in holder.log_tail() + idle.log_tail()
+    assert "silent for longer than" not in holder.log_tail() + idle.log_tail()
     client.close()
 
 
@@ -127,4 +129,65 @@ def test_a_worker_taken_for_dead_that_comes_back_overwrites_nothing_and_is_count
     assert runs(client, STARTED) == Counter({0: 3, 1: 2})
     wait_for(lambda: held_count(client) == 0, 15, "every message acked")
     assert len(consumers(client)) == 2  # the stalled worker beats again, under a new id
+    client.close()
+
+
+def stock_worker(redis: RedisServer, tmp_path: Path, node: str, visibility: int) -> CeleryWorker:
+    """A stock Celery worker (kombu's Redis transport) on the same Redis."""
+    command = [sys.executable, "-m", "celery", "-A", "tests.support.stock_app", "worker"]
+    env = {
+        **worker_env(redis.url()),
+        **DEFAULTS,
+        "STOCK_BROKER_URL": redis.url(),
+        "STOCK_VISIBILITY_TIMEOUT": str(visibility),
+    }
+    options = ["-P", "prefork", "-c", "2", "-l", "info", "--without-gossip", "--without-mingle"]
+    return CeleryWorker(env, node, tmp_path / f"{node}.log", command=[*command, *options])
+
+
+def test_a_stock_worker_beside_never_takes_what_a_taskpool_worker_holds(
+    redis_factory: Callable[..., RedisServer], worker_factory: Start, tmp_path: Path
+) -> None:
+    """A mixed fleet during a migration: the stock worker's visibility timeout (2 s) and
+    sweep (every second) are far shorter than the taskpool worker's 8 s tasks, which still
+    run once; kombu's sweep reads only its own ``unacked`` records."""
+    redis = redis_factory()
+    client = redis_py.Redis(port=redis.port, decode_responses=True)
+    holder = worker_factory(redis.url(), node_name("holder"), extra=PROBE, **DEFAULTS)
+    results = send(redis, "probe.where", 2, 8.0)
+    wait_for(lambda: client.llen(STARTED) >= 2, 30, "both long tasks to be running")
+    stock = stock_worker(redis, tmp_path, node_name("stock"), visibility=2)
+    try:
+        stock.start().wait_ready(client_app(redis.url(), dispatch="celery"))
+        assert [r.get(timeout=60) for r in results] == [holder.node] * 2
+        assert runs(client, STARTED) == Counter({0: 1, 1: 1}), "a held task ran twice"
+    finally:
+        stock.stop(timeout=10)
+    client.close()
+
+
+def test_a_dead_stock_workers_tasks_are_restored_by_a_taskpool_worker(
+    redis_factory: Callable[..., RedisServer], worker_factory: Start, tmp_path: Path
+) -> None:
+    """The other way round: what a stock worker took (kombu's ``unacked`` hash) comes back
+    after TASKPOOL_VISIBILITY_TIMEOUT through kombu's own sweep, run by taskpool's workers."""
+    redis = redis_factory()
+    client = redis_py.Redis(port=redis.port, decode_responses=True)
+    stock = stock_worker(redis, tmp_path, node_name("stock"), visibility=3600)
+    app = client_app(redis.url(), dispatch="celery")
+    try:
+        stock.start().wait_ready(app)
+        results = send(redis, "probe.record", 2, 6.0)
+        wait_for(lambda: client.llen(STARTED) >= 2, 30, "the stock worker to run both")
+        assert client.hlen("unacked") == 2
+        os.killpg(stock.pid, signal.SIGKILL)
+        stock.wait_exit(10)
+    finally:
+        stock.stop(timeout=5)
+    backstop = {**DEFAULTS, "TASKPOOL_VISIBILITY_TIMEOUT": "5", "TASKPOOL_RESTORE_INTERVAL": "1"}
+    worker_factory(redis.url(), node_name("restorer"), extra=PROBE, **backstop)
+    assert [r.get(timeout=60) for r in results] == [0, 1]
+    assert runs(client, STARTED) == Counter({0: 2, 1: 2})  # killed mid-run on the stock worker
+    assert runs(client, FINISHED) == Counter({0: 1, 1: 1})
+    wait_for(lambda: held_count(client) == 0, 10, "every message acked")
     client.close()

@@ -191,6 +191,8 @@ def test_status_lists_workers_with_pool_size_and_queue_depth(
     assert report["broker"] == {"url": redis_server.url(), "reachable": True}
     assert {"node": session_worker.node, "pool": 4} in report["workers"]
     assert report["queue"]["depth"] == 0
+    alive = report["liveness"]
+    assert alive["consumers"] >= 1 and alive["held"] == 0 and alive["late_acks"] == 0
 
 
 def test_status_of_an_unreachable_broker_exits_3_with_the_password_masked() -> None:

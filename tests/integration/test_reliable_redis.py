@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis as redis_py
@@ -555,3 +556,56 @@ def test_a_warm_shutdown_leaves_every_message_acked_or_back_in_its_queue(
         worker.stop()
     assert unacked(client) == 0  # acked, or put back
     assert sum(r.ready() for r in results) + client.llen("celery") >= 2_000  # none lost
+
+
+# -- liveness ----------------------------------------------------------------------------
+
+
+def beat(client: redis_py.Redis, consumer: str, timeout: float, first: bool = False) -> list:
+    script = client.register_script(liveness.LIVENESS)
+    keys = liveness.Keys()
+    args: list[str | float] = [
+        "beat",
+        consumer,
+        timeout,
+        int(first),
+        keys.held_prefix,
+        transport.WAKE_CAP,
+    ]
+    return list(script(keys=[keys.consumers, keys.clock], args=args))
+
+
+def test_each_consumer_is_judged_by_its_own_liveness_timeout(
+    redis_server: RedisServer, client: redis_py.Redis
+) -> None:
+    """Workers configured apart share a Redis: a 60 s consumer, silent for 2 s, is alive to a
+    1 s one, which is itself dead to it past 1 s."""
+    assert beat(client, "patient", 60, first=True) == [1]
+    assert beat(client, "hasty", 1, first=True) == [1]
+    time.sleep(1.5)
+    assert beat(client, "patient-2", 60, first=True) == [1, "hasty", 0]
+    time.sleep(1.0)
+    assert beat(client, "patient-2", 60) == [1]
+    assert consumers(client) == ["patient", "patient-2"]
+    assert beat(client, "hasty", 1) == [0]  # taken for dead: it must take a new id
+
+
+def test_a_silence_of_every_consumer_counts_against_none(
+    redis_server: RedisServer, client: redis_py.Redis
+) -> None:
+    """Redis down, failed over or full for longer than the timeout: nobody beat, and the first
+    to beat again does not take the others for dead; each keeps the time it had left."""
+    assert beat(client, "a", 3, first=True) == [1]
+    assert beat(client, "b", 3, first=True) == [1]
+    keys = liveness.Keys()
+    # As after 100 s without a beat: every deadline and the last beat pushed 100 s back.
+    deadlines: Any = client.zrange(keys.consumers, 0, -1, withscores=True)
+    client.zadd(keys.consumers, {member: deadline - 100 for member, deadline in deadlines})
+    client.hset(keys.clock, "last", float(client.hget(keys.clock, "last") or 0) - 100)
+    assert beat(client, "a", 3) == [1]  # b not judged
+    assert sorted(consumers(client)) == ["a", "b"]
+    for _ in range(2):  # a beats every second, as its thread does; b stays silent
+        time.sleep(1.0)
+        assert beat(client, "a", 3) == [1]
+    time.sleep(1.5)
+    assert beat(client, "a", 3) == [1, "b", 0]  # b did not come back within its 3 s

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from taskpool.liveness import CONSUMERS, HELD
+from taskpool.liveness import CONSUMERS, HELD, summary
 
 
 def held_keys(client: Any, prefix: str = "") -> list[Any]:
@@ -15,8 +15,7 @@ def held_keys(client: Any, prefix: str = "") -> list[Any]:
 
 def held_count(client: Any, prefix: str = "") -> int:
     """Messages taken and not yet acked, rejected or given back, by any consumer."""
-    held = sum(int(client.hlen(key)) for key in held_keys(client, prefix))
-    return held + int(client.hlen(f"{prefix}unacked"))
+    return summary(client, prefix)["held"] + int(client.hlen(f"{prefix}unacked"))
 
 
 def held_text(client: Any, prefix: str = "") -> str:
