@@ -32,6 +32,34 @@
 
 local step = ARGV[1]
 
+-- The message with "redelivered": true as the first member of its headers and of its
+-- properties' delivery_info, as kombu marks what it restores (Celery's dedup of a redelivered
+-- success reads it). kombu writes the headers first and the properties last, so the first
+-- '"headers": {' and the last '"delivery_info": {' are the message's own (a '"' inside a JSON
+-- string is escaped). A message marked before is left as it is.
+local function marked(item)
+  if string.find(item, '"redelivered": true', 1, true) then
+    return item
+  end
+  local function after(text, at, pattern)
+    if not at then
+      return text
+    end
+    local open = at + #pattern - 1
+    local member = string.sub(text, open + 1, open + 1) == '}' and '"redelivered": true'
+      or '"redelivered": true, '
+    return string.sub(text, 1, open) .. member .. string.sub(text, open + 1)
+  end
+  local info, last = '"delivery_info": {', nil
+  local at = string.find(item, info, 1, true)
+  while at do
+    last = at
+    at = string.find(item, info, at + 1, true)
+  end
+  item = after(item, last, info)
+  return after(item, string.find(item, '"headers": {', 1, true), '"headers": {')
+end
+
 local function restore(record, cap, front)
   local colon = string.find(record, ':', 1, true)
   local n = tonumber(string.sub(record, 1, colon - 1))
@@ -41,7 +69,7 @@ local function restore(record, cap, front)
   local m = tonumber(string.sub(record, at, colon - 1))
   local wake = string.sub(record, colon + 1, colon + m)
   -- Consumers pop from the right: the front of a queue.
-  redis.call(front and 'RPUSH' or 'LPUSH', list, string.sub(record, colon + m + 1))
+  redis.call(front and 'RPUSH' or 'LPUSH', list, marked(string.sub(record, colon + m + 1)))
   redis.call('LPUSH', wake, 1)
   redis.call('LTRIM', wake, 0, cap - 1)
 end

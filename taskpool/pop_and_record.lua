@@ -8,8 +8,7 @@
 -- ARGV[1] = q, the number of queues; ARGV[2] = '1' to take the popped message's wake token
 -- (an idle consumer woken by that token has taken it already, and passes '0'); ARGV[3] = this
 -- consumer's id.
--- Returns {key, message, deliveries, tag, seen} once popped and recorded (deliveries counts
--- this one; seen is 1 when the message was handed out before, even if given back unrun);
+-- Returns {key, message, deliveries, tag} once popped and recorded (deliveries counts this one);
 -- {key, message, 0} for a message whose tag it could not read (the worker reads it again, and
 -- quarantines it or has kombu record it); false when every list is empty; -1, popping nothing,
 -- when this consumer is no longer alive (taken for dead: what it records would never go back).
@@ -85,8 +84,7 @@ for i = 1, lists do
     end
     local key = KEYS[i]
     redis.call('HSET', held_key, tag, #key .. ':' .. key .. #wake .. ':' .. wake .. item)
-    local seen = redis.call('HEXISTS', deliveries_key, tag)
-    return {key, item, redis.call('HINCRBY', deliveries_key, tag, 1), tag, seen}
+    return {key, item, redis.call('HINCRBY', deliveries_key, tag, 1), tag}
   end
 end
 return false

@@ -5,7 +5,9 @@ as unacknowledged; a worker killed between the two takes the only copy with it. 
 (tests/faults/test_soak.py) lost one task in 3,000 that way in about a third of its runs.
 
 Here one Lua script (``pop_and_record.lua``, registered once and called by its SHA) pops the
-next message in priority order *and* records it as unacknowledged, atomically.
+next message in priority order *and* records it as held by the channel's consumer, atomically.
+Who holds what, and the heartbeats that hand a dead consumer's messages back within seconds,
+are ``taskpool.liveness``'s.
 
 An idle consumer must wait without taking a message, and a blocking pop takes one. So each
 publish also pushes a token onto the queue's wake list (``<queue>\x06\x16wake``, capped at
@@ -26,22 +28,24 @@ until that many replicas hold the message (``WAIT``), so a failover right after 
 it (``taskpool.replication``: the replicas connected, at most the number asked for); one not
 confirmed in time raises NotReplicated, a connection error to kombu, which retries.
 
-Acks are kombu's own: the acked message leaves the unacked records before ``ack()`` returns,
-through a script (``forget_unacked.lua``) where kombu uses a MULTI, which a full Redis refuses.
-Messages a channel could not give back because its connection was already lost are given back
-by the next channel to the same Redis (``_Orphans``), not after the visibility timeout.
+An ack, a requeue and the give-back of what a closing channel holds are each one script
+(``liveness.lua``) on the consumer's own records, done before kombu's call returns; a full
+Redis runs them (kombu's MULTI it refuses). A channel that closes with its connection lost
+cannot give back what it holds: its consumer stops beating, and a live one hands it out one
+liveness timeout later.
 
 No message can stop the worker: each popped one is read by ``taskpool.messages`` before kombu
 sees it, and one that cannot be read goes to the quarantine (``taskpool.quarantine``) with the
-reason, out of the queue and the unacked records at once. The script also counts each message's
+reason, out of the queue and the held records at once. The script also counts each message's
 deliveries (``unacked_deliveries``; an ack or a final reject clears the count, a message given
 back unrun at close is not counted): one taken more than ``max_deliveries`` times without an
 outcome, as a task that kills its process is under late acks, is quarantined too.
 
-The restore of a dead worker's messages after the visibility timeout is kombu's own, reading
-the same ``unacked`` hash. Consumers that do not ack (``no_ack``, e.g. remote-control replies)
-keep kombu's path. Needs Redis 6.2, checked when a consumer starts. kombu private names used:
-``_brpop_start``/``_brpop_read``/``_put``/``_purge``/``_delete`` (overridden), the
+A message whose delivery tag the script cannot read is recorded by kombu, in its ``unacked``
+hash, as are the messages stock workers on the same Redis take: kombu's own restore hands those
+out after the visibility timeout. Consumers that do not ack (``no_ack``, e.g. remote-control
+replies) keep kombu's path. Needs Redis 6.2, checked when a consumer starts. kombu private
+names used: ``_brpop_start``/``_brpop_read``/``_put``/``_purge``/``_delete`` (overridden), the
 ``_publish_batch`` argument of ``_put``, ``_brpop_sent_at``, ``_in_poll``, ``_closing``,
 ``_flush_brpop_reauth``, ``_queue_cycle``, ``_tag_to_queue``, ``_maybe_update_queues_expire``,
 ``_q_for_pri`` and the QoS's ``_delivered``; kombu is pinned to the minor version tested.
@@ -245,8 +249,8 @@ class Channel(kombu_redis.Channel):
         except AttributeError as exc:
             # kombu #582, #970: a channel closed after its connection was collected (as a
             # worker does when the broker is lost) has no URL left to build a pool from.
-            # kombu's close lets connection errors pass, and the unacked messages it meant to
-            # restore stay recorded for the visibility timeout's restore: the worker goes on.
+            # kombu's close lets connection errors pass, and the messages it meant to give back
+            # stay held until its consumer is found silent: the worker goes on.
             # An AttributeError instead ends the worker ("Unrecoverable error").
             raise redis.exceptions.ConnectionError(
                 "the broker connection was closed; nothing to restore through it"
@@ -282,7 +286,8 @@ class Channel(kombu_redis.Channel):
         if heart is None or not heart.alive:
             if heart is not None:
                 heart.stop(leave=False)
-            plain = redis.Redis(connection_pool=self.pool)  # the keys carry their prefix
+            # A plain client: the keys carry their prefix already.
+            plain = redis.Redis(connection_pool=self._pool_client().connection_pool)
             keys = liveness.Keys(self.global_keyprefix or "")
             self._heart = heart = Heart(plain, keys, self.liveness_timeout, WAKE_CAP).start()
         return heart
@@ -531,8 +536,6 @@ class Channel(kombu_redis.Channel):
             return None
         if tag is not None and heart is not None:
             self.held[tag] = heart
-            if int(reply[4]):  # handed out before: as kombu marks the messages it restores
-                _mark_redelivered(payload)
         return queue, payload
 
     def _quarantine(
@@ -572,15 +575,6 @@ class Channel(kombu_redis.Channel):
         message = self.Message(payload, channel=self)
         self.qos.append(message, message.delivery_tag)
         return message
-
-
-def _mark_redelivered(payload: dict[str, Any]) -> None:
-    """Celery reads ``delivery_info['redelivered']`` (``worker_deduplicate_successful_tasks``
-    skips a redelivered task whose success is stored); kombu's header too."""
-    payload["properties"]["delivery_info"]["redelivered"] = True
-    headers = payload.get("headers")
-    if isinstance(headers, dict):
-        headers["redelivered"] = True
 
 
 _TransportBase: Any = kombu_redis.Transport if TYPE_CHECKING else object

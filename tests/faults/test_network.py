@@ -2,7 +2,9 @@
 
 The worker runs in a namespace of its own, joined to this host by a veth pair (its own test
 host on a /30 of its own; nothing leaves the machine). Cutting the link strands its tasks
-mid-run; the visibility timeout hands them to a second worker, and all complete.
+mid-run; its consumer falls silent, the liveness timeout hands them to a second worker, and
+all complete. When the link comes back, the cut-off worker learns it was taken for dead and
+overwrites none of the results the second worker stored.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from pathlib import Path
 
 import pytest
 import redis as redis_py
+from celery.result import AsyncResult
 
 from taskpool.testing.celery_worker import CeleryWorker
 from taskpool.testing.redis_server import RedisServer
 from taskpool.testing.waiting import wait_for
 from tests import conftest
 from tests.conftest import client_app, node_name, worker_env
+from tests.support.held import consumers
 from tests.support.paths import REPO_ROOT
 from tests.support.probe_tasks import STARTED
 
@@ -64,6 +68,9 @@ class WorkerHost:
     def cut(self) -> None:
         """Take the link down: no FIN, no RST, the peer just stops answering."""
         ip("link", "set", self.host_link, "down")
+
+    def restore(self) -> None:
+        ip("link", "set", self.host_link, "up")
 
     def remove(self) -> None:
         subprocess.run(["ip", "link", "del", self.host_link], capture_output=True, timeout=10)
@@ -113,7 +120,7 @@ def test_a_worker_cut_off_from_the_network_has_its_tasks_finished_elsewhere(
     client = redis_py.Redis(port=redis.port, password=password, decode_responses=True)
     try:
         remote.start().wait_ready(app)
-        results = [app.send_task("probe.record", args=(n, 3.0)) for n in range(6)]
+        results = [app.send_task("probe.where", args=(n, 3.0)) for n in range(6)]
         wait_for(lambda: client.llen(STARTED) >= 2, 20, "the remote worker to start tasks")
         # Its loop pops the other four after handing out the first two, and a loaded machine
         # can run both tasks' first lines before that: the queue is read until it is empty.
@@ -121,15 +128,22 @@ def test_a_worker_cut_off_from_the_network_has_its_tasks_finished_elsewhere(
 
         worker_host.cut()
         cut_at = time.monotonic()
-        worker_factory(
+        survivor = worker_factory(
             redis.url(),
             node_name("survivor"),
             extra=("-I", "tests.support.probe_tasks"),
             **FAST_REDELIVERY,
         )
-        assert [r.get(timeout=60) for r in results] == [n * n for n in range(6)]
+        assert [r.get(timeout=60) for r in results] == [survivor.node] * 6
         assert time.monotonic() - cut_at < 60
         assert remote.process is not None and remote.process.poll() is None  # it never knew
+
+        worker_host.restore()
+        # Back: it consumes again under a new consumer id (its old one was taken for dead).
+        wait_for(lambda: len(consumers(client)) == 2, 60, "the cut-off worker to consume again")
+        time.sleep(2)  # its result writes, if any, come after it reconnects
+        stored = [AsyncResult(r.id, app=app).get(timeout=5) for r in results]
+        assert stored == [survivor.node] * 6, "the cut-off worker overwrote a stored success"
     finally:
         client.close()
         remote.stop(timeout=5)

@@ -609,3 +609,22 @@ def test_a_silence_of_every_consumer_counts_against_none(
         assert beat(client, "a", 3) == [1]
     time.sleep(1.5)
     assert beat(client, "a", 3) == [1, "b", 0]  # b did not come back within its 3 s
+
+
+@pytest.mark.parametrize("headers", [{}, {"x-custom": "kept"}])
+def test_a_requeued_message_is_marked_redelivered_in_its_text_as_kombu_marks_it(
+    redis_server: RedisServer, queue_name: str, queue: Queue, headers: dict[str, str]
+) -> None:
+    """Any reader sees it, a stock or a no-ack consumer too (kombu's own suite reads it so)."""
+    with connection(redis_server) as conn:
+        Producer(conn).publish(
+            {"n": 5}, routing_key=queue_name, declare=[queue], serializer="json", headers=headers
+        )
+        channel = conn.default_channel
+        message = channel.basic_get(queue_name, no_ack=False)
+        assert message is not None and "redelivered" not in message.headers
+        message.reject(requeue=True)
+        again = channel.basic_get(queue_name, no_ack=True)
+        assert again is not None and again.payload == {"n": 5}
+        assert again.headers == {**headers, "redelivered": True}
+        assert again.delivery_info["redelivered"] is True

@@ -173,6 +173,8 @@ class FailoverRun:
     promotions: list[float]
     #: Seconds from the last promotion to the first call that went to the broker again.
     back_on_broker_s: float
+    #: Seconds from the last promotion until every result was stored (or the wait gave up).
+    all_stored_s: float
     ran_locally: int
     ran_on_workers: int
     lost: list[int]
@@ -185,7 +187,8 @@ class FailoverRun:
         return (
             f"{self.tasks} tasks, {len(self.promotions)} failover(s) promoted in "
             f"{[round(p, 2) for p in self.promotions]} s; calls back on the broker "
-            f"{self.back_on_broker_s:.2f} s after the last promotion; {self.ran_locally} ran "
+            f"{self.back_on_broker_s:.2f} s after the last promotion, every result stored "
+            f"{self.all_stored_s:.2f} s after it; {self.ran_locally} ran "
             f"locally, {self.ran_on_workers} on workers; lost {len(self.lost)}, duplicate "
             f"runs {self.duplicate_runs}"
         )
@@ -279,6 +282,7 @@ def _stream(
     while len(stored) < len(remote_ids) and time.monotonic() < deadline:
         time.sleep(1)
         stored = results_stored(cluster, remote_ids)
+    all_stored_s = time.monotonic() - promoted_at[-1]
     values = {**stored, **local}
     lines = Path(log).read_text().splitlines()
     runs = collections.Counter(int(line.split()[0]) for line in lines)
@@ -286,6 +290,7 @@ def _stream(
         tasks=len(results),
         promotions=promotions,
         back_on_broker_s=back_at[0] - promoted_at[-1],
+        all_stored_s=all_stored_s,
         ran_locally=len(local),
         ran_on_workers=len(remote_ids),
         lost=[n for n, r in enumerate(results) if r.id not in values],
