@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable
 
@@ -86,6 +87,7 @@ def test_under_a_flapping_broker_every_task_that_ran_returns_its_value(
     stop = threading.Event()
     outcomes: Counter[str] = Counter()
     failed: list[str] = []
+    raised: list[str] = []  # the tracebacks of the unexpected errors, for the failure message
 
     def client(offset: int) -> None:
         for n in range(offset, 10**6, 4):
@@ -104,6 +106,7 @@ def test_under_a_flapping_broker_every_task_that_ran_returns_its_value(
                 failed.append(result.id)
             except Exception as exc:  # noqa: BLE001 - counted: the assertion below names it
                 outcomes[f"{type(exc).__name__}: {exc}"] += 1
+                raised.append(traceback.format_exc())
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
     for thread in threads:
@@ -122,7 +125,7 @@ def test_under_a_flapping_broker_every_task_that_ran_returns_its_value(
     # A wait that raised was for a task that had not run (a pop whose reply the lost
     # connection took: recorded as taken, for the visibility timeout); never Celery's "must be
     # restarted" or a raw ConnectionError.
-    assert set(unexpected) <= {"ResultStoreUnavailable", "TimeoutError"}, outcomes
+    assert set(unexpected) <= {"ResultStoreUnavailable", "TimeoutError"}, (outcomes, raised[:2])
     store = redis_py.Redis(port=redis.port)
     try:
         ran = {int(n) for n in store.lrange(STARTED, 0, -1)}

@@ -11,15 +11,26 @@ import time
 
 import redis
 from celery import Task, shared_task
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 STARTED = "probe:started"
 FINISHED = "probe:finished"
 
 
+def marks(url: str) -> redis.Redis:
+    """A client for the marks that rides out a Redis restart (the flapping tests restart it
+    under running tasks): a mark lost to the restart would fail the task, not taskpool."""
+    retry = Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=40)
+    return redis.Redis.from_url(
+        url, socket_timeout=5, retry=retry, retry_on_error=[redis.ConnectionError]
+    )
+
+
 @shared_task(name="probe.record", bind=True)
 def record(self: Task, n: int, seconds: float) -> int:
     """Sleep ``seconds`` between two marks in Redis; return ``n * n``."""
-    client = redis.Redis.from_url(self.app.conf.broker_url, socket_timeout=5)
+    client = marks(self.app.conf.broker_url)
     try:
         client.rpush(STARTED, n)
         time.sleep(seconds)
@@ -35,7 +46,7 @@ DIED = "probe:died"
 @shared_task(name="probe.die", bind=True)
 def die(self: Task, n: int) -> None:
     """Record the run in Redis, then end the pool process running it, as a segfault would."""
-    client = redis.Redis.from_url(self.app.conf.broker_url, socket_timeout=5)
+    client = marks(self.app.conf.broker_url)
     try:
         client.rpush(DIED, n)
     finally:
