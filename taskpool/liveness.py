@@ -156,14 +156,18 @@ class Heart:
         return bool(self._script(keys=keys, args=args))
 
 
+def held_keys(client: redis.Redis, prefix: str = "") -> list[Any]:
+    """Every consumer's hash of held messages, named as the client names keys."""
+    return list(client.scan_iter(match=f"{prefix}{HELD}*", count=1000))
+
+
 def summary(client: redis.Redis, prefix: str = "") -> dict[str, int]:
     """The consumers alive, the messages they hold, and the acks that came after their
     consumer was taken for dead (tasks that may have run twice), for ``taskpool status``."""
     keys = Keys(prefix)
-    held = client.scan_iter(match=f"{keys.held_prefix}*", count=1000)
     return {
         "consumers": int(client.zcard(keys.consumers)),
-        "held": sum(int(client.hlen(key)) for key in held),
+        "held": sum(int(client.hlen(key)) for key in held_keys(client, prefix)),
         "late_acks": int(client.hget(keys.clock, "late_acks") or 0),
     }
 

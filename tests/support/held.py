@@ -5,12 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from taskpool.liveness import CONSUMERS, HELD, summary
-
-
-def held_keys(client: Any, prefix: str = "") -> list[Any]:
-    """Each consumer's hash of held messages, as the client names keys (str or bytes)."""
-    return list(client.scan_iter(match=f"{prefix}{HELD}*", count=1000))
+from taskpool.liveness import CONSUMERS, held_keys, summary
 
 
 def held_count(client: Any, prefix: str = "") -> int:
