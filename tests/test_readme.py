@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 import time
+import tomllib
 
 import pytest
 
@@ -22,6 +23,14 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     command = "pip install -e '.[test]' && pytest"
     assert f"\n{command}\n" in README
     assert f"\n{command}\n" in (REPO_ROOT / ".ci" / "run").read_text()
+
+
+def test_the_readme_installs_this_project_by_its_distribution_name() -> None:
+    # The index's "taskpool" is another project with the same import name.
+    name = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["name"]
+    named = re.findall(r"pip install '?([A-Za-z][\w.-]*)", README)
+    assert name != "taskpool"
+    assert named and set(named) == {name}
 
 
 def test_the_readme_shows_both_task_scripts() -> None:
