@@ -38,6 +38,7 @@ _EXPORTS = {
     "map": "taskpool.mapping",
     "TaskpoolCelery": "taskpool.app",
     "create_app": "taskpool.app",
+    "configure": "taskpool.app",
 }
 
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
     "TaskpoolError",
     "UnsafeInteger",
     "celery_config",
+    "configure",
     "create_app",
     "current_settings",
     "imap",
@@ -68,7 +70,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from taskpool.app import TaskpoolCelery, create_app
+    from taskpool.app import TaskpoolCelery, configure, create_app
     from taskpool.celery_conf import celery_config
     from taskpool.errors import (
         ArgumentTooLarge,

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import datetime
+import difflib
 import functools
 import math
 import os
 import weakref
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Literal, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from celery.app.backends import BACKEND_ALIASES
@@ -111,6 +113,39 @@ VARIABLES = (
     # Read by the `taskpool` command only: the app its commands use (like `celery -A`).
     "TASKPOOL_APP",
 )
+
+#: Read by the `taskpool` command only, never from an app's configuration.
+COMMAND_ONLY = ("TASKPOOL_APP",)
+
+#: Variables whose app.conf key is Celery's own, so a project's ``broker_url`` or
+#: ``task_time_limit`` is taskpool's too. Every other variable's key is its name in lower case
+#: (TASKPOOL_DISPATCH -> ``taskpool_dispatch``).
+CELERY_KEYS = {
+    "TASKPOOL_BROKER_URL": "broker_url",
+    "TASKPOOL_RESULT_BACKEND": "result_backend",
+    "TASKPOOL_CONCURRENCY": "worker_concurrency",
+    "TASKPOOL_TASK_TIME_LIMIT": "task_time_limit",
+    "TASKPOOL_TASK_SOFT_TIME_LIMIT": "task_soft_time_limit",
+    "TASKPOOL_RESULT_EXPIRES": "result_expires",
+    "TASKPOOL_PREFETCH_MULTIPLIER": "worker_prefetch_multiplier",
+    "TASKPOOL_MAX_TASKS_PER_CHILD": "worker_max_tasks_per_child",
+}
+
+#: Celery's own variables that name the broker and result store; as in Celery, they win over
+#: the app's configuration (TASKPOOL_BROKER_URL and TASKPOOL_RESULT_BACKEND win over them).
+CELERY_VARIABLES = {
+    "TASKPOOL_BROKER_URL": "CELERY_BROKER_URL",
+    "TASKPOOL_RESULT_BACKEND": "CELERY_RESULT_BACKEND",
+}
+
+
+def conf_key(variable: str) -> str:
+    """The app.conf key of a ``TASKPOOL_*`` variable."""
+    return CELERY_KEYS.get(variable, variable.lower())
+
+
+#: app.conf key -> the variable it stands for.
+CONF_KEYS = {conf_key(name): name for name in VARIABLES if name not in COMMAND_ONLY}
 
 T = TypeVar("T")
 
@@ -220,7 +255,37 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
         """Build settings from any mapping of variable names (``os.environ`` or a test's dict)."""
-        read = _Reader(env)
+        return cls.from_sources(env, None)
+
+    @classmethod
+    def from_sources(
+        cls, env: Mapping[str, str], conf: Mapping[str, Any] | None, *, namespace: str | None = None
+    ) -> Settings:
+        """Settings from the environment, then an app's configuration, then the defaults.
+
+        ``conf`` holds Celery settings (``app.conf``, or what ``config_from_object`` loaded);
+        each variable's key there is ``conf_key(name)``, with Celery's ``namespace`` prefix
+        (``CELERY_TASKPOOL_DISPATCH`` for Django's ``namespace="CELERY"``) also accepted. A
+        ``TASKPOOL_*`` variable or ``taskpool_*`` key that taskpool does not know is refused.
+        """
+        check_names(env, conf, namespace)
+        merged: dict[str, str] = {}
+        sources: dict[str, str] = {}
+        for key, variable in CONF_KEYS.items():
+            value = None if conf is None else conf_value(conf, key, namespace)
+            celery_variable = CELERY_VARIABLES.get(variable, "")
+            if value is not None and not env.get(celery_variable, "").strip():
+                merged[variable] = value
+                sources[variable] = f"app.conf {key}"
+        for name, value in env.items():
+            if value.strip():
+                merged[name] = value
+                sources.pop(name, None)
+        return cls._read(_Reader(merged, sources))
+
+    @classmethod
+    def _read(cls, read: _Reader) -> Settings:
+        env = read.env
         broker_url = read.url(
             "TASKPOOL_BROKER_URL", "CELERY_BROKER_URL", DEFAULT_REDIS_URL, TRANSPORT_ALIASES
         )
@@ -322,17 +387,61 @@ def _default_backend(broker_url: str) -> str:
     return broker_url if is_redis(broker_url) else DEFAULT_REDIS_URL
 
 
-class _Reader:
-    """Reads and validates single variables; empty strings count as unset."""
+def check_names(
+    env: Mapping[str, str], conf: Mapping[str, Any] | None, namespace: str | None
+) -> None:
+    """Refuse a ``TASKPOOL_*`` variable or a ``taskpool_*`` app.conf key taskpool does not
+    read: a misspelt name would otherwise be ignored without a word."""
+    for name in env:
+        if name.startswith("TASKPOOL_") and name not in VARIABLES:
+            raise ConfigError(name, "…", "taskpool has no such variable" + _hint(name, VARIABLES))
+    prefix = f"{namespace.upper()}_" if namespace else ""
+    for key in conf or ():
+        plain = key[len(prefix) :].lower() if prefix and key.startswith(prefix) else key
+        if plain.startswith("taskpool_") and plain not in CONF_KEYS:
+            raise ConfigError(
+                f"app.conf {key}", "…", "taskpool has no such setting" + _hint(plain, CONF_KEYS)
+            )
 
-    def __init__(self, env: Mapping[str, str]) -> None:
+
+def _hint(name: str, known: Collection[str]) -> str:
+    unprefixed = name.removeprefix("taskpool_")  # taskpool_broker_url for Celery's broker_url
+    close = [unprefixed] if unprefixed in known else difflib.get_close_matches(name, list(known), 1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def conf_value(conf: Mapping[str, Any], key: str, namespace: str | None) -> str | None:
+    """A setting from an app's configuration as a variable would spell it; None if unset."""
+    value = conf.get(key)
+    if value is None and namespace:
+        value = conf.get(f"{namespace.upper()}_{key.upper()}")
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, datetime.timedelta):
+        return str(int(value.total_seconds()))
+    if isinstance(value, (list, tuple)) and key in ("broker_url", "result_backend"):
+        return ";".join(map(str, value))
+    if isinstance(value, Mapping) and key == "taskpool_routes":
+        return ",".join(f"{task}={queue}" for task, queue in value.items())
+    return str(value)
+
+
+class _Reader:
+    """Reads and validates single variables; empty strings count as unset. ``sources`` names
+    where a variable's value came from, when that was not the environment."""
+
+    def __init__(self, env: Mapping[str, str], sources: Mapping[str, str] | None = None) -> None:
         self.env = env
+        self.sources = sources or {}
 
     def raw(self, *names: str) -> tuple[str, str] | None:
+        """The first of ``names`` that is set: the name to show in errors, and its value."""
         for name in names:
             value = self.env.get(name, "").strip()
             if value:
-                return name, value
+                return self.sources.get(name, name), value
         return None
 
     def url(self, name: str, alias: str, default: str, schemes: Collection[str]) -> str:
@@ -352,7 +461,7 @@ class _Reader:
             task, sep, queue = item.strip().partition("=")
             if not (sep and task.strip() and queue.strip()):
                 raise ConfigError(
-                    name,
+                    found[0],
                     found[1],
                     "expected task=queue pairs separated by commas, e.g. tasks.square=fast",
                 )
@@ -364,14 +473,14 @@ class _Reader:
         if found is None:
             return default
         value = found[1].lower()
-        _check_choice(name, value, allowed, shown=found[1])
+        _check_choice(found[0], value, allowed, shown=found[1])
         return cast(T, value)
 
     def file(self, name: str) -> str | None:
         found = self.raw(name)
         if found is None:
             return None
-        _check_file(name, found[1])
+        _check_file(*found)
         return found[1]
 
     def flag(self, name: str, default: bool) -> bool:
@@ -379,7 +488,7 @@ class _Reader:
         if found is None:
             return default
         value = found[1].lower()
-        _check_choice(name, value, FLAG_WORDS, shown=found[1])
+        _check_choice(found[0], value, FLAG_WORDS, shown=found[1])
         return value in ("1", "true", "yes", "on")
 
     def number(self, name: str, kind: Callable[[str], T], default: T) -> T:
@@ -389,8 +498,8 @@ class _Reader:
         try:
             value = kind(found[1])
         except ValueError:
-            raise ConfigError(name, found[1], _positive_rule(kind is int)) from None
-        _check_positive(name, value, shown=found[1])
+            raise ConfigError(found[0], found[1], _positive_rule(kind is int)) from None
+        _check_positive(found[0], value, shown=found[1])
         return value
 
 
@@ -492,5 +601,23 @@ def bind_settings(app: object, settings: Settings) -> None:
 
 
 def settings_of(app: object) -> Settings:
-    """The settings bound to ``app`` (``taskpool.create_app``), else the environment's."""
-    return _app_settings.get(app) or current_settings()
+    """The settings of ``app``, read when its configuration is first needed.
+
+    An app of ``create_app`` or ``taskpool.configure`` binds them as its configuration loads;
+    any other app (a plain ``task_cls=FallbackTask`` one) gets the environment's and its
+    ``app.conf`` ``taskpool_*`` keys, read once.
+    """
+    bound = _app_settings.get(app)
+    if bound is not None:
+        return bound
+    conf = getattr(app, "conf", None)
+    if conf is not None:
+        conf.get("broker_url")  # reading a value loads the configuration, which may bind
+    bound = _app_settings.get(app)
+    if bound is not None:
+        return bound
+    if conf is None:
+        return current_settings()
+    settings = Settings.from_sources(os.environ, conf, namespace=getattr(app, "namespace", None))
+    bind_settings(app, settings)
+    return settings

@@ -8,13 +8,7 @@ dependencies come from the test environment (a ``.pth`` file), so nothing is dow
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-import sysconfig
-import textwrap
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,6 +17,7 @@ from taskpool.testing.celery_worker import CeleryWorker
 from taskpool.testing.redis_server import RedisServer, free_port
 from tests.conftest import client_app, node_name
 from tests.support.paths import REPO_ROOT
+from tests.support.user_project import UserProject, install_project
 
 pytestmark = pytest.mark.integration
 
@@ -73,67 +68,11 @@ USER_FILES = {
 }
 
 
-@dataclass
-class UserProject:
-    root: Path
-    python: Path
-    site_packages: Path
-    #: What installing taskpool added to site-packages.
-    added: set[str]
-
-    def env(self, redis_url: str) -> dict[str, str]:
-        """The user's environment: their settings module and taskpool's both point at it."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("TASKPOOL_", "CELERY_"))}
-        env.update(PROJECT_REDIS_URL=redis_url, TASKPOOL_BROKER_URL=redis_url)
-        env["PATH"] = f"{self.python.parent}{os.pathsep}{env.get('PATH', '')}"
-        return env
-
-    def run(
-        self, *args: str | Path, redis_url: str, timeout: float = 120
-    ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(a) for a in args], cwd=self.root, env=self.env(redis_url),
-            capture_output=True, text=True, timeout=timeout,
-        )  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> UserProject:
-    base = tmp_path_factory.mktemp("user-project")
-    wheels = base / "wheels"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", wheels, REPO_ROOT],
-        check=True, capture_output=True, timeout=300,
-    )  # fmt: skip
-    venv = base / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True, timeout=120)
-    python = venv / "bin" / "python"
-    site_packages = Path(
-        subprocess.run(
-            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-            check=True, capture_output=True, text=True,
-        ).stdout.strip()
-    )  # fmt: skip
-    before = set(os.listdir(site_packages))
-    wheel = next(wheels.glob("taskpool-*.whl"))
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-         "--target", site_packages, wheel],
-        check=True, capture_output=True, timeout=300,
-    )  # fmt: skip
-    added = {name for name in set(os.listdir(site_packages)) - before if name != "bin"}
-    # The dependencies (Celery, redis, ...) from this environment, behind the new venv's own.
-    (site_packages / "zz_test_dependencies.pth").write_text(sysconfig.get_paths()["purelib"])
-    (venv / "bin" / "taskpool").write_text(
-        f"#!{python}\nimport sys\nfrom taskpool.cli import main\nsys.exit(main())\n"
-    )
-    (venv / "bin" / "taskpool").chmod(0o755)
-    root = base / "project"
     assert README_TEST is not None, "the README lost its example test"
-    for name, text in {**USER_FILES, "test_tasks.py": README_TEST.group(1)}.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_text(textwrap.dedent(text).lstrip())
-    return UserProject(root, python, site_packages, added)
+    files = {**USER_FILES, "test_tasks.py": README_TEST.group(1)}
+    return install_project(tmp_path_factory.mktemp("user-project"), files)
 
 
 def test_installing_taskpool_adds_one_import_name_to_site_packages(project: UserProject) -> None:

@@ -1,7 +1,7 @@
 """A pytest plugin for the peers' suites: one outcome per test, written as JSON.
 
 Loaded in both runs (``-p tests.peer.outcomes``); the file is named by
-``TASKPOOL_PEER_OUTCOMES``. pytest's ``-rA`` summary names a skipped test by its file and line
+``PEER_OUTCOMES_FILE``. pytest's ``-rA`` summary names a skipped test by its file and line
 only, and a test whose teardown fails twice; here each test id gets exactly one outcome: the
 first phase that did not pass decides (setup, call, subtests, teardown), else PASSED.
 """
@@ -42,6 +42,6 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    path = os.environ.get("TASKPOOL_PEER_OUTCOMES")
+    path = os.environ.get("PEER_OUTCOMES_FILE")
     if path:
         Path(path).write_text(json.dumps(_outcomes, indent=1, sort_keys=True) + "\n")

@@ -157,7 +157,7 @@ def run(peer: Peer, where: Where, redis: RedisServer, ours: bool) -> Run:
     variant = "taskpool" if ours else "stock"
     log = where.logs / f"{peer.name}-{variant}.log"
     outcomes = where.logs / f"{peer.name}-{variant}.json"
-    env = {**os.environ, **peer.env(redis), "TASKPOOL_PEER_OUTCOMES": str(outcomes)}
+    env = {**os.environ, **peer.env(redis), "PEER_OUTCOMES_FILE": str(outcomes)}
     env["PYTHONPATH"] = os.pathsep.join(python_path(where.needs, ours))
     plugins = [*peer.stock, *(peer.ours if ours else ())]
     started = time.monotonic()
