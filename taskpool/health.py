@@ -11,10 +11,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import redis
+from amqp.exceptions import AccessRefused, NotAllowed
 from celery import Celery
 
 from taskpool import sentinel
-from taskpool.errors import redis_full
+from taskpool.errors import ConfigError, redis_full
 from taskpool.urls import is_redis, is_sentinel, mask_url
 
 log = logging.getLogger("taskpool.fallback")
@@ -102,10 +103,15 @@ class BrokerHealth:
         self._up, self.reason, self._checked_at = up, failure or "", self.clock()
 
     def _probe(self) -> str | None:
-        """Return why the broker or result store is unusable, or None when both answer."""
+        """Return why the broker or result store is unusable, or None when both answer.
+
+        Raises ConfigError when one answered and refused (``refusal``): no waiting and no
+        local pool fixes that, so it is not a verdict to remember.
+        """
         try:
             probe_broker(self.app, self.timeout)
         except Exception as exc:
+            self._refuse("broker_url", self.broker_url, exc)
             return self.scrub(f"broker {mask_url(self.broker_url)} unreachable ({_describe(exc)})")
         if is_redis(self.backend_url):  # others (rpc://, databases) are not probed
             conf = self.app.conf
@@ -117,10 +123,46 @@ class BrokerHealth:
                     conf.result_backend_transport_options,
                 )
             except Exception as exc:
+                self._refuse("result_backend", self.backend_url, exc)
                 return self.scrub(
                     f"result store {mask_url(self.backend_url)} unreachable ({_describe(exc)})"
                 )
         return None
+
+    def _refuse(self, key: str, url: str, error: BaseException) -> None:
+        why = refusal(error)
+        if why is not None:
+            raise ConfigError(key, mask_url(url), self.scrub(f"the server answered and {why}"))
+
+
+#: A server's answer that says our credentials are wrong.
+REJECTED = (redis.exceptions.AuthenticationError, AccessRefused)
+
+
+def refusal(error: BaseException | None) -> str | None:
+    """Why a broker or result store that answered refused us, or None when it may yet work.
+
+    A refusal is a configuration error: wrong credentials, a database the server does not
+    have, a URL that names no transport. A server that does not answer, restarts or is full
+    may come back, and is not one.
+    """
+    seen = 0
+    while error is not None and seen < 10:  # kombu and Celery wrap the server's error
+        text = str(error)
+        if isinstance(error, REJECTED) or "WRONGPASS" in text or "NOAUTH" in text:
+            return "rejected the credentials: authentication failed"
+        if "DB index is out of range" in text or "invalid DB index" in text:
+            return (
+                "has no such database: the number after the host must be below the server's "
+                "`databases` setting (16 by default)"
+            )
+        if isinstance(error, NotAllowed):
+            return f"refused the virtual host ({text})"
+        if isinstance(error, KeyError) and "No such transport" in text:
+            return f"the URL names no transport: {text.strip(chr(39))}"
+        error = error.__cause__ or error.__context__
+        seen += 1
+    return None
 
 
 def probe_broker(app: Celery, timeout: float) -> None:

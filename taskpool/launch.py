@@ -1,11 +1,12 @@
-"""Starting a worker: refuse at once when the broker rejects our credentials, retry result
-writes through a broker failover, fail the tasks whose messages it quarantines, and keep
-passwords out of its stats.
+"""Starting a worker: stop at once when the broker refuses us, retry result writes through a
+broker failover, fail the tasks whose messages it quarantines, and keep passwords out of its
+stats.
 
-Celery treats a rejected password like a broker that is not up yet and retries forever, so a
-typo in a deployment looks like a hang. A rejected password will not get better by waiting: the
-worker stops within seconds, exit code 78 (EX_CONFIG), with one line saying so. A refused
-connection is still retried (Redis may simply be starting).
+Celery treats a rejected password (or a database the server lacks) like a broker that is not
+up yet and retries forever, so a typo in a deployment looks like a hang. A refusal will not get
+better by waiting: the worker stops within seconds, exit code 78 (EX_CONFIG), with one line
+saying why (``health.refusal``). A refused connection is still retried (Redis may simply be
+starting).
 """
 
 from __future__ import annotations
@@ -14,28 +15,24 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import redis
-from amqp.exceptions import AccessRefused
 from celery import Celery
 from celery.signals import worker_init
 
 from taskpool.celery_conf import WORKER_RESULT_RETRIES
-from taskpool.health import probe_broker, probe_redis
+from taskpool.health import probe_broker, probe_redis, refusal
 from taskpool.quarantine import Entry, fail_task_of, message_quarantined
 from taskpool.urls import is_redis, mask_url, masked
 
 log = logging.getLogger("taskpool.worker")
 
 #: sysexits.h EX_CONFIG: a configuration error, not worth restarting for.
-EXIT_BAD_CREDENTIALS = 78
+EXIT_CONFIG = 78
 #: How long the start-up check waits for the broker to answer at all.
 CHECK_TIMEOUT = 5.0
 
-REJECTED = (redis.exceptions.AuthenticationError, AccessRefused)
 
-
-def credentials_rejected(app: Celery) -> str | None:
-    """Why the broker or the Redis result store rejected our credentials, or None."""
+def configuration_refused(app: Celery) -> str | None:
+    """Why the broker or the Redis result store refused us (``health.refusal``), or None."""
     checks: list[tuple[str, str, Callable[[], None]]] = [
         ("broker", app.conf.broker_url, lambda: probe_broker(app, CHECK_TIMEOUT))
     ]
@@ -48,21 +45,22 @@ def credentials_rejected(app: Celery) -> str | None:
     for role, url, check in checks:
         try:
             check()
-        except Exception as exc:  # only a rejection matters here; the rest is retried later
-            if _is_rejection(exc):
-                return f"{role} {mask_url(url)} rejected the credentials: authentication failed"
+        except Exception as exc:  # only a refusal matters here; the rest is retried later
+            why = refusal(exc)
+            if why is not None:
+                return f"{role} {mask_url(url)} {why}"
     return None
 
 
-def refuse_rejected_credentials(sender: Any = None, **_: Any) -> None:
-    """``worker_init`` receiver: stop the worker when its credentials are rejected."""
+def stop_when_refused(sender: Any = None, **_: Any) -> None:
+    """``worker_init`` receiver: stop the worker when its broker or result store refuses it."""
     app = getattr(sender, "app", None)
     if app is None:
         return
-    reason = credentials_rejected(app)
+    reason = configuration_refused(app)
     if reason:
-        log.critical("%s; check TASKPOOL_REDIS_PASSWORD or the broker URL. Stopping.", reason)
-        raise SystemExit(EXIT_BAD_CREDENTIALS)
+        log.critical("%s; fix the URL (or TASKPOOL_REDIS_PASSWORD). Stopping.", reason)
+        raise SystemExit(EXIT_CONFIG)
 
 
 def retry_result_writes(sender: Any = None, **_: Any) -> None:
@@ -106,20 +104,10 @@ def mask_worker_stats(sender: Any = None, **_: Any) -> None:
     sender.stats = masked_stats
 
 
-def _is_rejection(exc: BaseException | None) -> bool:
-    seen = 0
-    while exc is not None and seen < 10:
-        if isinstance(exc, REJECTED) or "WRONGPASS" in str(exc) or "NOAUTH" in str(exc):
-            return True
-        exc = exc.__cause__ or exc.__context__
-        seen += 1
-    return False
-
-
 def watch_worker_start() -> None:
     """Have every worker started in this process check its credentials first, retry its
     result writes longer, fail the tasks it quarantines, and mask its stats (idempotent)."""
-    worker_init.connect(refuse_rejected_credentials, weak=False)
+    worker_init.connect(stop_when_refused, weak=False)
     worker_init.connect(retry_result_writes, weak=False)
     worker_init.connect(fail_quarantined_tasks, weak=False)
     worker_init.connect(mask_worker_stats, weak=False)

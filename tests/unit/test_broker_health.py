@@ -7,9 +7,11 @@ from typing import Any
 
 import fakeredis
 import pytest
+import redis
+from kombu.exceptions import OperationalError
 
 from taskpool import Settings, create_app
-from taskpool.health import BrokerHealth, probe_redis
+from taskpool.health import BrokerHealth, probe_redis, refusal
 
 
 class ScriptedHealth(BrokerHealth):
@@ -99,3 +101,34 @@ def test_the_health_registry_does_not_keep_an_app_alive() -> None:
     del app
     gc.collect()
     assert gone() is None
+
+
+def test_a_plain_apps_url_that_names_no_transport_is_a_configuration_error() -> None:
+    # Without taskpool's settings to check the scheme, the probe's own error tells it: mode
+    # auto ran the work locally, and `.get()` then raised "No module named 'redsi'".
+    from celery import Celery
+
+    from taskpool import ConfigError
+
+    app = Celery("proj", broker="redsi://:pw@127.0.0.1:1/0")
+    health = BrokerHealth(app, timeout=0.1, recheck=2.0)
+    with pytest.raises(ConfigError, match="broker_url.*names no transport.*redis") as raised:
+        health.is_up()
+    assert ":pw@" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        (redis.exceptions.AuthenticationError("invalid password"), "rejected the credentials"),
+        (redis.exceptions.ResponseError("WRONGPASS invalid username-password pair"), "rejected"),
+        (redis.exceptions.ResponseError("DB index is out of range"), "no such database"),
+        (KeyError("No such transport: redsi.  Did you mean redis?"), "names no transport"),
+    ],
+)
+def test_refusals_are_told_from_outages(error: BaseException, said: str) -> None:
+    wrapped = OperationalError("kombu's wrapper")
+    wrapped.__cause__ = error
+    assert said in (refusal(wrapped) or "")
+    for outage in (ConnectionRefusedError(111, "refused"), redis.exceptions.TimeoutError()):
+        assert refusal(outage) is None

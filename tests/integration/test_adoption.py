@@ -1,0 +1,175 @@
+"""An existing Celery project of the usual shape adopts taskpool: ``proj/celery.py`` with
+``config_from_object("proj.celeryconfig")`` and ``include=[...]``, plus one call,
+``taskpool.configure(app)``. taskpool is installed from its wheel into a fresh virtualenv."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from taskpool.testing.celery_worker import CeleryWorker
+from taskpool.testing.redis_server import RedisServer, free_port
+from tests.conftest import client_app, node_name
+from tests.support.user_project import UserProject, install_project
+
+pytestmark = pytest.mark.integration
+
+PROJ = {
+    "proj/__init__.py": """
+        from proj.celery import app as celery_app
+
+        __all__ = ["celery_app"]
+        """,
+    "proj/celery.py": """
+        from celery import Celery
+
+        import taskpool
+
+        app = Celery("proj", include=["proj.tasks"], task_cls=taskpool.FallbackTask)
+        app.config_from_object("proj.celeryconfig")
+        taskpool.configure(app)
+        """,
+    "proj/celeryconfig.py": """
+        import os
+
+        broker_url = os.environ.get("PROJECT_REDIS_URL", "redis://127.0.0.1:1/0")
+        result_backend = broker_url
+        result_expires = 600
+        taskpool_dispatch = os.environ.get("PROJECT_DISPATCH", "auto")
+        """,
+    "proj/tasks.py": """
+        from proj.celery import app
+
+
+        @app.task(bind=True, max_retries=2)
+        def add(self, x, y):
+            return x + y
+        """,
+}
+
+CALL = (
+    "from proj.tasks import add\n"
+    "result = add.delay(2, 3)\n"
+    "print(type(result).__name__, result.get(timeout=30))\n"
+)
+
+
+@pytest.fixture(scope="module")
+def proj(tmp_path_factory: pytest.TempPathFactory) -> UserProject:
+    return install_project(tmp_path_factory.mktemp("proj"), PROJ)
+
+
+def test_the_projects_settings_module_is_taskpools_too(
+    proj: UserProject, redis_server: RedisServer
+) -> None:
+    # Redis answers and no worker runs: taskpool_dispatch = "local" in celeryconfig keeps the
+    # call off the broker; its broker comes from celeryconfig alone (no TASKPOOL_BROKER_URL).
+    url = redis_server.url(db=5)
+    done = proj.run(
+        proj.python, "-c", CALL, redis_url=url, TASKPOOL_BROKER_URL="", PROJECT_DISPATCH="local"
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["LocalResult", "5"]
+    client = client_app(url)
+    with client.connection_for_read() as connection:
+        assert connection.default_channel.client.llen("celery") == 0
+
+
+def test_the_environment_wins_over_the_settings_module(proj: UserProject) -> None:
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    done = proj.run(
+        proj.python, "-c", CALL, redis_url=dead, PROJECT_DISPATCH="local",
+        TASKPOOL_DISPATCH="celery",
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "BrokerUnavailable" in done.stderr
+
+
+def test_taskpool_concurrency_sizes_a_configured_apps_worker(
+    proj: UserProject, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    url = redis_server.url(db=6)
+    worker = CeleryWorker(
+        proj.env(url, TASKPOOL_BROKER_URL="", TASKPOOL_CONCURRENCY="1"),
+        node_name("proj"), tmp_path / "worker.log",
+        command=[str(proj.python), "-m", "celery", "-A", "proj", "worker", "-P", "prefork",
+                 "--without-gossip", "--without-mingle", "-l", "info"],
+        cwd=proj.root,
+    )  # fmt: skip
+    try:
+        worker.start().wait_ready(client_app(url))
+        done = proj.run(proj.python, "-c", CALL, redis_url=url, TASKPOOL_BROKER_URL="")
+        log = worker.log_tail()
+    finally:
+        worker.stop()
+    assert done.returncode == 0, done.stderr + log
+    assert done.stdout.split() == ["AsyncResult", "5"]
+    assert "concurrency: 1 (prefork)" in log
+    with client_app(url).connection_for_read() as connection:
+        # taskpool's transport beat there (taskpool.liveness); stock kombu's writes no such key.
+        assert connection.default_channel.client.exists("taskpool.liveness")
+
+
+def test_a_misspelt_variable_stops_a_script_and_a_worker_naming_it(proj: UserProject) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    done = proj.run(
+        proj.python, "-c", CALL, redis_url=url, TASKPOOL_BROKER_URI="redis://:hunter2@x:1/0"
+    )
+    assert done.returncode == 1
+    assert "TASKPOOL_BROKER_URI" in done.stderr
+    assert "did you mean TASKPOOL_BROKER_URL?" in done.stderr
+    worker = proj.run(
+        proj.python, "-m", "celery", "-A", "proj", "worker", "-P", "prefork", redis_url=url,
+        TASKPOOL_BROKER_URI="redis://:hunter2@x:1/0", timeout=60,
+    )  # fmt: skip
+    assert worker.returncode == 2
+    lines = worker.stderr.strip().splitlines()
+    assert lines[-1].startswith("taskpool: TASKPOOL_BROKER_URI="), worker.stderr
+    assert "hunter2" not in done.stderr + worker.stderr + worker.stdout
+
+
+REFUSALS = [
+    ("password", "rejected the credentials"),
+    ("database", "has no such database"),
+    ("scheme", "with a scheme among"),
+]
+
+
+@pytest.mark.parametrize(("wrong", "said"), REFUSALS, ids=[w for w, _ in REFUSALS])
+def test_a_broker_that_refuses_is_a_configuration_error_not_an_outage(
+    proj: UserProject,
+    redis_factory: Callable[..., RedisServer],
+    tmp_path: Path,
+    wrong: str,
+    said: str,
+) -> None:
+    server = redis_factory(password="right-one")
+    url = {
+        "password": server.url().replace("right-one", "wrong-one"),
+        "database": server.url(db=99),
+        "scheme": server.url().replace("redis://", "redsi://"),
+    }[wrong]
+    # Mode auto ran such calls on the local pool, saying only that the broker was unreachable.
+    done = proj.run(proj.python, "-c", CALL, redis_url=url, TASKPOOL_BROKER_URL="")
+    assert done.returncode == 1
+    assert "ConfigError" in done.stderr and said in done.stderr, done.stderr
+    assert "LocalResult" not in done.stdout
+    assert "wrong-one" not in done.stderr
+    if wrong == "scheme":
+        return  # the settings refuse the scheme before any worker starts (exit 2)
+    worker = CeleryWorker(
+        proj.env(url, TASKPOOL_BROKER_URL=""), node_name(f"refused-{wrong}"),
+        tmp_path / "worker.log",
+        command=[str(proj.python), "-m", "celery", "-A", "proj", "worker", "-P", "prefork",
+                 "-c", "1", "--without-gossip", "--without-mingle", "-l", "info"],
+        cwd=proj.root,
+    )  # fmt: skip
+    worker.start()
+    try:
+        assert worker.wait_exit(timeout=30) == 78  # EX_CONFIG, not retried for ever
+    finally:
+        worker.stop()
+    assert said in worker.log_tail()
+    assert "wrong-one" not in worker.log_tail()
