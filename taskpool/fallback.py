@@ -53,6 +53,11 @@ class FallbackTask(Task):
     publishes and raises BrokerUnavailable; ``local`` only runs locally and opens no connection.
     """
 
+    def delay(self, *args: Any, **kwargs: Any) -> AsyncResult | LocalResult | EagerResult:
+        """Celery's ``delay``, typed: an AsyncResult from the broker, a LocalResult from the
+        local pool (an EagerResult with ``task_always_eager``), with the same API."""
+        return self.apply_async(args, kwargs)
+
     def apply_async(
         self,
         args: Any = None,

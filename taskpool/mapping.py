@@ -78,10 +78,23 @@ def imap(
     return MapResults(bulk)
 
 
-def map(task: Task, inputs: Iterable[Any], **options: Any) -> list[Any]:  # noqa: A001 - Pool.map's name
-    """``list(imap(task, inputs, **options))``, gathered a chunk at a time."""
+def map(  # noqa: A001 - Pool.map's name
+    task: Task,
+    inputs: Iterable[Any],
+    *,
+    chunksize: int | None = None,
+    dispatch: str | None = None,
+    progress: bool | None = None,
+    return_exceptions: bool = False,
+    max_in_flight: int | None = None,
+) -> list[Any]:
+    """``list(imap(task, inputs, ...))``, gathered a chunk at a time."""
+    mapped = imap(
+        task, inputs, chunksize=chunksize, dispatch=dispatch, progress=progress,
+        return_exceptions=return_exceptions, max_in_flight=max_in_flight,
+    )  # fmt: skip
     gathered: list[Any] = []
-    for values in imap(task, inputs, **options).chunks:
+    for values in mapped.chunks:
         gathered.extend(values)
     return gathered
 
