@@ -78,7 +78,7 @@ def taskpool_config(app: Celery, source: Any, given: Settings | None = None) -> 
             print(f"taskpool: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
         raise
-    bind_settings(app, settings)
+    bind_settings(app, settings, given=given is not None)
     derived = celery_config(settings)
     merged = {**derived, **project}
     for key in CELERY_KEYS.values():  # the settings chose between a variable and the project

@@ -590,14 +590,37 @@ def current_settings() -> Settings:
     return Settings.from_env(os.environ)
 
 
-#: Settings given to an app when it was created (``taskpool.create_app``); weak, so a
-#: discarded app is freed.
-_app_settings: weakref.WeakKeyDictionary[object, Settings] = weakref.WeakKeyDictionary()
+#: Bumped by ``forget_settings``: settings an app read from the environment before are read
+#: again at their next use.
+_generation = 0
 
 
-def bind_settings(app: object, settings: Settings) -> None:
-    """Make ``settings`` the ones ``settings_of(app)`` returns."""
-    _app_settings[app] = settings
+def forget_settings() -> None:
+    """Read the environment again at the next use, for every app whose settings came from it
+    (tests that change the environment; settings are otherwise read once and kept)."""
+    global _generation
+    _generation += 1
+    current_settings.cache_clear()
+
+
+#: Each app's settings, and the ``_generation`` they were read in (None: given to the app,
+#: never read again); weak, so a discarded app is freed.
+_app_settings: weakref.WeakKeyDictionary[object, tuple[Settings, int | None]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def bind_settings(app: object, settings: Settings, *, given: bool = False) -> None:
+    """Make ``settings`` the ones ``settings_of(app)`` returns; ``given`` ones are kept for
+    good, others until ``forget_settings``."""
+    _app_settings[app] = (settings, None if given else _generation)
+
+
+def _bound(app: object) -> Settings | None:
+    entry = _app_settings.get(app)
+    if entry is None or entry[1] not in (None, _generation):
+        return None
+    return entry[0]
 
 
 def settings_of(app: object) -> Settings:
@@ -607,13 +630,13 @@ def settings_of(app: object) -> Settings:
     any other app (a plain ``task_cls=FallbackTask`` one) gets the environment's and its
     ``app.conf`` ``taskpool_*`` keys, read once.
     """
-    bound = _app_settings.get(app)
+    bound = _bound(app)
     if bound is not None:
         return bound
     conf = getattr(app, "conf", None)
     if conf is not None:
         conf.get("broker_url")  # reading a value loads the configuration, which may bind
-    bound = _app_settings.get(app)
+    bound = _bound(app)
     if bound is not None:
         return bound
     if conf is None:

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from celery import Celery
 
-from taskpool import Settings, current_settings
+from taskpool import Settings
+from taskpool.settings import forget_settings
 from taskpool.testing.celery_worker import CeleryWorker
 from taskpool.testing.redis_server import (
     RedisServer,
@@ -42,7 +43,7 @@ def pytest_configure(config: pytest.Config) -> None:
         del os.environ[name]
     os.environ["TASKPOOL_BROKER_URL"] = SESSION_REDIS_URL
     os.environ["TASKPOOL_RESULT_BACKEND"] = SESSION_REDIS_URL
-    current_settings.cache_clear()
+    forget_settings()
 
 
 def redis_binary() -> str:

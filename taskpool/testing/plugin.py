@@ -59,7 +59,7 @@ def _forget_settings() -> None:
     """Make taskpool read the environment again (its settings are read once and kept)."""
     settings = sys.modules.get("taskpool.settings")
     if settings is not None:
-        settings.current_settings.cache_clear()
+        settings.forget_settings()
 
 
 @pytest.fixture(scope="session")

@@ -13,8 +13,9 @@ import pytest
 from celery.exceptions import SoftTimeLimitExceeded
 
 import taskpool
-from taskpool import MapItemFailed, current_settings
+from taskpool import MapItemFailed
 from taskpool.errors import ArgumentTooLarge, UnsafeInteger
+from taskpool.settings import forget_settings
 from taskpool.testing.celery_worker import CeleryWorker
 from taskpool.testing.redis_server import RedisServer, free_port
 from taskpool.testing.waiting import wait_for
@@ -82,10 +83,10 @@ def test_bound_tasks_see_who_ran_them(dispatch: str, request: pytest.FixtureRequ
 def json_safe_integers(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """TASKPOOL_JSON_SAFE_INTEGERS=true for this test's calls and maps."""
     monkeypatch.setenv("TASKPOOL_JSON_SAFE_INTEGERS", "true")
-    current_settings.cache_clear()
+    forget_settings()
     yield
     monkeypatch.undo()
-    current_settings.cache_clear()
+    forget_settings()
 
 
 def test_64_bit_and_larger_inputs_travel_exactly_by_default(dispatch: str) -> None:
