@@ -127,6 +127,10 @@ class _SharedPool:
         self._unguarded: bool | None = None
         self._method: str | None = None
         self._idle = threading.Condition(self._lock)
+        #: The process that started the pool and registered its exit hook.
+        self._owner = os.getpid()
+        #: Why the pool stopped with calls in flight (exit, Ctrl-C); none of them runs again.
+        self.stopped: str | None = None
 
     def caller_unguarded(self, settings: Settings) -> bool:
         """Asked once, before the pool would start: is the caller an unguarded main script?
@@ -177,22 +181,47 @@ class _SharedPool:
         return f"exited with code {code} (its error, if any, is on stderr above)"
 
     def shutdown(self, grace: float) -> None:
-        """Let submitted runs finish (up to ``grace`` seconds), then stop every pool process."""
+        """Let submitted runs finish (up to ``grace`` seconds), then stop every pool process.
+
+        Run as the interpreter exits (a script's end, or its first Ctrl-C): it takes no new
+        work and says what it waits for. A Ctrl-C meanwhile stops the pool at once, and the
+        calls still waited on fail with LocalPoolError instead of running again.
+        """
+        if os.getpid() != self._owner:
+            return  # a forked pool process ending: it inherited this hook, not the pool
         with self._lock:
             executor, self._executor = self._executor, None
             processes, self._processes = self._processes, []
             if executor is None:
                 return
-            if self._in_flight:
+            waiting = self._in_flight
+        interrupted = threading.Event()
+        restore = _on_interrupt(interrupted.set)
+        try:
+            if waiting:
                 log.warning(
-                    "waiting up to %gs for %d local task(s) to finish", grace, self._in_flight
-                )
-            finished = self._idle.wait_for(lambda: self._in_flight == 0, timeout=grace)
-        if not finished:
-            log.error("local tasks still running after %gs; stopping the local pool", grace)
-            for process in processes:
-                process.terminate()
-        executor.shutdown(wait=True, cancel_futures=True)
+                    "waiting up to %gs for %d local task(s) to finish%s", grace, waiting,
+                    " (Ctrl-C again stops them now)" if restore else "",
+                )  # fmt: skip
+            deadline = time.monotonic() + grace
+            with self._lock:
+                # In slices: a signal handler cannot wake a condition its own thread waits on.
+                while self._in_flight and not interrupted.is_set():
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._idle.wait(min(left, 0.1))
+                running = self._in_flight
+            if running:
+                why = "interrupted" if interrupted.is_set() else f"still running after {grace:g}s"
+                self.stopped = f"the local pool was stopped ({why})"
+                log.error("%s: stopping %d local task(s)", self.stopped, running)
+                for process in processes:
+                    process.terminate()
+            executor.shutdown(wait=True, cancel_futures=True)
+        finally:
+            if restore:
+                restore()
 
     def _start_method(self, settings: Settings) -> str:
         """Decided once (TASKPOOL_LOCAL_START_METHOD; ``auto``: see the module's docstring).
@@ -222,7 +251,14 @@ class _SharedPool:
         )  # fmt: skip
         self._processes = []
         if first:
-            atexit.register(self.shutdown, grace=settings.task_time_limit)
+            self._owner = os.getpid()
+            # Before concurrent.futures' own exit hook, which waits for the running calls
+            # without a word and cannot be interrupted cleanly (it is registered at import, and
+            # these hooks run last registered first).
+            try:
+                threading._register_atexit(self.shutdown, grace=settings.task_time_limit)  # type: ignore[attr-defined]
+            except RuntimeError:  # first started while the interpreter exits
+                atexit.register(self.shutdown, grace=settings.task_time_limit)
         log.debug("started a local pool of %d processes (%s)", processes, method)
         return self._executor
 
@@ -294,6 +330,10 @@ class _Call:
             self._timer.start()
 
     def _submit(self, broken: BaseException | None = None) -> None:
+        if _shared_pool.stopped is not None:
+            name = self._job[0].name
+            self._finish(None, LocalPoolError(f"{name}: {_shared_pool.stopped} before it finished"))
+            return
         if broken is not None:
             reason = _shared_pool.exit_reason()
             if self.attempt >= ATTEMPTS:
@@ -356,6 +396,19 @@ class _Call:
 
 
 _shared_pool = _SharedPool()
+
+
+def _on_interrupt(action: Any) -> Any:
+    """Have SIGINT call ``action`` instead of raising KeyboardInterrupt, in the main thread;
+    returns what restores the previous handler, or None where signals cannot be handled."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        previous = signal.signal(signal.SIGINT, lambda *_: action())
+    except ValueError:  # not the main interpreter
+        return None
+    return lambda: signal.signal(signal.SIGINT, previous)
+
 
 #: Set by the pool's initializer inside each pool process.
 _in_pool_process = False

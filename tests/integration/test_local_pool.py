@@ -613,3 +613,48 @@ def test_self_retry_in_a_local_map_is_refused_by_name() -> None:
     assert isinstance(caught.value, MapItemFailed) and caught.value.index == 2
     values = taskpool.map(retries_at_two, range(4), dispatch="local", return_exceptions=True)
     assert values[:2] == [0, 1] and values[3] == 3 and isinstance(values[2], RetryInMap)
+
+
+def test_ctrl_c_says_what_it_waits_for_and_a_second_stops_the_pool_at_once(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "napper.py").write_text(NAPPER)
+    marker = tmp_path / "pid"
+    process = start_script(
+        tmp_path,
+        "import sys, threading\n"
+        "from napper import nap\n"
+        "if __name__ == '__main__':\n"
+        "    waited = nap.delay(60.0, sys.argv[1])\n"
+        "    def wait():\n"
+        "        try:\n"
+        "            waited.get()\n"
+        "        except Exception as exc:\n"
+        "            print('waiter', type(exc).__name__, exc, flush=True)\n"
+        "    threading.Thread(target=wait).start()\n"
+        "    nap.delay(60.0, sys.argv[1] + '.2').get()\n",
+        str(marker),
+    )
+    try:
+        wait_for_pid(marker)
+        os.killpg(process.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole group
+        assert process.stderr is not None
+        said = process.stderr.readline()
+        while "waiting up to" not in said and said:
+            said += process.stderr.readline()
+        assert (
+            "waiting up to 300s for 2 local task(s) to finish (Ctrl-C again stops them now)" in said
+        )
+        time.sleep(1)
+        assert process.poll() is None  # the first Ctrl-C waits for the running tasks
+        os.killpg(process.pid, signal.SIGINT)
+        out, err = process.communicate(timeout=15)  # the second stops them at once
+        with pytest.raises(ProcessLookupError):
+            os.killpg(process.pid, 0)  # no pool process is left in the group
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert "waiter LocalPoolError napper.nap: the local pool was stopped (interrupted)" in out
+    assert "Exception ignored" not in err
+    assert err.count("Traceback") == 0, err  # the first Ctrl-C's was read above
