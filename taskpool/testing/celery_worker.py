@@ -15,6 +15,9 @@ from celery import Celery
 
 from taskpool.testing.processes import terminate
 
+#: How long ``CeleryWorker.drain`` waits for the tasks a worker holds.
+DRAIN_TIMEOUT = 10.0
+
 
 class CeleryWorker:
     """One worker node; its pool processes live in the worker's own process group."""
@@ -83,12 +86,42 @@ class CeleryWorker:
         children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
         return {int(pid) for pid in children}
 
-    def stop(self, timeout: float = 20.0) -> None:
-        """Warm shutdown (SIGTERM); SIGKILL the group if it has not exited within ``timeout``."""
+    def stop(self, timeout: float = 20.0, *, drain: Celery | None = None) -> None:
+        """Warm shutdown (SIGTERM); SIGKILL the group if it has not exited within ``timeout``.
+
+        With ``drain`` (an app on the worker's broker), the worker first stops consuming and
+        finishes what it holds (``drain``). A task that finishes during the warm shutdown
+        otherwise stalls it for 20 s: its pool process waits for the worker to read the
+        result (billiard's ``_ensure_messages_consumed``), and the stopping worker no longer
+        reads.
+        """
         if self.process is None:
             return
+        if drain is not None and self.process.poll() is None:
+            self.drain(drain)
         terminate(self.process, timeout)
         self._kill_leftover_group()
+
+    def drain(self, app: Celery, timeout: float = DRAIN_TIMEOUT) -> bool:
+        """Stop consuming every queue and wait until no task is running or reserved; False if
+        that took longer than ``timeout`` (the worker is then stopped all the same)."""
+        control = app.control
+        deadline = time.monotonic() + timeout
+        try:
+            queues = control.inspect([self.node], timeout=1.0).active_queues() or {}
+            for queue in queues.get(self.node, []):
+                control.cancel_consumer(
+                    queue["name"], destination=[self.node], reply=True, timeout=1.0
+                )
+            while time.monotonic() < deadline:
+                inspect = control.inspect([self.node], timeout=1.0)
+                active, reserved = inspect.active() or {}, inspect.reserved() or {}
+                if not active.get(self.node) and not reserved.get(self.node):
+                    return True
+                time.sleep(0.1)
+        except Exception:  # a broker gone first: nothing more to finish through it
+            return False
+        return False
 
     def _kill_leftover_group(self) -> None:
         # The group id is the worker's own PID; anything left in it is one of its pool processes.

@@ -109,7 +109,7 @@ def taskpool_worker(
         worker.start().wait_ready(app, timeout=WORKER_START_TIMEOUT)
         yield worker
     finally:
-        worker.stop()
+        worker.stop(drain=app)
 
 
 @pytest.fixture
