@@ -4,25 +4,29 @@ Single calls (``FallbackTask.apply_async``), bulk maps (``taskpool.map``) and th
 command all ask ``route`` and, when a publish fails after a good verdict, ``fall_back``. The
 dispatch mode (``TASKPOOL_DISPATCH``, or ``dispatch=`` per call) decides what happens when the
 broker does not answer: ``auto`` runs locally, ``celery`` raises BrokerUnavailable, ``local``
-never asks the broker at all.
+never asks the broker at all. A broker that answers while no live worker consumes the work's
+queue is TASKPOOL_NO_WORKER's to decide (``no_worker``).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from celery import Celery
 from celery.signals import beat_init
 
-from taskpool.errors import BrokerUnavailable
+from taskpool.errors import BrokerUnavailable, NoWorker
 from taskpool.health import FREE_MEMORY, BrokerHealth, health_of
 from taskpool.settings import DispatchMode, Settings, check_dispatch, settings_of
 from taskpool.urls import mask_url
+
+log = logging.getLogger("taskpool.fallback")
 
 Backend = Literal["broker", "local"]
 
@@ -86,25 +90,37 @@ def health(app: Celery, settings: Settings | None = None) -> BrokerHealth:
     return health_of(app, settings.broker_timeout, settings.broker_recheck)
 
 
-def route(app: Celery, dispatch: str | None = None, *, need_worker: bool = False) -> Route:
+def route(
+    app: Celery,
+    dispatch: str | None = None,
+    *,
+    need_worker: bool = False,
+    queue: str | None = None,
+) -> Route:
     """Decide where ``app``'s work goes now.
 
     Inside a Celery worker (a retry, a task calling a task) mode ``auto`` stays on the broker:
     a local result would never reach the result store its caller waits on; so does ``celery
-    beat``, whose scheduled tasks are meant for the workers. ``need_worker``
-    also asks for a worker to answer a ping, for callers that would otherwise wait on a queue
-    nobody consumes (the ``taskpool`` command).
+    beat``, whose scheduled tasks are meant for the workers. With ``queue`` (the one the work
+    is routed to), a broker where no live worker consumes it is handled by TASKPOOL_NO_WORKER
+    (``no_worker``). ``need_worker`` also asks for any worker to answer a ping, for callers
+    that would otherwise wait on a queue nobody consumes (the ``taskpool`` command).
     """
     settings = settings_of(app)
     # A forced mode wins over the call's, which wins over the settings'.
     mode = _forced or check_dispatch(dispatch or settings.dispatch)
     if mode == "local":
         return Route("local", mode, "dispatch mode local")
-    if mode == "auto" and (_in_beat or app.current_worker_task is not None):
+    in_fleet = _in_beat or app.current_worker_task is not None
+    if mode == "auto" and in_fleet:
         mode = "celery"
     verdict = health(app, settings)
     if not verdict.is_up():
         return fall_back(app, mode, verdict.reason)
+    if queue is not None and not in_fleet:
+        served, news = verdict.consumers_of(queue)
+        if served == 0:
+            return no_worker(app, mode, settings, queue, warn=news)
     if not need_worker:
         return Route("broker", mode, "the broker answers")  # no URL: this is every call's path
     broker = mask_url(verdict.broker_url)
@@ -112,6 +128,40 @@ def route(app: Celery, dispatch: str | None = None, *, need_worker: bool = False
     if not workers:
         return fall_back(app, mode, f"no worker answered on {broker}", fix=start_a_worker(app))
     return Route("broker", mode, f"{broker}, workers: {', '.join(workers)}")
+
+
+def no_worker(
+    app: Celery, mode: DispatchMode, settings: Settings, queue: str, *, warn: bool
+) -> Route:
+    """The broker answers and no live worker consumes ``queue``: TASKPOOL_NO_WORKER decides.
+
+    ``local`` runs the work on the local pool in mode auto (mode celery never runs locally, and
+    waits); ``wait`` leaves it in the queue for a worker to come; ``raise`` raises NoWorker.
+    Every choice but ``raise`` is logged at WARNING once, when the queue is first found with no
+    worker.
+    """
+    why = f"no live worker consumes queue {queue!r} on {mask_url(str(app.conf.broker_url))}"
+    if settings.no_worker == "raise":
+        raise NoWorker(
+            f"{why}: {start_a_worker(app)} with that queue, or set TASKPOOL_NO_WORKER=local "
+            "to run such calls on the local pool, or wait to leave them queued"
+        )
+    if settings.no_worker == "local" and mode == "auto":
+        if warn:
+            log.warning("%s; running its tasks on the local pool until one beats", why)
+        return Route("local", mode, why)
+    if warn:
+        log.warning(
+            "%s; its tasks wait in the queue until a worker starts (TASKPOOL_NO_WORKER=%s)",
+            why, settings.no_worker,
+        )  # fmt: skip
+    return Route("broker", mode, why)
+
+
+def queue_of(app: Celery, name: str, options: Mapping[str, Any]) -> str | None:
+    """The queue Celery will route a call of task ``name`` with ``options`` to."""
+    queue = app.amqp.router.route(dict(options), name).get("queue")
+    return getattr(queue, "name", queue)
 
 
 def workers_answering(app: Celery) -> list[str]:

@@ -6,6 +6,8 @@
     ├── ConfigError (ValueError)          a setting holds a value taskpool cannot use
     ├── BrokerUnavailable                 mode ``celery``, and no broker or result store answers
     │   (kombu.exceptions.OperationalError)
+    ├── NoWorker (RuntimeError)           no live worker consumes the task's queue, and
+    │                                     TASKPOOL_NO_WORKER is ``raise``
     ├── ResultStoreUnavailable            ``.get()`` outlasted by a result store that stopped
     │   (celery.exceptions.TimeoutError)  answering: the task may have run
     ├── BrokerUnsupported (RuntimeError)  the broker lacks what taskpool needs (Redis < 6.2)
@@ -60,6 +62,11 @@ class BrokerUnavailable(TaskpoolError, OperationalError):
     It subclasses kombu's (and Celery's) ``OperationalError``, so code that already catches
     Celery's connection errors catches this too.
     """
+
+
+class NoWorker(TaskpoolError, RuntimeError):
+    """Raised by a call when the broker answers but no live worker consumes the task's queue,
+    with ``TASKPOOL_NO_WORKER=raise``; the message names the queue and the broker."""
 
 
 class ResultStoreUnavailable(TaskpoolError, CeleryTimeoutError):

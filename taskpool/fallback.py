@@ -82,7 +82,8 @@ class FallbackTask(Task):
         )  # fmt: skip
         if self.app.conf.task_always_eager:
             return super().apply_async(**celery_call)
-        route = dispatch.route(self.app, requested)
+        queue = dispatch.queue_of(self.app, self.name, options)
+        route = dispatch.route(self.app, requested, queue=queue)
         if route.backend == "broker":
             try:
                 token = dispatch.routed.set(True)  # the app's send_task need not decide again
@@ -165,7 +166,8 @@ def send_task(
     """
     if dispatch.routed.get():  # FallbackTask.apply_async decided already
         return publish(name, args, kwargs, **options)
-    route = dispatch.route(app, options.pop("dispatch", None))
+    requested = options.pop("dispatch", None)
+    route = dispatch.route(app, requested, queue=dispatch.queue_of(app, name, options))
     if route.backend == "broker":
         return publish(name, args, kwargs, **options)
     task = app.tasks.get(name)

@@ -14,7 +14,8 @@ import redis
 from amqp.exceptions import AccessRefused, NotAllowed
 from celery import Celery
 
-from taskpool import sentinel
+from taskpool import liveness, sentinel
+from taskpool.celery_conf import RELIABLE_TRANSPORTS
 from taskpool.errors import ConfigError, redis_full
 from taskpool.urls import is_redis, is_sentinel, mask_url
 
@@ -46,6 +47,8 @@ class BrokerHealth:
         self._checked_at = float("-inf")
         self.reason = ""
         self.full = False
+        #: Per queue: how many live workers consume it, and when that was counted.
+        self._served: dict[str, tuple[int | None, float]] = {}
 
     @property
     def app(self) -> Celery:
@@ -60,6 +63,20 @@ class BrokerHealth:
             if self.clock() - self._checked_at >= self.recheck:
                 self._record(self._probe())
             return bool(self._up)
+
+    def consumers_of(self, queue: str) -> tuple[int | None, bool]:
+        """How many live workers consume ``queue``, counted at most every ``recheck`` seconds,
+        and whether that is news (none now, some before or never counted). None when the
+        broker's workers do not beat (not taskpool's Redis transport) or it cannot be asked."""
+        with self._lock:
+            now = self.clock()
+            count, at = self._served.get(queue, (None, float("-inf")))
+            if now - at < self.recheck:
+                return count, False
+            before = count
+            count = count_consumers(self.app, queue, self.timeout)
+            self._served[queue] = (count, now)
+            return count, count == 0 and before != 0
 
     def mark_down(self, error: BaseException) -> None:
         """Record a failure seen outside a probe (a publish that failed after a good check)."""
@@ -173,6 +190,22 @@ def probe_broker(app: Celery, timeout: float) -> None:
         bounded["sentinel_kwargs"] = {**sentinel_kwargs, **bounded}
     with app.connection_for_write(connect_timeout=timeout, transport_options=bounded) as conn:
         conn.ensure_connection(max_retries=0, timeout=timeout)
+
+
+def count_consumers(app: Celery, queue: str, timeout: float) -> int | None:
+    """How many live consumers take ``queue`` on ``app``'s broker, by their heartbeats
+    (``liveness.serving``); None for a broker whose workers do not beat, or on an error."""
+    if app.conf.broker_transport not in RELIABLE_TRANSPORTS.values():
+        return None
+    try:
+        with app.pool.acquire(block=True, timeout=timeout) as connection:
+            channel = connection.default_channel
+            # A plain client: the key names carry kombu's prefix already.
+            client = redis.Redis(connection_pool=channel.client.connection_pool)
+            return liveness.serving(client, queue, channel.global_keyprefix or "")
+    except Exception as exc:  # the publish that follows meets the same failure, and handles it
+        log.debug("could not count the consumers of queue %s: %s", queue, _describe(exc))
+        return None
 
 
 def probe_redis(

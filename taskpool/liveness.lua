@@ -3,9 +3,10 @@
 --
 -- beat: KEYS = the consumers alive (sorted set: id -> the server time by which it must beat
 --   again, its last beat plus its own timeout), the liveness clock (hash: last = the last beat
---   of any consumer; late_acks, below). ARGV = beat, this consumer's id, its liveness timeout
---   in seconds, '1' on its first beat, the prefix of the held-message hashes (prefix .. id),
---   the most tokens a wake list holds.
+--   of any consumer; late_acks, below), the consumers' queues. ARGV = beat, this consumer's
+--   id, its liveness timeout in seconds, '1' on its first beat, the prefix of the held-message
+--   hashes (prefix .. id), the most tokens a wake list holds, the queues it consumes (names,
+--   one a line).
 --   Returns {1, id, n, id, n, ...} once beaten (each id a silent consumer whose n held messages
 --   are back in their queues), or {0} when this consumer was taken for dead: its messages went
 --   back already, and it must not pop or beat under this id again.
@@ -17,8 +18,11 @@
 --   '1' if the delivery does not count (given back unrun), the wake cap, '1' to put it at the
 --   front of its queue rather than the back. Returns 1, or 0 when the message was no longer
 --   this consumer's.
--- leave: KEYS = the consumers alive, the held messages. ARGV = leave, this consumer's id.
---   Removes it when it holds nothing (what it still holds waits for the sweep). Returns 1 or 0.
+-- leave: KEYS = the consumers alive, the held messages, the consumers' queues. ARGV = leave,
+--   this consumer's id. Removes it when it holds nothing (what it still holds waits for the
+--   sweep). Returns 1 or 0.
+-- serves: KEYS = the consumers alive, the consumers' queues (hash: id -> queue names, one a
+--   line). ARGV = serves, a queue name. Returns how many consumers alive consume that queue.
 --
 -- A consumer silent for longer than its own timeout is dead (workers may be configured apart):
 -- each beat removes such consumers and puts every message they held back at the front of the
@@ -99,13 +103,28 @@ end
 if step == 'leave' then
   if redis.call('HLEN', KEYS[2]) == 0 then
     redis.call('ZREM', KEYS[1], ARGV[2])
+    redis.call('HDEL', KEYS[3], ARGV[2])
     return 1
   end
   return 0
 end
 
+if step == 'serves' then
+  local time = redis.call('TIME')
+  local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
+  local wanted = '\n' .. ARGV[2] .. '\n'
+  local count = 0
+  for _, id in ipairs(redis.call('ZRANGE', KEYS[1], now, '+inf', 'BYSCORE')) do
+    local queues = redis.call('HGET', KEYS[2], id)
+    if queues and string.find('\n' .. queues .. '\n', wanted, 1, true) then
+      count = count + 1
+    end
+  end
+  return count
+end
+
 -- beat
-local owners, clock = KEYS[1], KEYS[2]
+local owners, clock, queues = KEYS[1], KEYS[2], KEYS[3]
 local owner, timeout, held_prefix, cap = ARGV[2], tonumber(ARGV[3]), ARGV[5], tonumber(ARGV[6])
 if ARGV[4] ~= '1' and not redis.call('ZSCORE', owners, owner) then
   return {0}
@@ -122,11 +141,15 @@ if last and now - last > timeout then
 end
 redis.call('HSET', clock, 'last', now)
 redis.call('ZADD', owners, now + timeout, owner)
+if redis.call('HGET', queues, owner) ~= ARGV[7] then
+  redis.call('HSET', queues, owner, ARGV[7])
+end
 
 local reply = {1}
 local dead = redis.call('ZRANGE', owners, '-inf', '(' .. now, 'BYSCORE', 'LIMIT', 0, 10)
 for _, id in ipairs(dead) do
   redis.call('ZREM', owners, id)
+  redis.call('HDEL', queues, id)
   local held = held_prefix .. id
   local records = redis.call('HVALS', held)
   for _, record in ipairs(records) do

@@ -31,6 +31,7 @@ import os
 import socket
 import threading
 import uuid
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from time import monotonic
 from typing import Any
@@ -46,6 +47,8 @@ CONSUMERS = "taskpool.consumers"
 #: The liveness clock (hash): the last beat of any consumer, when beats resumed after a
 #: silence, and the count of acks that found their message handed out again (``late_acks``).
 CLOCK = "taskpool.liveness"
+#: The queues each consumer consumes (hash: id -> queue names, one a line), for ``serving``.
+QUEUES = "taskpool.queues"
 #: Each consumer's held messages: this prefix and its id (hash: delivery tag -> record).
 HELD = "taskpool.held."
 #: A beat every third of the timeout: two may be lost before a consumer counts as dead.
@@ -63,6 +66,7 @@ class Keys:
     def __init__(self, prefix: str = "") -> None:
         self.consumers = prefix + CONSUMERS
         self.clock = prefix + CLOCK
+        self.queues = prefix + QUEUES
         self.held_prefix = prefix + HELD
 
     def held(self, consumer: str) -> str:
@@ -73,8 +77,17 @@ class Heart:
     """One consumer's heartbeat: ``start`` beats once (so it may pop at once), then a thread
     beats until ``stop``. ``alive`` turns False for good once the consumer is taken for dead."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, timeout: float, wake_cap: int) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        timeout: float,
+        wake_cap: int,
+        queues: Callable[[], Iterable[str]] = tuple,
+    ) -> None:
         self.client = client
+        #: The queues the consumer consumes now, sent with each beat (``serving``).
+        self.queues = queues
         self.keys = keys
         self.timeout = timeout
         self.wake_cap = wake_cap
@@ -83,6 +96,7 @@ class Heart:
         self.alive = True
         self._script = client.register_script(LIVENESS)
         self._stopped = threading.Event()
+        self._nudged = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> Heart:
@@ -96,9 +110,12 @@ class Heart:
     def beat(self, first: bool = False) -> bool:
         """Beat and sweep once; False (and ``alive`` False) once taken for dead."""
         reply = self._script(
-            keys=[self.keys.consumers, self.keys.clock],
-            args=["beat", self.id, self.timeout, int(first), self.keys.held_prefix, self.wake_cap],
-        )
+            keys=[self.keys.consumers, self.keys.clock, self.keys.queues],
+            args=[
+                "beat", self.id, self.timeout, int(first), self.keys.held_prefix, self.wake_cap,
+                "\n".join(sorted(self.queues())),
+            ],
+        )  # fmt: skip
         if not int(reply[0]):
             self.alive = False
             return False
@@ -115,7 +132,11 @@ class Heart:
     def _run(self) -> None:
         interval = self.timeout / BEATS_PER_TIMEOUT
         failing_since: float | None = None
-        while not self._stopped.wait(interval):
+        while True:
+            self._nudged.wait(interval)
+            self._nudged.clear()
+            if self._stopped.is_set():
+                return
             try:
                 alive = self.beat()
             except redis.RedisError as exc:
@@ -135,14 +156,21 @@ class Heart:
                 )
                 return
 
+    def nudge(self) -> None:
+        """Beat now, not at the next interval: the queues consumed changed."""
+        self._nudged.set()
+
     def stop(self, leave: bool) -> None:
         """Stop beating; with ``leave``, also leave the consumers alive if nothing is held
         (whatever is left waits for the sweep, one timeout later)."""
         self._stopped.set()
+        self._nudged.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=self.timeout)
         if leave and self.alive:
-            self._script(keys=[self.keys.consumers, self.held_key], args=["leave", self.id])
+            self._script(
+                keys=[self.keys.consumers, self.held_key, self.keys.queues], args=["leave", self.id]
+            )
 
     def ack(self, tag: str, deliveries_key: str) -> bool:
         """Forget a message acknowledged; False if it was no longer this consumer's."""
@@ -154,6 +182,13 @@ class Heart:
         keys = [self.held_key, deliveries_key]
         args: list[str | int] = ["give_back", tag, int(not counted), self.wake_cap, int(front)]
         return bool(self._script(keys=keys, args=args))
+
+
+def serving(client: redis.Redis, queue: str, prefix: str = "") -> int:
+    """How many consumers alive consume ``queue`` (by their beats: stock workers do not beat)."""
+    keys = Keys(prefix)
+    script = client.register_script(LIVENESS)
+    return int(script(keys=[keys.consumers, keys.queues], args=["serves", queue]))
 
 
 def held_keys(client: redis.Redis, prefix: str = "") -> list[Any]:

@@ -175,8 +175,7 @@ class _BrokerChunks:
         self.check_integers = settings_of(app).json_safe_integers
         self.chunk_task = app.tasks[run_chunk.name]
         # Chunks go where the mapped task is routed, so `-Q` workers for it receive them.
-        route = app.amqp.router.route({}, task.name)
-        self.queue = getattr(route.get("queue"), "name", None)
+        self.queue = dispatch.queue_of(app, task.name, {})
 
     def submit(self, items: Sequence[Any], start: int) -> str:
         """Check and publish one chunk (``start``: its first input's index); return its id."""
@@ -288,7 +287,8 @@ class _Map:
     ) -> None:
         self.task, self.app = task, task.app
         settings = settings_of(self.app)
-        route = dispatch.route(self.app, requested)
+        queue = dispatch.queue_of(self.app, task.name, {})
+        route = dispatch.route(self.app, requested, queue=queue)
         self.mode = route.mode
         self.backend: _LocalChunks | _BrokerChunks = (
             _BrokerChunks(self.app, task) if route.backend == "broker" else _LocalChunks(task)

@@ -25,6 +25,10 @@ DISPATCH_MODES: tuple[DispatchMode, ...] = ("auto", "celery", "local")
 #: holds no open socket, and uses the fork server otherwise (see taskpool/local_pool.py).
 LocalStartMethod = Literal["auto", "fork", "forkserver", "spawn"]
 LOCAL_START_METHODS: tuple[LocalStartMethod, ...] = ("auto", "fork", "forkserver", "spawn")
+#: What a call does when the broker answers and no live worker consumes its queue: run on the
+#: local pool (mode auto; mode celery waits), wait in the queue with a warning, or raise NoWorker.
+NoWorkerPolicy = Literal["local", "wait", "raise"]
+NO_WORKER_POLICIES: tuple[NoWorkerPolicy, ...] = ("local", "wait", "raise")
 
 #: Where a laptop's Redis listens; broker and result backend share it by default.
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
@@ -82,6 +86,7 @@ VARIABLES = (
     "TASKPOOL_BROKER_URL",
     "TASKPOOL_RESULT_BACKEND",
     "TASKPOOL_DISPATCH",
+    "TASKPOOL_NO_WORKER",
     "TASKPOOL_CONCURRENCY",
     "TASKPOOL_BROKER_TIMEOUT",
     "TASKPOOL_BROKER_RECHECK",
@@ -157,6 +162,7 @@ class Settings:
     broker_url: str = DEFAULT_REDIS_URL
     result_backend: str = DEFAULT_REDIS_URL
     dispatch: DispatchMode = "auto"
+    no_worker: NoWorkerPolicy = "local"
     local_start_method: LocalStartMethod = "auto"
     concurrency: int | None = None
     broker_timeout: float = DEFAULT_BROKER_TIMEOUT
@@ -211,6 +217,7 @@ class Settings:
     def __post_init__(self) -> None:
         """The same checks however the settings were built: ``from_env`` or ``Settings(...)``."""
         _check_choice("TASKPOOL_DISPATCH", self.dispatch, DISPATCH_MODES)
+        _check_choice("TASKPOOL_NO_WORKER", self.no_worker, NO_WORKER_POLICIES)
         _check_choice("TASKPOOL_LOCAL_START_METHOD", self.local_start_method, LOCAL_START_METHODS)
         _check_url("TASKPOOL_BROKER_URL", self.broker_url, TRANSPORT_ALIASES)
         _check_url("TASKPOOL_RESULT_BACKEND", self.result_backend, BACKEND_ALIASES)
@@ -302,6 +309,7 @@ class Settings:
             result_backend=with_redis_password(result_backend, password),
             routes=read.routes("TASKPOOL_ROUTES"),
             dispatch=read.choice("TASKPOOL_DISPATCH", DISPATCH_MODES, "auto"),
+            no_worker=read.choice("TASKPOOL_NO_WORKER", NO_WORKER_POLICIES, "local"),
             local_start_method=read.choice(
                 "TASKPOOL_LOCAL_START_METHOD", LOCAL_START_METHODS, "auto"
             ),

@@ -267,9 +267,9 @@ class Channel(kombu_redis.Channel):
     def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
         if not no_ack:
             self._check_server()
-            self._consumer()
             # Counted: a queue stays on the reliable path while any consumer of it acks.
             self._acking_queues[queue] = self._acking_queues.get(queue, 0) + 1
+            self._consumer().nudge()  # its beats name the queues it consumes (no_worker)
         return super().basic_consume(queue, no_ack, *args, **kwargs)
 
     def basic_cancel(self, consumer_tag: str) -> Any:
@@ -278,6 +278,8 @@ class Channel(kombu_redis.Channel):
             self._acking_queues[queue] -= 1
             if not self._acking_queues[queue]:
                 del self._acking_queues[queue]
+                if self._heart is not None:
+                    self._heart.nudge()
         return super().basic_cancel(consumer_tag)
 
     def _consumer(self) -> Heart:
@@ -289,7 +291,9 @@ class Channel(kombu_redis.Channel):
             # A plain client: the keys carry their prefix already.
             plain = redis.Redis(connection_pool=self._pool_client().connection_pool)
             keys = liveness.Keys(self.global_keyprefix or "")
-            self._heart = heart = Heart(plain, keys, self.liveness_timeout, WAKE_CAP).start()
+            self._heart = heart = Heart(
+                plain, keys, self.liveness_timeout, WAKE_CAP, lambda: list(self._acking_queues)
+            ).start()
         return heart
 
     def close(self) -> None:

@@ -561,7 +561,13 @@ def test_a_warm_shutdown_leaves_every_message_acked_or_back_in_its_queue(
 # -- liveness ----------------------------------------------------------------------------
 
 
-def beat(client: redis_py.Redis, consumer: str, timeout: float, first: bool = False) -> list:
+def beat(
+    client: redis_py.Redis,
+    consumer: str,
+    timeout: float,
+    first: bool = False,
+    queues: tuple[str, ...] = ("celery",),
+) -> list:
     script = client.register_script(liveness.LIVENESS)
     keys = liveness.Keys()
     args: list[str | float] = [
@@ -571,8 +577,24 @@ def beat(client: redis_py.Redis, consumer: str, timeout: float, first: bool = Fa
         int(first),
         keys.held_prefix,
         transport.WAKE_CAP,
+        "\n".join(queues),
     ]
-    return list(script(keys=[keys.consumers, keys.clock], args=args))
+    return list(script(keys=[keys.consumers, keys.clock, keys.queues], args=args))
+
+
+def test_a_queue_is_served_by_the_live_consumers_that_beat_with_it(
+    redis_server: RedisServer, client: redis_py.Redis
+) -> None:
+    assert liveness.serving(client, "celery") == 0
+    beat(client, "both", 60, first=True, queues=("celery", "cpu"))
+    beat(client, "brief", 1, first=True, queues=("cpu",))
+    beat(client, "other", 60, first=True, queues=("celery-extra",))
+    assert [liveness.serving(client, q) for q in ("celery", "cpu", "celery-extra")] == [1, 2, 1]
+    time.sleep(1.2)  # "brief" is past its deadline: it serves nothing, and the next beat sweeps it
+    assert liveness.serving(client, "cpu") == 1
+    beat(client, "both", 60, queues=("cpu",))  # a consumer that cancels a queue beats without it
+    assert [liveness.serving(client, q) for q in ("celery", "cpu")] == [0, 1]
+    assert set(client.hkeys(liveness.QUEUES)) == {"both", "other"}  # the sweep forgot "brief"
 
 
 def test_each_consumer_is_judged_by_its_own_liveness_timeout(

@@ -1,0 +1,85 @@
+"""Redis answers and no live worker consumes the work's queue: TASKPOOL_NO_WORKER decides
+(the local pool by default in mode auto, a warning and the queue, or NoWorker), read from the
+workers' heartbeats; calls and maps never queue silently."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+
+import pytest
+from celery.result import AsyncResult
+
+import taskpool
+from taskpool import LocalResult, NoWorker
+from taskpool.testing.celery_worker import CeleryWorker
+from taskpool.testing.redis_server import RedisServer
+from taskpool.testing.waiting import wait_for
+from tests.conftest import client_app, node_name
+
+pytestmark = pytest.mark.integration
+
+
+def queued(app: taskpool.TaskpoolCelery, queue: str = "celery") -> int:
+    with app.connection_for_read() as connection:
+        return int(connection.default_channel.client.llen(queue))
+
+
+def test_with_no_worker_a_call_and_a_map_run_on_the_local_pool_by_default(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = client_app(redis_server.url(db=8))
+    square = app.tasks["tasks.square"]
+    with caplog.at_level(logging.WARNING, logger="taskpool"):
+        result = square.delay(3)
+        assert taskpool.map(square, range(100), chunksize=10) == [n * n for n in range(100)]
+        again = square.delay(4)
+    assert isinstance(result, LocalResult) and result.get(timeout=30) == 9
+    assert isinstance(again, LocalResult) and again.get(timeout=30) == 16
+    assert queued(app) == 0
+    said = [r.getMessage() for r in caplog.records if "no live worker" in r.getMessage()]
+    assert len(said) == 1, said  # once, not per call
+    assert "no live worker consumes queue 'celery'" in said[0]
+    assert "running its tasks on the local pool" in said[0]
+
+
+def test_no_worker_wait_leaves_the_call_queued_and_says_so(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = client_app(redis_server.url(db=9), no_worker="wait")
+    with caplog.at_level(logging.WARNING, logger="taskpool"):
+        result = app.tasks["tasks.square"].delay(3)
+    assert isinstance(result, AsyncResult)
+    assert queued(app) == 1
+    assert any("wait in the queue until a worker starts" in r.getMessage() for r in caplog.records)
+
+
+def test_no_worker_raise_names_the_queue(redis_server: RedisServer) -> None:
+    app = client_app(redis_server.url(db=10), no_worker="raise")
+    with pytest.raises(NoWorker, match="no live worker consumes queue 'celery' on redis://"):
+        app.tasks["tasks.square"].delay(3)
+    assert queued(app) == 0
+
+
+def test_a_worker_of_another_queue_does_not_count_and_a_killed_one_stops_counting(
+    redis_server: RedisServer, worker_factory: Callable[..., CeleryWorker]
+) -> None:
+    url = redis_server.url(db=11)
+    app = client_app(url, broker_recheck=0.1)
+    square = app.tasks["tasks.square"]
+    worker = worker_factory(url, node_name("cpu-only"), extra=("-Q", "cpu"))
+    routed = square.apply_async((5,), queue="cpu")
+    assert isinstance(routed, AsyncResult) and routed.get(timeout=30) == 25
+    assert isinstance(square.delay(3), LocalResult)  # queue celery: nobody consumes it
+    os.kill(worker.pid, signal.SIGKILL)
+    # Its beats stop: within its liveness timeout (3 s) the cpu queue has no worker either.
+    wait_for(
+        lambda: isinstance(square.apply_async((2,), queue="cpu"), LocalResult),
+        timeout=30, what="calls to queue cpu to run locally", interval=0.5,
+    )  # fmt: skip
+    started = time.monotonic()
+    assert square.apply_async((2,), queue="cpu").get(timeout=30) == 4
+    assert time.monotonic() - started < 30  # ran, instead of waiting for a worker
