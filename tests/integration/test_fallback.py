@@ -9,14 +9,23 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import redis as redis_py
 from celery import Celery, chain, chord, group
 from celery.result import AsyncResult
 from celery.signals import beat_init
 from kombu.exceptions import OperationalError
 
-from taskpool import BrokerUnavailable, FallbackTask, LocalPoolError, LocalResult, dispatch
+from taskpool import (
+    BrokerUnavailable,
+    FallbackTask,
+    LocalPoolError,
+    LocalResult,
+    dispatch,
+    liveness,
+)
 from taskpool.examples import LOCAL_NODE, register
 from taskpool.testing.redis_server import RedisServer, free_port
+from taskpool.testing.waiting import wait_for
 from tests.conftest import client_app, node_name
 from tests.support.listeners import SilentListener
 
@@ -115,6 +124,10 @@ def test_a_stopped_broker_sends_calls_local_and_a_restarted_one_gets_them_back(
         assert print_number.delay(3).get(timeout=NO_HANG)["hostname"] == LOCAL_NODE
 
         redis.start()
+        # The worker reconnects, and its consumer beats again (no_worker counts it).
+        client = redis_py.Redis.from_url(redis.url())
+        wait_for(lambda: liveness.serving(client, "celery") > 0, 60, "the worker's beat")
+        client.close()
         time.sleep(0.3)
         back = print_number.delay(4)
         assert isinstance(back, AsyncResult)
@@ -128,7 +141,8 @@ def test_a_publish_that_fails_after_a_good_check_also_falls_back(
     redis_factory: Callable[..., RedisServer],
 ) -> None:
     redis = redis_factory()
-    app = client_app(redis.url(), broker_recheck=600)  # the good verdict stays fresh
+    # The good verdict stays fresh; with no worker, the call waits in the queue.
+    app = client_app(redis.url(), broker_recheck=600, no_worker="wait")
     square = app.tasks["tasks.square"]
     assert isinstance(square.delay(1), AsyncResult)  # published; nobody needs to run it
     redis.kill()
