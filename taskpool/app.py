@@ -34,6 +34,9 @@ class TaskpoolCelery(Celery):
     taskpool's Celery settings go under it (``taskpool_config``).
     """
 
+    #: URIs (Flower's broker page, the worker's banner) name the broker by its URL's scheme.
+    amqp_cls = "taskpool.amqp:AMQP"
+
     def __init__(self, main: str, *, settings: Settings | None = None, **kwargs: Any) -> None:
         # Every task publishes to the broker when it answers and runs on the local pool when not.
         # The class itself, not its dotted name: `celery -A tasks` from a checkout drops the
@@ -106,6 +109,8 @@ def configure(app: Celery) -> Celery:
         )
     from taskpool.launch import watch_worker_start
 
+    if "amqp" not in vars(app):  # not made yet: Celery makes it on first use
+        app.amqp_cls = TaskpoolCelery.amqp_cls
     prepare = app.prepare_config
     app.prepare_config = lambda source: taskpool_config(app, prepare(source))
     guard_send_task(app)

@@ -156,12 +156,16 @@ def test_two_scaled_workers_share_one_queue(
     assert PASSWORD not in ping.stdout + ping.stderr
 
 
-def http_json(url: str, auth: str) -> Any:
+def http_text(url: str, auth: str) -> str:
     request = urllib.request.Request(
         url, headers={"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()}
     )
     with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - loopback only
-        return json.loads(response.read())
+        return str(response.read().decode())
+
+
+def http_json(url: str, auth: str) -> Any:
+    return json.loads(http_text(url, auth))
 
 
 def test_flower_sees_the_workers_and_the_task_results(
@@ -203,6 +207,13 @@ def test_flower_sees_the_workers_and_the_task_results(
         tasks = http_json(f"{base}/api/tasks", auth)
         assert tasks[results[3].id]["result"] == "9"
         assert worker.node in http_json(f"{base}/api/workers?refresh=1", auth)
+        # The broker page and queue lengths: Flower picks them by the broker URI's scheme.
+        lengths = http_json(f"{base}/api/queues/length", auth)
+        assert [q["name"] for q in lengths["active_queues"]] == ["celery"], lengths
+        assert lengths["active_queues"][0]["messages"] == 0
+        page = http_text(f"{base}/broker", auth)
+        assert "not supported" not in page and "celery" in page
+        assert PASSWORD not in page
         with pytest.raises(urllib.error.HTTPError) as refused:
             http_json(f"{base}/api/workers", "admin:wrong")
         assert refused.value.code == 401
