@@ -44,6 +44,9 @@ class Route:
     backend: Backend
     mode: DispatchMode
     reason: str
+    #: A local run's outcome also goes to the result store: it answers, and callers elsewhere
+    #: may read the task by its id (no worker consumed the queue).
+    store: bool = False
 
     @property
     def dispatch(self) -> DispatchMode:
@@ -149,7 +152,7 @@ def no_worker(
     if settings.no_worker == "local" and mode == "auto":
         if warn:
             log.warning("%s; running its tasks on the local pool until one beats", why)
-        return Route("local", mode, why)
+        return Route("local", mode, why, store=True)
     if warn:
         log.warning(
             "%s; its tasks wait in the queue until a worker starts (TASKPOOL_NO_WORKER=%s)",

@@ -100,7 +100,7 @@ class FallbackTask(Task):
                     raise
                 route = dispatch.publish_failed(self.app, route.mode, exc)
         self.refuse_canvas(route, {"link": link, "link_error": link_error, **options})
-        return self._run_locally(args, kwargs, task_id, options)
+        return self._run_locally(args, kwargs, task_id, options, store=route.store)
 
     @classmethod
     def on_bound(cls, app: Any) -> None:
@@ -112,7 +112,13 @@ class FallbackTask(Task):
         refuse_canvas(self.name, route, options)
 
     def _run_locally(
-        self, args: Any, kwargs: Any, task_id: str | None, options: dict[str, Any]
+        self,
+        args: Any,
+        kwargs: Any,
+        task_id: str | None,
+        options: dict[str, Any],
+        *,
+        store: bool = False,
     ) -> LocalResult | EagerResult:
         # As Celery's apply_async: arguments that do not fit the function fail at the call.
         check_arguments = getattr(self, "__header__", None) if self.typing else None
@@ -134,7 +140,7 @@ class FallbackTask(Task):
             time_limit=options.get("time_limit"),
             soft_time_limit=options.get("soft_time_limit"),
         )
-        return submit(self, args or (), kwargs, task_id=task_id, options=run)
+        return submit(self, args or (), kwargs, task_id=task_id, options=run, store=store)
 
     def _as_time(self, value: Any) -> datetime:
         """An eta or expires, given as a datetime or an ISO string, made timezone-aware."""
@@ -176,7 +182,7 @@ def send_task(
         return task.apply_async(args, kwargs, dispatch="local", **options)
     error = LocalPoolError if route.mode == "local" else BrokerUnavailable
     raise error(
-        f"send_task({name!r}): no broker to send it to ({route.reason}), and no task of "
+        f"send_task({name!r}): it cannot go to the broker ({route.reason}), and no task of "
         f"that name is registered on app {app.main!r} to run on the local pool"
     )
 

@@ -71,10 +71,13 @@ def submit(
     *,
     task_id: str | None = None,
     options: RunOptions = RunOptions(),  # noqa: B008 - an immutable NamedTuple
+    store: bool = False,
 ) -> LocalResult | EagerResult:
     """Start one run of ``task`` and return at once.
 
-    Where the pool cannot be used (see ``_run_here``) the run happens in this process.
+    Where the pool cannot be used (see ``_run_here``) the run happens in this process. With
+    ``store``, its outcome also goes to the app's result store, as a worker's would, before
+    the call's result is ready here: ``AsyncResult(id)`` in any process reads it.
     """
     args = list(args)  # read once: an iterator would be empty the second time
     payload = dumps([args, kwargs or {}], serializer=task.app.conf.task_serializer)
@@ -83,7 +86,35 @@ def submit(
         return task.apply(args, kwargs, task_id=task_id)
     task_id = task_id or uuid()
     job = (_ref(task), payload, task_id, options)
-    return LocalResult(task_id, task.name, _Call(_execute, job, settings, options.countdown))
+    call = _Call(
+        _execute, job, settings, options.countdown,
+        on_outcome=_StoredOutcome(task, task_id) if store else None,
+    )  # fmt: skip
+    return LocalResult(task_id, task.name, call)
+
+
+class _StoredOutcome:
+    """Writes a local run's outcome to its app's result store, as a worker would."""
+
+    def __init__(self, task: Task, task_id: str) -> None:
+        self.task, self.task_id = task, task_id
+        # The caller's: Celery makes one per thread, and the thread that delivers outcomes
+        # would keep its own connection open.
+        self.backend = task.backend
+
+    def __call__(self, outcome: Outcome) -> None:
+        if outcome.state not in states.READY_STATES:
+            return
+        value = outcome.value() if outcome.state == states.SUCCESS else outcome.error
+        try:
+            self.backend.store_result(
+                self.task_id, value, outcome.state, traceback=outcome.traceback
+            )
+        except Exception as exc:  # the store stopped answering: the caller still has the result
+            log.warning(
+                "%s[%s] ran on the local pool; its result was not stored (%s: %s), so only "
+                "this process can read it", self.task.name, self.task_id, type(exc).__name__, exc,
+            )  # fmt: skip
 
 
 def submit_chunk(
@@ -284,9 +315,16 @@ class _Call:
     """
 
     def __init__(
-        self, func: Any, job: tuple[Any, ...], settings: Settings, delay: float = 0.0
+        self,
+        func: Any,
+        job: tuple[Any, ...],
+        settings: Settings,
+        delay: float = 0.0,
+        on_outcome: Any = None,
     ) -> None:
         self._func, self._job, self._settings = func, job, settings
+        #: Called with the final outcome before the call is ready (``_StoredOutcome``).
+        self._on_outcome = on_outcome
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._value: Any = None
@@ -391,11 +429,19 @@ class _Call:
         return again
 
     def _finish(self, value: Any, error: BaseException | None) -> None:
+        if self._on_outcome is not None:
+            self._on_outcome(
+                value if error is None else Outcome(states.FAILURE, error, _formatted(error))
+            )
         self._value, self._error = value, error
         self._done.set()
 
 
 _shared_pool = _SharedPool()
+
+
+def _formatted(error: BaseException) -> str:
+    return "".join(traceback.format_exception(error))
 
 
 def _on_interrupt(action: Any) -> Any:

@@ -83,3 +83,20 @@ def test_a_worker_of_another_queue_does_not_count_and_a_killed_one_stops_countin
     started = time.monotonic()
     assert square.apply_async((2,), queue="cpu").get(timeout=30) == 4
     assert time.monotonic() - started < 30  # ran, instead of waiting for a worker
+
+
+def test_a_local_run_for_want_of_a_worker_is_stored_for_readers_elsewhere(
+    redis_server: RedisServer,
+) -> None:
+    url = redis_server.url(db=12)
+    app = client_app(url)
+    elsewhere = client_app(url)  # another client, as a web app's poller would be
+    result = app.tasks["tasks.square"].delay(7)
+    failed = app.tasks["tasks.sum_of_squares"].delay("not a number")
+    assert isinstance(result, LocalResult) and result.get(timeout=30) == 49
+    with pytest.raises(TypeError):
+        failed.get(timeout=30)
+    # Stored before the caller saw it: "enqueue, keep the id, poll later" works.
+    assert AsyncResult(result.id, app=elsewhere).get(timeout=5) == 49
+    stored = AsyncResult(failed.id, app=elsewhere)
+    assert stored.state == "FAILURE" and isinstance(stored.result, TypeError)
