@@ -37,6 +37,7 @@ _EXPORTS = {
     "MapResults": "taskpool.mapping",
     "imap": "taskpool.mapping",
     "map": "taskpool.mapping",
+    "starmap": "taskpool.mapping",
     "TaskpoolCelery": "taskpool.app",
     "create_app": "taskpool.app",
     "configure": "taskpool.app",
@@ -69,6 +70,7 @@ __all__ = [
     "imap",
     "map",
     "mask_url",
+    "starmap",
 ]
 
 if TYPE_CHECKING:
@@ -89,7 +91,7 @@ if TYPE_CHECKING:
         UnsafeInteger,
     )
     from taskpool.fallback import FallbackTask
-    from taskpool.mapping import MapResults, imap, map
+    from taskpool.mapping import MapResults, imap, map, starmap
     from taskpool.results import LocalResult, TaskResult
     from taskpool.runner import LocalRunner
     from taskpool.settings import Settings, current_settings

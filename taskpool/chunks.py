@@ -65,8 +65,11 @@ class ChunkOutcome:
     errors: list[tuple[int, BaseException]] = field(default_factory=list)
 
 
-def run_items(task: Task, items: Sequence[Any], hostname: str | None) -> ChunkOutcome:
-    """Run ``task``'s body on each item, in this process; a failure does not stop the chunk.
+def run_items(
+    task: Task, items: Sequence[Any], hostname: str | None, *, star: bool = False
+) -> ChunkOutcome:
+    """Run ``task``'s body on each item (``star``: each item a list of its arguments), in
+    this process; a failure does not stop the chunk.
 
     A chunk runs under one task's time limits (the mapped task's, else the app's), on either
     backend: past the soft limit, the input running and every input not run yet fail with
@@ -74,13 +77,14 @@ def run_items(task: Task, items: Sequence[Any], hostname: str | None) -> ChunkOu
     request naming the node that runs them.
     """
     body = task.run
+    call = itertools.starmap if star else map
     context = _request(task, hostname) if hasattr(body, "__self__") else nullcontext()
     values: list[Any] = []
     errors: list[tuple[int, BaseException]] = []
     with context:
         while len(values) < len(items):
             try:  # list.extend keeps what map() produced before a failure: each item runs once
-                values.extend(map(body, itertools.islice(items, len(values), None)))
+                values.extend(call(body, itertools.islice(items, len(values), None)))
             except (SoftTimeLimitExceeded, TimeLimitExceeded) as exc:
                 # The chunk's time is up: the input running and those not run fail with it.
                 errors += [(position, exc) for position in range(len(values), len(items))]
@@ -166,14 +170,15 @@ def _too_many(what: str) -> ValueError:
 
 
 @shared_task(name="taskpool.run_chunk", bind=True, store_errors_even_if_ignored=True)
-def run_chunk(self: Task, task_name: str, items: dict[str, Any]) -> None:
+def run_chunk(self: Task, task_name: str, items: dict[str, Any], star: bool = False) -> None:
     """The generic chunk task: runs a registered task over packed inputs on a worker.
 
     Maps publish it with ``ignore_result`` (no result subscription on the caller's side), so
     it stores its own result, for the caller to poll; a failure of the whole chunk (its time
     limit, say) is still stored by Celery (``store_errors_even_if_ignored``).
     """
-    outcome = run_items(self.app.tasks[task_name], unpack(items), hostname=self.request.hostname)
+    task = self.app.tasks[task_name]
+    outcome = run_items(task, unpack(items), hostname=self.request.hostname, star=star)
     prepare = self.app.backend.prepare_exception
     payload = {
         "values": pack(outcome.values),

@@ -165,6 +165,9 @@ def print_numbers(count: int, mode: str | None, as_json: bool) -> None:
     help="Progress bar on stderr (default: when stderr is a terminal).",
 )
 @click.option("--return-exceptions", is_flag=True, help="Write failures in place and go on.")
+@click.option(
+    "--star", is_flag=True, help="Each input is a JSON list of the task's arguments (a starmap)."
+)
 def map_command(
     task_name: str,
     range_: int | None,
@@ -173,6 +176,7 @@ def map_command(
     chunksize: int | None,
     progress: bool | None,
     return_exceptions: bool,
+    star: bool,
     mode: str | None,
     as_json: bool,
 ) -> None:
@@ -185,6 +189,7 @@ def map_command(
     Examples:
       taskpool map square --range 1000000 --output squares.jsonl
       seq 10 | taskpool map square --input - --json
+      printf '[1, 2]\n[3, 4]\n' | taskpool -A proj map proj.tasks.add --input - --star
     """
     from taskpool.mapping import imap
 
@@ -206,7 +211,7 @@ def map_command(
         started = time.perf_counter()
         results = imap(
             task, inputs, chunksize=chunksize, dispatch=dispatch,
-            progress=progress, return_exceptions=return_exceptions,
+            progress=progress, return_exceptions=return_exceptions, star=star,
         )  # fmt: skip
         count, failed, digest = _write_results(results, sink)
         seconds = time.perf_counter() - started
@@ -384,9 +389,12 @@ def _app() -> Any:
     if name != DEFAULT_APP and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # as `celery -A` does: the app may live in this directory
     try:
-        return find_app(name)
+        app = find_app(name)
+        # The modules of its `include` and `imports`, as a worker imports them: their tasks.
+        app.loader.import_default_modules()
     except (ImportError, AttributeError) as exc:
         raise click.UsageError(f"cannot load the app {name!r} (-A / TASKPOOL_APP): {exc}") from None
+    return app
 
 
 def _dispatch(mode: str | None) -> str:

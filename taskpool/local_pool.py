@@ -118,7 +118,12 @@ class _StoredOutcome:
 
 
 def submit_chunk(
-    task: Task, items: Sequence[Any], start: int = 0, *, check_integers: bool = False
+    task: Task,
+    items: Sequence[Any],
+    start: int = 0,
+    *,
+    check_integers: bool = False,
+    star: bool = False,
 ) -> _Call | _Finished:
     """Run ``task`` over ``items`` in one pool process; the result is a ChunkOutcome.
 
@@ -127,7 +132,7 @@ def submit_chunk(
     the map's integer check (``start``: the first item's index in the map), off the caller's
     path.
     """
-    job = (_ref(task), items, start, check_integers)
+    job = (_ref(task), items, start, check_integers, star)
     settings = settings_of(task.app)
     if _run_here(settings):
         return _Finished(_execute_chunk(*job))
@@ -624,7 +629,7 @@ class _RetryLater:
 
 
 def _execute_chunk(
-    ref: TaskRef, items: Sequence[Any], start: int, check_integers: bool
+    ref: TaskRef, items: Sequence[Any], start: int, check_integers: bool, star: bool = False
 ) -> ChunkOutcome:
     """Run one chunk in a pool process; failures travel back per input, picklable.
 
@@ -635,7 +640,7 @@ def _execute_chunk(
     if check_integers:
         check_items(task.name, items, start)
     with _time_limits(task, RunOptions()):  # a chunk's limits are one run's, as on a worker
-        outcome = run_items(task, items, hostname=None)
+        outcome = run_items(task, items, hostname=None, star=star)
     outcome.errors = [(i, get_pickleable_exception(exc)) for i, exc in outcome.errors]
     return outcome
 

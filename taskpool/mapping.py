@@ -66,15 +66,17 @@ def imap(
     progress: bool | None = None,
     return_exceptions: bool = False,
     max_in_flight: int | None = None,
+    star: bool = False,
 ) -> MapResults:
-    """Yield ``task(item)`` for each input, in input order.
+    """Yield ``task(item)`` for each input, in input order (``star``: ``task(*item)``, as
+    ``Pool.starmap``, for a task of several arguments).
 
     ``chunksize`` defaults to Pool.map's rule for sized inputs; ``dispatch`` to the settings'
     mode; ``progress`` to a bar on stderr when stderr is a terminal. With ``return_exceptions``
     a failed input's exception takes its place; otherwise the first failure is raised as
     MapItemFailed (also of the task's exception type).
     """
-    bulk = _Map(task, inputs, chunksize, dispatch, progress, return_exceptions, max_in_flight)
+    bulk = _Map(task, inputs, chunksize, dispatch, progress, return_exceptions, max_in_flight, star)
     return MapResults(bulk)
 
 
@@ -87,16 +89,34 @@ def map(  # noqa: A001 - Pool.map's name
     progress: bool | None = None,
     return_exceptions: bool = False,
     max_in_flight: int | None = None,
+    star: bool = False,
 ) -> list[Any]:
     """``list(imap(task, inputs, ...))``, gathered a chunk at a time."""
     mapped = imap(
         task, inputs, chunksize=chunksize, dispatch=dispatch, progress=progress,
-        return_exceptions=return_exceptions, max_in_flight=max_in_flight,
+        return_exceptions=return_exceptions, max_in_flight=max_in_flight, star=star,
     )  # fmt: skip
     gathered: list[Any] = []
     for values in mapped.chunks:
         gathered.extend(values)
     return gathered
+
+
+def starmap(
+    task: Task,
+    inputs: Iterable[Iterable[Any]],
+    *,
+    chunksize: int | None = None,
+    dispatch: str | None = None,
+    progress: bool | None = None,
+    return_exceptions: bool = False,
+    max_in_flight: int | None = None,
+) -> list[Any]:
+    """``task(*arguments)`` for each input's arguments, in order, as ``Pool.starmap``."""
+    return map(
+        task, inputs, chunksize=chunksize, dispatch=dispatch, progress=progress,
+        return_exceptions=return_exceptions, max_in_flight=max_in_flight, star=True,
+    )  # fmt: skip
 
 
 class MapResults(Iterator[Any]):
@@ -150,13 +170,15 @@ class _LocalChunks:
     chunks_per_process = 8
     in_flight_per_process = 2
 
-    def __init__(self, task: Task) -> None:
-        self.task = task
+    def __init__(self, task: Task, star: bool) -> None:
+        self.task, self.star = task, star
         self.check_integers = settings_of(task.app).json_safe_integers
 
     def submit(self, items: Sequence[Any], start: int) -> Any:
         # The pool process checks the inputs (check_items): in parallel, off the caller's path.
-        return submit_chunk(self.task, items, start, check_integers=self.check_integers)
+        return submit_chunk(
+            self.task, items, start, check_integers=self.check_integers, star=self.star
+        )
 
     def collect(self, chunk: _Chunk) -> ChunkOutcome:
         return chunk.handle.get()
@@ -169,8 +191,10 @@ class _BrokerChunks:
     chunks_per_process = 4
     in_flight_per_process = 4
 
-    def __init__(self, app: Celery, task: Task) -> None:
+    def __init__(self, app: Celery, task: Task, star: bool) -> None:
         self.app, self.task = app, task
+        #: Sent only when set, so a chunk message reads as before for a plain map.
+        self.star_kwargs = {"star": True} if star else {}
         self.health = dispatch.health(app)
         self.check_integers = settings_of(app).json_safe_integers
         self.chunk_task = app.tasks[run_chunk.name]
@@ -185,6 +209,7 @@ class _BrokerChunks:
             return str(
                 self.chunk_task.apply_async(
                     (self.task.name, pack(items)),
+                    self.star_kwargs,
                     dispatch="celery",
                     queue=self.queue,
                     # No result subscription: collect() reads the stored result itself.
@@ -284,14 +309,17 @@ class _Map:
         progress: bool | None,
         return_exceptions: bool,
         max_in_flight: int | None,
+        star: bool = False,
     ) -> None:
-        self.task, self.app = task, task.app
+        self.task, self.app, self.star = task, task.app, star
         settings = settings_of(self.app)
         queue = dispatch.queue_of(self.app, task.name, {})
         route = dispatch.route(self.app, requested, queue=queue)
         self.mode = route.mode
         self.backend: _LocalChunks | _BrokerChunks = (
-            _BrokerChunks(self.app, task) if route.backend == "broker" else _LocalChunks(task)
+            _BrokerChunks(self.app, task, star)
+            if route.backend == "broker"
+            else _LocalChunks(task, star)
         )
         self.backends = [self.backend.name]
         length = len(inputs) if isinstance(inputs, Sized) else None
@@ -350,7 +378,7 @@ class _Map:
             dispatch.fall_back(self.app, self.mode, str(lost), fix=lost.fix)
         except BrokerUnavailable as unavailable:
             raise unavailable from lost
-        self.backend = _LocalChunks(self.task)
+        self.backend = _LocalChunks(self.task, self.star)
         self.backends.append(self.backend.name)
         for chunk in window:
             chunk.handle = self.backend.submit(chunk.items, chunk.start)

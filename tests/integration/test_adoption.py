@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -173,3 +174,19 @@ def test_a_broker_that_refuses_is_a_configuration_error_not_an_outage(
         worker.stop()
     assert said in worker.log_tail()
     assert "wrong-one" not in worker.log_tail()
+
+
+def test_the_map_command_finds_the_projects_tasks_and_stars_their_arguments(
+    proj: UserProject,
+) -> None:
+    # No broker answers: the map runs on the local pool, with the tasks `include` names.
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    done = subprocess.run(
+        [str(proj.python.parent / "taskpool"), "-A", "proj", "map", "proj.tasks.add",
+         "--input", "-", "--star"],
+        input="[1, 2]\n[3, 4]\n[5, 6]\n", cwd=proj.root, env=proj.env(url, TASKPOOL_BROKER_URL=""),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["3", "7", "11"]
+    assert "backend=local pool" in done.stderr

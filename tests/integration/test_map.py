@@ -244,3 +244,21 @@ def test_in_mode_celery_a_map_whose_every_worker_died_says_so_within_a_bound(
     with pytest.raises(taskpool.BrokerUnavailable, match="no worker answered.*start a worker"):
         list(results)
     assert time.monotonic() - killed < 60
+
+
+@pytest.mark.parametrize("mode", ["celery", "local"])
+def test_a_starmap_passes_each_inputs_arguments_on_both_backends(
+    mode: str,
+    redis_factory: Callable[..., RedisServer],
+    worker_factory: Callable[..., CeleryWorker],
+) -> None:
+    redis = redis_factory()
+    if mode == "celery":
+        worker_factory(redis.url(), node_name("starred"), extra=PROBE)
+    app = client_app(redis.url(), dispatch=mode)
+    power = app.tasks["probe.power"]
+    pairs = [(base, exponent) for base in range(2, 6) for exponent in range(4)]
+    assert taskpool.starmap(power, pairs, chunksize=3) == [b**e for b, e in pairs]
+    results = taskpool.starmap(power, [(2, 3), (2,), [3, 2]], return_exceptions=True)
+    assert results[0] == 8 and results[2] == 9
+    assert isinstance(results[1], TypeError)  # one argument short, as power(2) would be

@@ -61,6 +61,12 @@ def nap(seconds: float) -> float:
     return seconds
 
 
+@shared_task(name="probe.power")
+def power(base: int, exponent: int) -> int:
+    """A task of two arguments, for starmaps."""
+    return int(base**exponent)
+
+
 @shared_task(name="probe.sleep")
 def sleep(seconds: float) -> float:
     """Sleep ``seconds`` and return them, touching nothing else."""
