@@ -31,6 +31,7 @@ import os
 import socket
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from time import monotonic
@@ -53,6 +54,8 @@ QUEUES = "taskpool.queues"
 HELD = "taskpool.held."
 #: A beat every third of the timeout: two may be lost before a consumer counts as dead.
 BEATS_PER_TIMEOUT = 3
+#: How long closing a consumer waits for its beating thread to leave.
+STOP_WAIT = 1.0
 
 
 def consumer_id() -> str:
@@ -97,6 +100,7 @@ class Heart:
         self._script = client.register_script(LIVENESS)
         self._stopped = threading.Event()
         self._nudged = threading.Event()
+        self._leave = False
         self._thread: threading.Thread | None = None
 
     def start(self) -> Heart:
@@ -136,10 +140,11 @@ class Heart:
             self._nudged.wait(interval)
             self._nudged.clear()
             if self._stopped.is_set():
+                self._leave_if_asked()
                 return
             try:
                 alive = self.beat()
-            except redis.RedisError as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever failed, the next beat tries again
                 if failing_since is None:
                     failing_since = monotonic()
                     log.warning("Consumer %s cannot beat: %s", self.id, exc)
@@ -162,15 +167,27 @@ class Heart:
 
     def stop(self, leave: bool) -> None:
         """Stop beating; with ``leave``, also leave the consumers alive if nothing is held
-        (whatever is left waits for the sweep, one timeout later)."""
+        (whatever is left waits for the sweep, one timeout later).
+
+        The beating thread leaves, and this waits for it at most STOP_WAIT seconds: a
+        connection gone half-open (no reply, no reset) would otherwise hold a worker's
+        shutdown or reconnection for its socket timeouts and retries.
+        """
+        self._leave = leave
         self._stopped.set()
         self._nudged.set()
         if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=self.timeout)
-        if leave and self.alive:
+            self._thread.join(timeout=min(STOP_WAIT, self.timeout))
+
+    def _leave_if_asked(self) -> None:
+        if not (self._leave and self.alive):
+            return
+        try:
             self._script(
                 keys=[self.keys.consumers, self.held_key, self.keys.queues], args=["leave", self.id]
             )
+        except Exception as exc:  # noqa: BLE001 - the sweep removes it one timeout later
+            log.info("Consumer %s could not leave (%s); the sweep will", self.id, exc)
 
     def ack(self, tag: str, deliveries_key: str) -> bool:
         """Forget a message acknowledged; False if it was no longer this consumer's."""
@@ -189,6 +206,17 @@ def serving(client: redis.Redis, queue: str, prefix: str = "") -> int:
     keys = Keys(prefix)
     script = client.register_script(LIVENESS)
     return int(script(keys=[keys.consumers, keys.queues], args=["serves", queue]))
+
+
+def consumers_by_queue(client: redis.Redis, prefix: str = "") -> Counter[str]:
+    """How many consumers alive consume each queue (by their last beats), for ``status``."""
+    keys = Keys(prefix)
+    alive = {_text(id) for id in client.zrange(keys.consumers, 0, -1)}
+    counts: Counter[str] = Counter()
+    for consumer, queues in client.hgetall(keys.queues).items():
+        if _text(consumer) in alive:
+            counts.update(name for name in _text(queues).split("\n") if name)
+    return counts
 
 
 def held_keys(client: redis.Redis, prefix: str = "") -> list[Any]:

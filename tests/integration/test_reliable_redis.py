@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
+import signal
 import socket
 import sys
 import threading
@@ -595,6 +597,27 @@ def test_a_queue_is_served_by_the_live_consumers_that_beat_with_it(
     beat(client, "both", 60, queues=("cpu",))  # a consumer that cancels a queue beats without it
     assert [liveness.serving(client, q) for q in ("celery", "cpu")] == [0, 1]
     assert set(client.hkeys(liveness.QUEUES)) == {"both", "other"}  # the sweep forgot "brief"
+
+
+def test_closing_a_consumer_on_a_frozen_redis_returns_at_once_and_leaves_when_it_can(
+    redis_factory: Callable[..., RedisServer],
+) -> None:
+    # A frozen server answers nothing and resets nothing, as a half-open connection: Celery's
+    # cold shutdown and reconnection close the channel there, and must not wait on it.
+    redis = redis_factory()
+    client = redis_py.Redis.from_url(redis.url(), socket_timeout=5)
+    heart = liveness.Heart(client, liveness.Keys(), 3.0, transport.WAKE_CAP, lambda: ["celery"])
+    heart.start()
+    os.kill(redis.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        heart.stop(leave=True)
+        assert time.monotonic() - started < 3  # was: one socket timeout and more
+    finally:
+        os.kill(redis.pid, signal.SIGCONT)
+    wait_for(lambda: not client.zcard(liveness.CONSUMERS), 15, "the consumer to leave")
+    assert not client.hlen(liveness.QUEUES)
+    client.close()
 
 
 def test_each_consumer_is_judged_by_its_own_liveness_timeout(
