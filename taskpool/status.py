@@ -1,9 +1,11 @@
-"""What ``taskpool status`` reports: the broker (with Sentinel, its primary and replicas), the
-workers online, the queue's depth, the consumers alive and what they hold, the messages in the
-quarantine."""
+"""What ``taskpool status`` reports: the app and its broker (with Sentinel, its primary and
+replicas), the workers online, every queue (waiting, reserved and running, the workers that
+consume it), the consumers alive and what they hold, the messages in the quarantine."""
 
 from __future__ import annotations
 
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from celery import Celery
@@ -24,9 +26,11 @@ def read_status(app: Celery) -> dict[str, Any]:
     health = BrokerHealth(app, settings.broker_timeout, recheck=0, log_switches=False)
     reachable = health.is_up()
     report: dict[str, Any] = {
+        "app": app.main,
         "broker": {"url": mask_url(health.broker_url), "reachable": reachable},
         "workers": [],
         "queue": {"name": app.conf.task_default_queue, "depth": None},
+        "queues": [],
         "quarantine": None,
         "liveness": None,
     }
@@ -39,17 +43,50 @@ def read_status(app: Celery) -> dict[str, Any]:
                 health.broker_url, settings.broker_timeout, app.conf.broker_transport_options
             )
         )
-    stats = app.control.inspect(timeout=INSPECT_TIMEOUT).stats() or {}
+    inspect = app.control.inspect(timeout=INSPECT_TIMEOUT)
+    with ThreadPoolExecutor(3) as asking:  # three broadcasts, one wait
+        stats, active, reserved = (
+            future.result() or {}
+            for future in [asking.submit(inspect.stats), asking.submit(inspect.active),
+                           asking.submit(inspect.reserved)]
+        )  # fmt: skip
     report["workers"] = [
         {"node": node, "pool": info.get("pool", {}).get("max-concurrency")}
         for node, info in sorted(stats.items())
     ]
     report["queue"]["depth"] = _queue_depth(app, app.conf.task_default_queue)
+    consumers: Counter[str] = Counter()
     if is_redis(health.broker_url):  # the quarantine is kept in a Redis broker
         with quarantine.of_app(app) as kept:
             report["quarantine"] = kept.count()
             report["liveness"] = liveness.summary(kept.client, kept.prefix)
+            consumers = liveness.consumers_by_queue(kept.client, kept.prefix)
+    running, waiting_on_worker = _by_queue(active), _by_queue(reserved)
+    names = {app.conf.task_default_queue, *consumers, *running, *waiting_on_worker}
+    names |= {queue.name for queue in app.conf.task_queues or ()}
+    names |= {queue for _, queue in settings.routes}
+    report["queues"] = [
+        {
+            "name": name,
+            "waiting": _queue_depth(app, name),
+            "reserved": waiting_on_worker[name],
+            "running": running[name],
+            "consumers": consumers[name],
+        }
+        for name in sorted(names)
+    ]
     return report
+
+
+def _by_queue(tasks_by_node: dict[str, Any]) -> Counter[str]:
+    """How many of the tasks workers listed (``inspect active`` or ``reserved``) came from
+    each queue."""
+    counts: Counter[str] = Counter()
+    for tasks in tasks_by_node.values():
+        for task in tasks or ():
+            info = task.get("delivery_info") or {}
+            counts[str(info.get("routing_key") or "?")] += 1
+    return counts
 
 
 def _queue_depth(app: Celery, queue: str) -> int:
@@ -65,7 +102,7 @@ def render_status(report: dict[str, Any]) -> str:
     broker = report["broker"]
     if not broker["reachable"]:
         return str(broker.get("reason", f"broker {broker['url']}: unreachable"))
-    lines = [f"broker {broker['url']}: reachable"]
+    lines = [f"app {report.get('app')!r}, broker {broker['url']}: reachable"]
     if "primary" in broker:
         replicas = ", ".join(broker["replicas"]) or "none"
         lines.append(
@@ -75,8 +112,14 @@ def render_status(report: dict[str, Any]) -> str:
     workers = report["workers"]
     lines.append(f"workers online: {len(workers)}")
     lines += [f"  {w['node']} (pool of {w['pool']})" for w in workers]
-    queue = report["queue"]
-    lines.append(f"queue {queue['name']!r}: {queue['depth']} message(s) waiting")
+    for queue in report.get("queues") or [dict(report["queue"], waiting=report["queue"]["depth"])]:
+        line = f"queue {queue['name']!r}: {queue['waiting']} waiting"
+        if "running" in queue:
+            line += (
+                f", {queue['reserved']} reserved and {queue['running']} running on workers, "
+                f"{queue['consumers']} consumer(s) alive"
+            )
+        lines.append(line)
     alive = report["liveness"]
     if alive is not None:
         lines.append(f"consumers alive: {alive['consumers']}, holding {alive['held']} message(s)")

@@ -172,8 +172,8 @@ def test_a_worker_started_before_redis_retries_with_logged_back_off_then_serves(
         app = client_app(redis.url(), dispatch="celery")
         assert app.tasks["tasks.square"].delay(11).get(timeout=10) == 121
         log = worker.log_tail(1_000_000)
-        # Celery names the transport: taskpool's Redis transport (taskpool/transport.py).
-        assert f"Cannot connect to taskpool.transport:Transport://:**@127.0.0.1:{redis.port}" in log
+        # The log names the broker by its URL's scheme (taskpool.amqp), its password masked.
+        assert f"Cannot connect to redis://:**@127.0.0.1:{redis.port}" in log
         assert secret not in log
     finally:
         worker.stop()

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from taskpool.examples import LOCAL_NODE
 from taskpool.testing.celery_worker import CeleryWorker
 from taskpool.testing.redis_server import RedisServer, free_port
-from tests.conftest import node_name, worker_env
+from taskpool.testing.waiting import wait_for
+from tests.conftest import client_app, node_name, worker_env
 from tests.support.paths import REPO_ROOT
 
 pytestmark = pytest.mark.integration
@@ -307,3 +310,36 @@ def test_the_map_command_falls_back_mid_map_in_mode_auto_as_the_api_does(
         sum(i * i for i in range(n)) for n in sizes
     ]
     assert "backend=broker, then local pool" in errors
+
+
+def test_status_shows_every_queue_with_waiting_reserved_running_and_consumers(
+    redis_factory: Callable[..., RedisServer], worker_factory: Callable[..., CeleryWorker]
+) -> None:
+    redis = redis_factory()
+    worker_factory(
+        redis.url(), node_name("queues"), concurrency=1,
+        extra=("-Q", "celery,cpu", "-I", "tests.support.probe_tasks"),
+    )  # fmt: skip
+    app = client_app(redis.url(), dispatch="celery")
+    for _ in range(8):  # one runs, prefetch 4 x 1 holds three more, four wait
+        app.send_task("probe.sleep", (3,), queue="cpu")
+    report: dict[str, Any] = {}
+
+    def one_running() -> bool:
+        done = taskpool("status", "--json", broker_url=redis.url())
+        report.update(json.loads(done.stdout))
+        queues = {q["name"]: q for q in report["queues"]}
+        return "cpu" in queues and queues["cpu"]["running"] == 1
+
+    wait_for(one_running, 30, "status to show the running task")
+    queues = {q["name"]: q for q in report["queues"]}
+    assert queues["cpu"] == {
+        "name": "cpu", "waiting": 4, "reserved": 3, "running": 1, "consumers": 1
+    }  # fmt: skip
+    assert queues["celery"] == {
+        "name": "celery", "waiting": 0, "reserved": 0, "running": 0, "consumers": 1
+    }  # fmt: skip
+    shown = taskpool("status", broker_url=redis.url()).stdout  # the app checked is named
+    assert shown.startswith(f"app 'taskpool.demo', broker {redis.url()}: reachable")
+    line = r"queue 'cpu': \d waiting, \d reserved and 1 running on workers, 1 consumer\(s\) alive"
+    assert re.search(line, shown), shown
