@@ -4,7 +4,9 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import pytest
 from taskpool.testing.celery_worker import CeleryWorker
 from taskpool.testing.redis_server import RedisServer, free_port
 from tests.conftest import client_app, node_name
+from tests.support.paths import REPO_ROOT
 from tests.support.user_project import UserProject, install_project
 
 pytestmark = pytest.mark.integration
@@ -50,6 +53,11 @@ PROJ = {
         """,
 }
 
+#: The README's example test of a project's own tasks, with the plugin.
+README_TEST = re.search(
+    r"```python\n(# tests/test_tasks.py\n.*?)```", (REPO_ROOT / "README.md").read_text(), re.DOTALL
+)
+
 CALL = (
     "from proj.tasks import add\n"
     "result = add.delay(2, 3)\n"
@@ -59,7 +67,13 @@ CALL = (
 
 @pytest.fixture(scope="module")
 def proj(tmp_path_factory: pytest.TempPathFactory) -> UserProject:
-    return install_project(tmp_path_factory.mktemp("proj"), PROJ)
+    assert README_TEST is not None, "the README lost its example test"
+    files = {
+        **PROJ,
+        "pytest.ini": "[pytest]\ntaskpool_app = proj\n",
+        "tests/test_tasks.py": README_TEST.group(1),
+    }
+    return install_project(tmp_path_factory.mktemp("proj"), files)
 
 
 def test_the_projects_settings_module_is_taskpools_too(
@@ -190,3 +204,16 @@ def test_the_map_command_finds_the_projects_tasks_and_stars_their_arguments(
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["3", "7", "11"]
     assert "backend=local pool" in done.stderr
+
+
+def test_the_readmes_plugin_example_passes_in_the_project_and_its_worker_stops_promptly(
+    proj: UserProject,
+) -> None:
+    started = time.monotonic()
+    done = proj.run(
+        proj.python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests",
+        redis_url=f"redis://127.0.0.1:{free_port()}/0", timeout=240,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "2 passed" in done.stdout
+    assert time.monotonic() - started < 60  # does not hang (the stall: test_worker.py, drained)
