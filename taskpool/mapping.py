@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import redis
 from celery import Celery, Task, states
@@ -37,6 +37,9 @@ from taskpool.health import FREE_MEMORY, FULL
 from taskpool.local_pool import submit_chunk
 from taskpool.settings import settings_of
 from taskpool.urls import mask_url
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing's own from Python 3.11
 
 #: How often a wait on the broker stops to ask whether the broker is still there.
 BROKER_POLL_SECONDS = 1.0
@@ -80,43 +83,31 @@ def imap(
     return MapResults(bulk)
 
 
+class MapOptions(TypedDict, total=False):
+    """``imap``'s options, which ``map`` and ``starmap`` pass on (keyword-only, checked)."""
+
+    chunksize: int | None
+    dispatch: str | None
+    progress: bool | None
+    return_exceptions: bool
+    max_in_flight: int | None
+
+
 def map(  # noqa: A001 - Pool.map's name
-    task: Task,
-    inputs: Iterable[Any],
-    *,
-    chunksize: int | None = None,
-    dispatch: str | None = None,
-    progress: bool | None = None,
-    return_exceptions: bool = False,
-    max_in_flight: int | None = None,
-    star: bool = False,
+    task: Task, inputs: Iterable[Any], *, star: bool = False, **options: Unpack[MapOptions]
 ) -> list[Any]:
     """``list(imap(task, inputs, ...))``, gathered a chunk at a time."""
-    mapped = imap(
-        task, inputs, chunksize=chunksize, dispatch=dispatch, progress=progress,
-        return_exceptions=return_exceptions, max_in_flight=max_in_flight, star=star,
-    )  # fmt: skip
     gathered: list[Any] = []
-    for values in mapped.chunks:
+    for values in imap(task, inputs, star=star, **options).chunks:
         gathered.extend(values)
     return gathered
 
 
 def starmap(
-    task: Task,
-    inputs: Iterable[Iterable[Any]],
-    *,
-    chunksize: int | None = None,
-    dispatch: str | None = None,
-    progress: bool | None = None,
-    return_exceptions: bool = False,
-    max_in_flight: int | None = None,
+    task: Task, inputs: Iterable[Iterable[Any]], **options: Unpack[MapOptions]
 ) -> list[Any]:
     """``task(*arguments)`` for each input's arguments, in order, as ``Pool.starmap``."""
-    return map(
-        task, inputs, chunksize=chunksize, dispatch=dispatch, progress=progress,
-        return_exceptions=return_exceptions, max_in_flight=max_in_flight, star=True,
-    )  # fmt: skip
+    return map(task, inputs, star=True, **options)
 
 
 class MapResults(Iterator[Any]):
