@@ -357,6 +357,55 @@ quarantine.command(
 )(_entry_ids(_every(_quarantine_change(replay=False))))
 
 
+@cli.group(epilog=EXIT_CODES_HELP)
+def failed() -> None:
+    """Tasks whose last run on a worker failed (kept a week, in a Redis result store): list
+    them, send them again with their arguments, or drop them.
+
+    \b
+    Example:
+      taskpool -A proj failed list
+      taskpool -A proj failed retry 3f2a...   # once the cause is fixed
+    """
+
+
+@failed.command(name="list", epilog=EXIT_CODES_HELP)
+@json_option
+def failed_list(as_json: bool) -> None:
+    """Each failed task: id, when, task and arguments, queue and the error."""
+    from taskpool.ledger import Ledger, render
+
+    entries = Ledger(_app()).failed()
+    click.echo(json.dumps({"failed": entries}) if as_json else render(entries))
+
+
+def _failed_change(retry: bool) -> Callable[..., None]:
+    def change(ids: tuple[str, ...], every: bool) -> None:
+        from taskpool.ledger import Ledger
+
+        if bool(ids) == every:
+            raise click.UsageError("name the tasks by id, or pass --all")
+        ledger = Ledger(_app())
+        entries = ledger.failed(None if every else list(dict.fromkeys(ids)))
+        missing = set(ids) - {entry["id"] for entry in entries}
+        if missing:
+            raise click.UsageError(f"no such failed task: {', '.join(sorted(missing))}")
+        done = ledger.retry(entries) if retry else ledger.drop(entries)
+        click.echo(f"{'sent again' if retry else 'dropped'}: {done} task(s)")
+
+    return change
+
+
+_every_failed = click.option("--all", "every", is_flag=True, help="Every failed task.")
+failed.command(
+    name="retry", epilog=EXIT_CODES_HELP,
+    help="Send the tasks again, with their arguments, to their queues.",
+)(_entry_ids(_every_failed(_failed_change(retry=True))))  # fmt: skip
+failed.command(name="drop", epilog=EXIT_CODES_HELP, help="Forget the failed tasks.")(
+    _entry_ids(_every_failed(_failed_change(retry=False)))
+)
+
+
 @command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def worker(celery_args: tuple[str, ...], mode: str | None, as_json: bool) -> None:

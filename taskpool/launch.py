@@ -16,10 +16,11 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_init
+from celery.signals import task_failure, worker_init
 
 from taskpool.celery_conf import WORKER_RESULT_RETRIES
 from taskpool.health import probe_broker, probe_redis, refusal
+from taskpool.ledger import record_failure
 from taskpool.quarantine import Entry, fail_task_of, message_quarantined
 from taskpool.urls import is_redis, mask_url, masked
 
@@ -104,10 +105,18 @@ def mask_worker_stats(sender: Any = None, **_: Any) -> None:
     sender.stats = masked_stats
 
 
+def record_failures(sender: Any = None, **_: Any) -> None:
+    """``worker_init`` receiver: the worker's pool processes (forked from it) keep each task's
+    last failure in the result store, for ``taskpool failed`` (``taskpool.ledger``)."""
+    task_failure.connect(record_failure, weak=False)
+
+
 def watch_worker_start() -> None:
     """Have every worker started in this process check its credentials first, retry its
-    result writes longer, fail the tasks it quarantines, and mask its stats (idempotent)."""
+    result writes longer, fail the tasks it quarantines, record its failures, and mask its
+    stats (idempotent)."""
     worker_init.connect(stop_when_refused, weak=False)
+    worker_init.connect(record_failures, weak=False)
     worker_init.connect(retry_result_writes, weak=False)
     worker_init.connect(fail_quarantined_tasks, weak=False)
     worker_init.connect(mask_worker_stats, weak=False)

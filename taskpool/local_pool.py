@@ -39,6 +39,7 @@ from kombu.serialization import dumps, loads
 from taskpool.arguments import check_items
 from taskpool.chunks import ChunkOutcome, run_items
 from taskpool.errors import LocalPoolError
+from taskpool.ledger import count_local_run
 from taskpool.main_guard import importing_main_in_child, unguarded_main_call
 from taskpool.results import PROGRESS, Again, LocalResult, Outcome
 from taskpool.settings import Settings, settings_of
@@ -110,6 +111,7 @@ class _StoredOutcome:
             self.backend.store_result(
                 self.task_id, value, outcome.state, traceback=outcome.traceback
             )
+            count_local_run(self.backend, self.task.name)
         except Exception as exc:  # the store stopped answering: the caller still has the result
             log.warning(
                 "%s[%s] ran on the local pool; its result was not stored (%s: %s), so only "

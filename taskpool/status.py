@@ -13,6 +13,7 @@ from kombu.exceptions import ChannelError
 
 from taskpool import liveness, quarantine, sentinel
 from taskpool.health import BrokerHealth
+from taskpool.ledger import Ledger
 from taskpool.settings import settings_of
 from taskpool.urls import is_redis, is_sentinel, mask_url
 
@@ -33,6 +34,8 @@ def read_status(app: Celery) -> dict[str, Any]:
         "queues": [],
         "quarantine": None,
         "liveness": None,
+        "local_runs": None,
+        "failed": None,
     }
     if not reachable:
         report["broker"]["reason"] = health.reason
@@ -65,6 +68,7 @@ def read_status(app: Celery) -> dict[str, Any]:
     names = {app.conf.task_default_queue, *consumers, *running, *waiting_on_worker}
     names |= {queue.name for queue in app.conf.task_queues or ()}
     names |= {queue for _, queue in settings.routes}
+    report["local_runs"], report["failed"] = _ledger(app)
     report["queues"] = [
         {
             "name": name,
@@ -76,6 +80,16 @@ def read_status(app: Celery) -> dict[str, Any]:
         for name in sorted(names)
     ]
     return report
+
+
+def _ledger(app: Celery) -> tuple[dict[str, int] | None, int | None]:
+    """Calls run on the local pool for want of a worker, by task, and tasks that failed on
+    workers; None where the result store is not Redis or does not answer."""
+    try:
+        ledger = Ledger(app)
+        return ledger.local_runs(), len(ledger.failed())
+    except Exception:  # noqa: BLE001 - status reports what it can read
+        return None, None
 
 
 def _by_queue(tasks_by_node: dict[str, Any]) -> Counter[str]:
@@ -128,6 +142,11 @@ def render_status(report: dict[str, Any]) -> str:
                 f"late acks: {alive['late_acks']} (acked after their worker was taken for "
                 "dead: those tasks may have run twice)"
             )
+    if report.get("local_runs"):
+        runs = ", ".join(f"{name} {count}" for name, count in sorted(report["local_runs"].items()))
+        lines.append(f"run on the local pool for want of a worker: {runs}")
+    if report.get("failed"):
+        lines.append(f"failed on workers: {report['failed']} task(s) (`taskpool failed list`)")
     if report["quarantine"]:
         lines.append(f"quarantine: {report['quarantine']} message(s) (`taskpool quarantine list`)")
     return "\n".join(lines)

@@ -343,3 +343,43 @@ def test_status_shows_every_queue_with_waiting_reserved_running_and_consumers(
     assert shown.startswith(f"app 'taskpool.demo', broker {redis.url()}: reachable")
     line = r"queue 'cpu': \d waiting, \d reserved and 1 running on workers, 1 consumer\(s\) alive"
     assert re.search(line, shown), shown
+
+
+def test_failed_tasks_are_listed_sent_again_and_dropped(
+    redis_factory: Callable[..., RedisServer], worker_factory: Callable[..., CeleryWorker]
+) -> None:
+    redis = redis_factory()
+    worker_factory(redis.url(), node_name("failing"))
+    app = client_app(redis.url(), dispatch="celery")
+    result = app.send_task("tasks.sum_of_squares", ("ten",))
+    with pytest.raises(TypeError):
+        result.get(timeout=30)
+
+    def listed() -> list[dict[str, Any]]:
+        done = taskpool("failed", "list", "--json", broker_url=redis.url())
+        assert done.returncode == 0, done.stderr
+        return list(json.loads(done.stdout)["failed"])
+
+    wait_for(lambda: listed(), 10, "the failure to be recorded")
+    [entry] = listed()
+    assert (entry["id"], entry["task"], entry["args"]) == (
+        result.id,
+        "tasks.sum_of_squares",
+        ["ten"],
+    )
+    assert entry["queue"] == "celery" and entry["error"].startswith("TypeError")
+    assert (
+        "tasks.sum_of_squares('ten',)" in taskpool("failed", "list", broker_url=redis.url()).stdout
+    )
+
+    sent = taskpool("failed", "retry", result.id, broker_url=redis.url())
+    assert sent.returncode == 0 and "sent again: 1 task(s)" in sent.stdout, sent.stderr
+    # It ran again on the worker and failed again: a new entry, under the new call's id.
+    wait_for(lambda: [e["id"] for e in listed()] not in ([], [result.id]), 30, "the rerun")
+    [again] = listed()
+    assert again["args"] == ["ten"] and again["id"] != result.id
+    assert taskpool("failed", "retry", "nope", broker_url=redis.url()).returncode == 2
+
+    dropped = taskpool("failed", "drop", "--all", broker_url=redis.url())
+    assert "dropped: 1 task(s)" in dropped.stdout
+    assert listed() == []

@@ -15,6 +15,7 @@ from celery.result import AsyncResult
 
 import taskpool
 from taskpool import LocalResult, NoWorker
+from taskpool.ledger import Ledger
 from taskpool.testing.celery_worker import CeleryWorker
 from taskpool.testing.redis_server import RedisServer
 from taskpool.testing.waiting import wait_for
@@ -98,5 +99,6 @@ def test_a_local_run_for_want_of_a_worker_is_stored_for_readers_elsewhere(
         failed.get(timeout=30)
     # Stored before the caller saw it: "enqueue, keep the id, poll later" works.
     assert AsyncResult(result.id, app=elsewhere).get(timeout=5) == 49
+    assert Ledger(elsewhere).local_runs() == {"tasks.square": 1, "tasks.sum_of_squares": 1}
     stored = AsyncResult(failed.id, app=elsewhere)
     assert stored.state == "FAILURE" and isinstance(stored.result, TypeError)
