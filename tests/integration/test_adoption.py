@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import time
@@ -116,15 +117,47 @@ def test_taskpool_concurrency_sizes_a_configured_apps_worker(
     try:
         worker.start().wait_ready(client_app(url))
         done = proj.run(proj.python, "-c", CALL, redis_url=url, TASKPOOL_BROKER_URL="")
+        status = proj.run(
+            proj.python.parent / "taskpool", "-A", "proj", "status", "--json",
+            redis_url=url, TASKPOOL_BROKER_URL="",
+        )  # fmt: skip
         log = worker.log_tail()
     finally:
         worker.stop()
     assert done.returncode == 0, done.stderr + log
     assert done.stdout.split() == ["AsyncResult", "5"]
     assert "concurrency: 1 (prefork)" in log
+    # The project's broker (its celeryconfig's), its worker and the queue it consumes.
+    report = json.loads(status.stdout)
+    assert report["app"] == "proj" and report["broker"]["url"] == url, status.stderr
+    assert [w["node"] for w in report["workers"]] == [worker.node]
+    assert {"name": "celery", "waiting": 0, "reserved": 0, "running": 0, "consumers": 1} in (
+        report["queues"]
+    )
     with client_app(url).connection_for_read() as connection:
         # taskpool's transport beat there (taskpool.liveness); stock kombu's writes no such key.
         assert connection.default_channel.client.exists("taskpool.liveness")
+
+
+def test_with_redis_up_and_no_worker_a_call_runs_here_and_its_result_is_stored(
+    proj: UserProject, redis_server: RedisServer
+) -> None:
+    # The web app's way: enqueue, keep the id, read it later from another process.
+    url = redis_server.url(db=13)
+    done = proj.run(
+        proj.python, "-c", CALL + "print(result.id)\n", redis_url=url, TASKPOOL_BROKER_URL=""
+    )
+    assert done.returncode == 0, done.stderr
+    kind, value, task_id = done.stdout.split()
+    assert (kind, value) == ("LocalResult", "5")
+    assert "no live worker consumes queue 'celery'" in done.stderr
+    read = (
+        "from celery.result import AsyncResult\n"
+        "from proj import celery_app\n"
+        f"print(AsyncResult({task_id!r}, app=celery_app).get(timeout=10))\n"
+    )
+    later = proj.run(proj.python, "-c", read, redis_url=url, TASKPOOL_BROKER_URL="")
+    assert later.returncode == 0 and later.stdout.split() == ["5"], later.stderr
 
 
 def test_a_misspelt_variable_stops_a_script_and_a_worker_naming_it(proj: UserProject) -> None:
