@@ -39,8 +39,6 @@ DEFAULT_BROKER_TIMEOUT = 0.5
 DEFAULT_BROKER_RECHECK = 2.0
 #: Hard limit per task run; the worker child is replaced past it, so nothing runs forever.
 DEFAULT_TASK_TIME_LIMIT = 300.0
-#: Soft limit raises SoftTimeLimitExceeded inside the task first, so it can clean up.
-DEFAULT_TASK_SOFT_TIME_LIMIT = 270.0
 #: An unset soft limit follows the hard one, at 90 % of it, so setting TASKPOOL_TASK_TIME_LIMIT
 #: alone stays consistent.
 SOFT_LIMIT_SHARE = 0.9
@@ -168,7 +166,9 @@ class Settings:
     broker_timeout: float = DEFAULT_BROKER_TIMEOUT
     broker_recheck: float = DEFAULT_BROKER_RECHECK
     task_time_limit: float = DEFAULT_TASK_TIME_LIMIT
-    task_soft_time_limit: float = DEFAULT_TASK_SOFT_TIME_LIMIT
+    #: Raises SoftTimeLimitExceeded inside the task first, so it can clean up. None: follows
+    #: the hard limit (SOFT_LIMIT_SHARE of it), however the settings were built.
+    task_soft_time_limit: float | None = None
     result_expires: int = DEFAULT_RESULT_EXPIRES
     liveness_timeout: float = DEFAULT_LIVENESS_TIMEOUT
     visibility_timeout: int = DEFAULT_VISIBILITY_TIMEOUT
@@ -303,7 +303,6 @@ class Settings:
             BACKEND_ALIASES,
         )
         password = env.get("TASKPOOL_REDIS_PASSWORD", "")
-        hard_limit = read.number("TASKPOOL_TASK_TIME_LIMIT", float, DEFAULT_TASK_TIME_LIMIT)
         return cls(
             broker_url=with_redis_password(broker_url, password),
             result_backend=with_redis_password(result_backend, password),
@@ -316,10 +315,8 @@ class Settings:
             concurrency=read.number("TASKPOOL_CONCURRENCY", int, None),
             broker_timeout=read.number("TASKPOOL_BROKER_TIMEOUT", float, DEFAULT_BROKER_TIMEOUT),
             broker_recheck=read.number("TASKPOOL_BROKER_RECHECK", float, DEFAULT_BROKER_RECHECK),
-            task_time_limit=hard_limit,
-            task_soft_time_limit=read.number(
-                "TASKPOOL_TASK_SOFT_TIME_LIMIT", float, hard_limit * SOFT_LIMIT_SHARE
-            ),
+            task_time_limit=read.number("TASKPOOL_TASK_TIME_LIMIT", float, DEFAULT_TASK_TIME_LIMIT),
+            task_soft_time_limit=read.number("TASKPOOL_TASK_SOFT_TIME_LIMIT", float, None),
             result_expires=read.number("TASKPOOL_RESULT_EXPIRES", int, DEFAULT_RESULT_EXPIRES),
             liveness_timeout=read.number(
                 "TASKPOOL_LIVENESS_TIMEOUT", float, DEFAULT_LIVENESS_TIMEOUT
@@ -357,7 +354,12 @@ class Settings:
         )
 
     def _check_limits(self) -> None:
-        """Reject limits that contradict each other."""
+        """Derive an unset soft limit from the hard one; reject limits that contradict."""
+        if self.task_soft_time_limit is None:
+            object.__setattr__(  # frozen: set once, here, as it is built
+                self, "task_soft_time_limit", self.task_time_limit * SOFT_LIMIT_SHARE
+            )
+        assert self.task_soft_time_limit is not None
         if self.task_soft_time_limit >= self.task_time_limit:
             raise ConfigError(
                 "TASKPOOL_TASK_SOFT_TIME_LIMIT",

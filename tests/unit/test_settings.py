@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 import pytest
 
 from taskpool import ConfigError, Settings
+from taskpool.settings import VARIABLES
+from tests.support.paths import REPO_ROOT
 
 
 def test_defaults_work_on_a_laptop() -> None:
@@ -18,6 +21,7 @@ def test_defaults_work_on_a_laptop() -> None:
     assert settings.local_start_method == "auto"
     assert settings.concurrency is None
     assert settings.processes >= 1
+    assert settings.task_soft_time_limit is not None
     assert settings.task_time_limit > settings.task_soft_time_limit
     assert settings.visibility_timeout == 3600  # kombu's, for messages stock workers took
 
@@ -302,3 +306,18 @@ def test_a_password_with_a_raw_slash_is_refused_without_showing_it() -> None:
         Settings.from_env({"TASKPOOL_BROKER_URL": "redis://:p@ss/w0rd@localhost:6379/0"})
     assert "database number" in str(caught.value) and "%2F" in str(caught.value)
     assert "w0rd" not in str(caught.value)
+
+
+def test_settings_built_by_hand_and_from_the_environment_agree() -> None:
+    # Settings(task_time_limit=10) refused a soft limit of 270 nobody had set.
+    assert Settings(task_time_limit=10) == Settings.from_env({"TASKPOOL_TASK_TIME_LIMIT": "10"})
+    assert Settings() == Settings.from_env({})
+    assert Settings(task_time_limit=10).task_soft_time_limit == 9.0
+
+
+def test_the_readmes_settings_table_names_every_variable_once() -> None:
+    readme = (REPO_ROOT / "README.md").read_text()
+    table = readme[readme.index("## Settings") : readme.index("## Layout")]
+    rows = re.findall(r"^\| `(TASKPOOL_[A-Z_]+)`(?:, `(TASKPOOL_[A-Z_]+)`)?", table, re.M)
+    named = [name for row in rows for name in row if name]
+    assert sorted(named) == sorted(VARIABLES)
