@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from celery import Celery
+from kombu.exceptions import OperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from taskpool.testing.processes import terminate
 
@@ -70,8 +72,13 @@ class CeleryWorker:
             assert self.process is not None
             if self.process.poll() is not None:
                 raise RuntimeError(f"worker {self.node} exited early:\n{self.log_tail()}")
-            if app.control.ping(destination=[self.node], timeout=0.5):
-                return self
+            try:
+                if app.control.ping(destination=[self.node], timeout=0.5):
+                    return self
+            except (OSError, ConnectionError, RedisConnectionError, OperationalError):
+                # A connection the broker closed (a server just started on a port another
+                # had a moment ago): the next ping opens a new one.
+                time.sleep(0.1)
         raise RuntimeError(
             f"worker {self.node} did not answer a ping in {timeout}s:\n{self.log_tail()}"
         )
