@@ -75,7 +75,7 @@ def taskpool_config(app: Celery, source: Any, given: Settings | None = None) -> 
         settings = given or Settings.from_sources(
             os.environ, {**project, **in_code}, namespace=app.namespace
         )
-        _check_code_agrees(in_code, settings, app.namespace)
+        _check_code_agrees(in_code, app.namespace)
     except ConfigError as exc:
         if _in_celery_command():  # one clear line for the operator, not a traceback
             print(f"taskpool: {exc}", file=sys.stderr)
@@ -123,7 +123,7 @@ def _spelt(key: str, namespace: str | None) -> str:
     return f"{namespace.upper()}_{key.upper()}" if namespace else key
 
 
-def _check_code_agrees(in_code: dict[str, Any], settings: Settings, namespace: str | None) -> None:
+def _check_code_agrees(in_code: dict[str, Any], namespace: str | None) -> None:
     """Refuse a ``TASKPOOL_*`` variable that a Celery key set in code overrides: Celery lays
     such keys over everything, so the worker would use one value and taskpool the other."""
     for variable, key in CELERY_KEYS.items():

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -98,16 +98,17 @@ def route(
     dispatch: str | None = None,
     *,
     need_worker: bool = False,
-    queue: str | None = None,
+    queue: Callable[[], str | None] | None = None,
 ) -> Route:
     """Decide where ``app``'s work goes now.
 
     Inside a Celery worker (a retry, a task calling a task) mode ``auto`` stays on the broker:
     a local result would never reach the result store its caller waits on; so does ``celery
-    beat``, whose scheduled tasks are meant for the workers. With ``queue`` (the one the work
-    is routed to), a broker where no live worker consumes it is handled by TASKPOOL_NO_WORKER
-    (``no_worker``). ``need_worker`` also asks for any worker to answer a ping, for callers
-    that would otherwise wait on a queue nobody consumes (the ``taskpool`` command).
+    beat``, whose scheduled tasks are meant for the workers. With ``queue`` (what names the
+    queue the work is routed to, asked only when the broker answers), a broker where no live
+    worker consumes it is handled by TASKPOOL_NO_WORKER (``no_worker``). ``need_worker`` also
+    asks for any worker to answer a ping, for callers that would otherwise wait on a queue
+    nobody consumes (the ``taskpool`` command).
     """
     settings = settings_of(app)
     # A forced mode wins over the call's, which wins over the settings'.
@@ -120,10 +121,11 @@ def route(
     verdict = health(app, settings)
     if not verdict.is_up():
         return fall_back(app, mode, verdict.reason)
-    if queue is not None and not in_fleet:
-        served, news = verdict.consumers_of(queue)
+    name = queue() if queue is not None and not in_fleet else None
+    if name is not None:
+        served, news = verdict.consumers_of(name)
         if served == 0:
-            return no_worker(app, mode, settings, queue, warn=news)
+            return no_worker(app, mode, settings, name, warn=news)
     if not need_worker:
         return Route("broker", mode, "the broker answers")  # no URL: this is every call's path
     broker = mask_url(verdict.broker_url)

@@ -82,7 +82,10 @@ class FallbackTask(Task):
         )  # fmt: skip
         if self.app.conf.task_always_eager:
             return super().apply_async(**celery_call)
-        queue = dispatch.queue_of(self.app, self.name, options)
+
+        def queue() -> str | None:
+            return dispatch.queue_of(self.app, self.name, options)
+
         route = dispatch.route(self.app, requested, queue=queue)
         if route.backend == "broker":
             try:
@@ -173,7 +176,7 @@ def send_task(
     if dispatch.routed.get():  # FallbackTask.apply_async decided already
         return publish(name, args, kwargs, **options)
     requested = options.pop("dispatch", None)
-    route = dispatch.route(app, requested, queue=dispatch.queue_of(app, name, options))
+    route = dispatch.route(app, requested, queue=lambda: dispatch.queue_of(app, name, options))
     if route.backend == "broker":
         return publish(name, args, kwargs, **options)
     task = app.tasks.get(name)

@@ -304,8 +304,9 @@ class _Map:
     ) -> None:
         self.task, self.app, self.star = task, task.app, star
         settings = settings_of(self.app)
-        queue = dispatch.queue_of(self.app, task.name, {})
-        route = dispatch.route(self.app, requested, queue=queue)
+        route = dispatch.route(
+            self.app, requested, queue=lambda: dispatch.queue_of(self.app, task.name, {})
+        )
         self.mode = route.mode
         self.backend: _LocalChunks | _BrokerChunks = (
             _BrokerChunks(self.app, task, star)
