@@ -74,10 +74,15 @@ def _trim(client: Any, now: float) -> None:
     old = client.zrangebyscore(INDEX, "-inf", now - KEEP_SECONDS)
     excess = max(0, int(client.zcard(INDEX)) - MAX_ENTRIES)
     old += client.zrange(INDEX, 0, excess - 1) if excess else []
-    if old:
+    _forget(client, old)
+
+
+def _forget(client: Any, ids: list[Any]) -> None:
+    """Remove entries, from the hash and the index together."""
+    if ids:
         with client.pipeline() as pipe:
-            pipe.hdel(FAILED, *old)
-            pipe.zrem(INDEX, *old)
+            pipe.hdel(FAILED, *ids)
+            pipe.zrem(INDEX, *ids)
             pipe.execute()
 
 
@@ -116,14 +121,12 @@ class Ledger:
             self.drop([entry])
         return len(entries)
 
+    def failed_count(self) -> int:
+        return int(self.client.zcard(INDEX))
+
     def drop(self, entries: list[dict[str, Any]]) -> int:
-        ids = [entry["id"] for entry in entries]
-        if ids:
-            with self.client.pipeline() as pipe:
-                pipe.hdel(FAILED, *ids)
-                pipe.zrem(INDEX, *ids)
-                pipe.execute()
-        return len(ids)
+        _forget(self.client, [entry["id"] for entry in entries])
+        return len(entries)
 
     def local_runs(self) -> dict[str, int]:
         return {_text(k): int(v) for k, v in self.client.hgetall(LOCAL_RUNS).items()}

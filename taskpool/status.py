@@ -57,7 +57,6 @@ def read_status(app: Celery) -> dict[str, Any]:
         {"node": node, "pool": info.get("pool", {}).get("max-concurrency")}
         for node, info in sorted(stats.items())
     ]
-    report["queue"]["depth"] = _queue_depth(app, app.conf.task_default_queue)
     consumers: Counter[str] = Counter()
     if is_redis(health.broker_url):  # the quarantine is kept in a Redis broker
         with quarantine.of_app(app) as kept:
@@ -69,15 +68,17 @@ def read_status(app: Celery) -> dict[str, Any]:
     names |= {queue.name for queue in app.conf.task_queues or ()}
     names |= {queue for _, queue in settings.routes}
     report["local_runs"], report["failed"] = _ledger(app)
+    waiting = _queue_depths(app, sorted(names))
+    report["queue"]["depth"] = waiting[app.conf.task_default_queue]
     report["queues"] = [
         {
             "name": name,
-            "waiting": _queue_depth(app, name),
+            "waiting": waiting[name],
             "reserved": waiting_on_worker[name],
             "running": running[name],
             "consumers": consumers[name],
         }
-        for name in sorted(names)
+        for name in waiting
     ]
     return report
 
@@ -87,7 +88,7 @@ def _ledger(app: Celery) -> tuple[dict[str, int] | None, int | None]:
     workers; None where the result store is not Redis or does not answer."""
     try:
         ledger = Ledger(app)
-        return ledger.local_runs(), len(ledger.failed())
+        return ledger.local_runs(), ledger.failed_count()
     except Exception:  # noqa: BLE001 - status reports what it can read
         return None, None
 
@@ -103,13 +104,17 @@ def _by_queue(tasks_by_node: dict[str, Any]) -> Counter[str]:
     return counts
 
 
-def _queue_depth(app: Celery, queue: str) -> int:
+def _queue_depths(app: Celery, queues: list[str]) -> dict[str, int]:
+    """The messages waiting in each of ``queues``, in that order, over one connection."""
+    depths: dict[str, int] = {}
     with app.connection_for_write() as connection:
-        try:
-            declared = connection.default_channel.queue_declare(queue=queue, passive=True)
-        except ChannelError:  # no such queue yet (on Redis: an empty one), so nothing waits
-            return 0
-        return int(declared.message_count)
+        channel = connection.default_channel
+        for queue in queues:
+            try:
+                depths[queue] = int(channel.queue_declare(queue=queue, passive=True).message_count)
+            except ChannelError:  # no such queue yet (on Redis: an empty one): nothing waits
+                depths[queue] = 0
+    return depths
 
 
 def render_status(report: dict[str, Any]) -> str:
