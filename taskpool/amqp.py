@@ -7,6 +7,11 @@ its broker page and queue-length API by that scheme and said "'redis' broker is 
 supported"; the worker's banner and logs showed it too. The URI now starts with what the
 broker URL itself says (``redis://``, ``rediss://``, ``sentinel://``); the connection is made
 as before.
+
+A connection also keeps taskpool's transport when it moves to the next URL of a failover list
+(``redis://a;redis://b``, a list of sentinels): kombu's ``switch`` takes the transport from the
+next URL's scheme, so a worker that failed over went on with kombu's own Redis transport, with
+no heartbeats, held messages or quarantine, and clients found "no live worker" from then on.
 """
 
 from __future__ import annotations
@@ -30,6 +35,13 @@ class Connection(KombuConnection):
         else:
             scheme = "rediss" if self.ssl else "redis"
         return scheme + uri.removeprefix(transport)
+
+    def switch(self, conn_str: str) -> None:
+        configured = self._initial_params.get("transport")
+        super().switch(conn_str)
+        if configured in RELIABLE_TRANSPORTS.values():
+            # kombu set the next URL's scheme; one without a taskpool transport keeps kombu's.
+            self.transport_cls = RELIABLE_TRANSPORTS.get(self.transport_cls, self.transport_cls)
 
 
 class AMQP(CeleryAMQP):

@@ -183,13 +183,18 @@ def refusal(error: BaseException | None) -> str | None:
 
 
 def probe_broker(app: Celery, timeout: float) -> None:
-    """Connect to ``app``'s broker once, with its own settings and every wait cut to ``timeout``."""
+    """Connect to ``app``'s broker once, with its own settings and every wait cut to ``timeout``.
+
+    A failover list (``redis://a;redis://b``) is tried URL by URL, each within ``timeout``, as
+    the app's own connections go through it; a list of sentinels names one broker: one try.
+    """
     bounded: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
     sentinel_kwargs = app.conf.broker_transport_options.get("sentinel_kwargs")
     if sentinel_kwargs is not None:  # the sentinels' own clients, bounded alike
         bounded["sentinel_kwargs"] = {**sentinel_kwargs, **bounded}
     with app.connection_for_write(connect_timeout=timeout, transport_options=bounded) as conn:
-        conn.ensure_connection(max_retries=0, timeout=timeout)
+        tries = 1 if is_sentinel(app.conf.broker_url) else max(1, len(conn.alt))
+        conn.ensure_connection(max_retries=tries - 1, timeout=timeout * tries)
 
 
 def count_consumers(app: Celery, queue: str, timeout: float) -> int | None:

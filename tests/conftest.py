@@ -102,7 +102,8 @@ def node_name(name: str) -> str:
 
 def worker_env(broker_url: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TASKPOOL_", "CELERY_"))}
-    env.update(TASKPOOL_BROKER_URL=broker_url, TASKPOOL_RESULT_BACKEND=broker_url, **extra)
+    env.update(TASKPOOL_BROKER_URL=broker_url, TASKPOOL_RESULT_BACKEND=broker_url)
+    env.update(extra)  # a result store of its own, say
     return env
 
 

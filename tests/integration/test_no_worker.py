@@ -14,12 +14,13 @@ import pytest
 from celery.result import AsyncResult
 
 import taskpool
-from taskpool import LocalResult, NoWorker
+from taskpool import LocalResult, NoWorker, Settings, liveness
+from taskpool.celery_conf import RELIABLE_TRANSPORTS
 from taskpool.ledger import Ledger
 from taskpool.testing.celery_worker import CeleryWorker
-from taskpool.testing.redis_server import RedisServer
+from taskpool.testing.redis_server import RedisServer, free_port
 from taskpool.testing.waiting import wait_for
-from tests.conftest import client_app, node_name
+from tests.conftest import client_app, node_name, settings_app
 
 pytestmark = pytest.mark.integration
 
@@ -102,3 +103,22 @@ def test_a_local_run_for_want_of_a_worker_is_stored_for_readers_elsewhere(
     assert Ledger(elsewhere).local_runs() == {"tasks.square": 1, "tasks.sum_of_squares": 1}
     stored = AsyncResult(failed.id, app=elsewhere)
     assert stored.state == "FAILURE" and isinstance(stored.result, TypeError)
+
+
+def test_a_worker_and_a_client_on_the_second_url_of_a_failover_list_keep_taskpools_transport(
+    redis_server: RedisServer, worker_factory: Callable[..., CeleryWorker]
+) -> None:
+    # Both start on a closed port and move on to the next URL, as after a failover; kombu's
+    # switch used to pick its own transport by the URL's scheme there, so the worker never beat.
+    store = redis_server.url(db=13)
+    url = f"redis://127.0.0.1:{free_port()}/13;{store}"
+    worker_factory(url, node_name("failover-list"), TASKPOOL_RESULT_BACKEND=store)
+    app = settings_app(Settings(broker_url=url, result_backend=store))
+    with app.connection_for_read() as connection:
+        connection.ensure_connection(max_retries=3)
+        assert connection.transport_cls == RELIABLE_TRANSPORTS["redis"]
+        client = connection.default_channel.client
+        wait_for(lambda: liveness.serving(client, "celery") == 1, 10, "the worker's beat")
+    result = app.tasks["tasks.square"].delay(6)
+    assert not isinstance(result, LocalResult)
+    assert result.get(timeout=30) == 36
