@@ -5,7 +5,8 @@ command all ask ``route`` and, when a publish fails after a good verdict, ``fall
 dispatch mode (``TASKPOOL_DISPATCH``, or ``dispatch=`` per call) decides what happens when the
 broker does not answer: ``auto`` runs locally, ``celery`` raises BrokerUnavailable, ``local``
 never asks the broker at all. A broker that answers while no live worker consumes the work's
-queue is TASKPOOL_NO_WORKER's to decide (``no_worker``).
+queue is TASKPOOL_NO_WORKER's to decide (``no_worker``). Celery's ``task_always_eager`` comes
+first: work takes Celery's own eager path, asking nothing (``eager``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from taskpool.urls import mask_url
 
 log = logging.getLogger("taskpool.fallback")
 
-Backend = Literal["broker", "local"]
+#: ``eager``: Celery's own path under ``task_always_eager`` (a call runs in this process).
+Backend = Literal["broker", "local", "eager"]
 
 #: How long ``route(..., need_worker=True)`` waits for any worker to answer a ping.
 WORKER_PING_TIMEOUT = 1.0
@@ -113,6 +115,8 @@ def route(
     settings = settings_of(app)
     # A forced mode wins over the call's, which wins over the settings'.
     mode = _forced or check_dispatch(dispatch or settings.dispatch)
+    if app.conf.task_always_eager:
+        return Route("eager", mode, "task_always_eager: Celery runs the work in this process")
     if mode == "local":
         return Route("local", mode, "dispatch mode local")
     in_fleet = _in_beat or app.current_worker_task is not None

@@ -80,13 +80,13 @@ class FallbackTask(Task):
             args=args, kwargs=kwargs, task_id=task_id, producer=producer,
             link=link, link_error=link_error, shadow=shadow, **options,
         )  # fmt: skip
-        if self.app.conf.task_always_eager:
-            return super().apply_async(**celery_call)
 
         def queue() -> str | None:
             return dispatch.queue_of(self.app, self.name, options)
 
         route = dispatch.route(self.app, requested, queue=queue)
+        if route.backend == "eager":
+            return super().apply_async(**celery_call)
         if route.backend == "broker":
             try:
                 token = dispatch.routed.set(True)  # the app's send_task need not decide again
@@ -177,7 +177,7 @@ def send_task(
         return publish(name, args, kwargs, **options)
     requested = options.pop("dispatch", None)
     route = dispatch.route(app, requested, queue=lambda: dispatch.queue_of(app, name, options))
-    if route.backend == "broker":
+    if route.backend != "local":  # Celery's send_task publishes under task_always_eager too
         return publish(name, args, kwargs, **options)
     task = app.tasks.get(name)
     if isinstance(task, FallbackTask):

@@ -30,6 +30,7 @@ from taskpool.chunks import (
     chunked,
     pack,
     run_chunk,
+    run_items,
     unpack,
 )
 from taskpool.errors import ArgumentTooLarge, BrokerUnavailable, MapItemFailed
@@ -175,6 +176,24 @@ class _LocalChunks:
         return chunk.handle.get()
 
 
+class _EagerChunks:
+    """Under ``task_always_eager``: each chunk runs in this process, as Celery runs an eager
+    call, so a test's patches and fixtures apply to the mapped task too."""
+
+    name = "eager"
+    chunks_per_process = 4  # progress moves four times per process's share
+    in_flight_per_process = 1
+
+    def __init__(self, task: Task, star: bool) -> None:
+        self.task, self.star = task, star
+
+    def submit(self, items: Sequence[Any], start: int) -> ChunkOutcome:
+        return run_items(self.task, items, None, star=self.star)
+
+    def collect(self, chunk: _Chunk) -> ChunkOutcome:
+        return chunk.handle
+
+
 class _BrokerChunks:
     name = "broker"
     #: Fewer, larger messages, and more of them out at once to hide each round trip
@@ -308,11 +327,13 @@ class _Map:
             self.app, requested, queue=lambda: dispatch.queue_of(self.app, task.name, {})
         )
         self.mode = route.mode
-        self.backend: _LocalChunks | _BrokerChunks = (
-            _BrokerChunks(self.app, task, star)
-            if route.backend == "broker"
-            else _LocalChunks(task, star)
-        )
+        self.backend: _LocalChunks | _BrokerChunks | _EagerChunks
+        if route.backend == "broker":
+            self.backend = _BrokerChunks(self.app, task, star)
+        elif route.backend == "eager":
+            self.backend = _EagerChunks(task, star)
+        else:
+            self.backend = _LocalChunks(task, star)
         self.backends = [self.backend.name]
         length = len(inputs) if isinstance(inputs, Sized) else None
         processes = settings.processes

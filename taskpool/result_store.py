@@ -77,7 +77,7 @@ class _Store(_Base):
 
     def apply_chord(self, header_result_args: Any, body: Any, **options: Any) -> Any:
         route = dispatch.route(self.app, None)
-        if route.backend != "broker":
+        if route.backend == "local":
             refuse_canvas(f"chord({body.name})", route, {"chord": body})
         return super().apply_chord(header_result_args, body, **options)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from celery.result import AsyncResult
 from celery.signals import beat_init
 from kombu.exceptions import OperationalError
 
+import taskpool
 from taskpool import (
     BrokerUnavailable,
     FallbackTask,
@@ -282,3 +284,18 @@ def test_beat_never_falls_back_to_the_local_pool() -> None:
             square.delay(2)
     finally:
         dispatch._in_beat = False
+
+
+def test_task_always_eager_runs_calls_and_maps_in_this_process_without_asking_the_broker() -> None:
+    with SilentListener() as silent:
+        # Mode celery with no broker would raise: the eager rule comes first, for maps too.
+        app = client_app(silent.url(), dispatch="celery")
+        app.conf.task_always_eager = True
+
+        @app.task(name="eager.pid")
+        def pid(n: int) -> tuple[int, int]:
+            return n, os.getpid()
+
+        assert tuple(pid.delay(7).get(timeout=NO_HANG)) == (7, os.getpid())
+        assert taskpool.map(pid, range(40), progress=False) == [(n, os.getpid()) for n in range(40)]
+        assert not silent.accepted
