@@ -17,6 +17,12 @@ RELIABLE_TRANSPORTS = {
 }
 
 
+#: How a client retries a publish or a result-store command: twice, within 0.3 s, then it
+#: fails, so .delay() and .get() cannot spin on a dead broker (Celery's default policy retries
+#: a dead result store for about 19 s).
+QUICK_RETRIES = {"max_retries": 2, "interval_start": 0, "interval_step": 0.1, "interval_max": 0.2}
+
+
 #: TASKPOOL_REDIS_TLS_VERIFY -> what Python's ssl module calls it.
 CERT_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
 
@@ -129,23 +135,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "max_deliveries": settings.max_deliveries,
             "max_inflated": settings.max_message_bytes,
         },
-        # Publishing retries briefly, then fails, so .delay() cannot spin on a dead broker.
-        "task_publish_retry_policy": {
-            "max_retries": 2,
-            "interval_start": 0,
-            "interval_step": 0.1,
-            "interval_max": 0.2,
-        },
+        "task_publish_retry_policy": QUICK_RETRIES,
         "redis_socket_timeout": settings.socket_timeout,
         "redis_socket_connect_timeout": settings.broker_timeout,
         "result_backend_transport_options": {
-            # Celery's default retries a dead result store for about 19 s before failing.
-            "retry_policy": {
-                "max_retries": 2,
-                "interval_start": 0,
-                "interval_step": 0.1,
-                "interval_max": 0.2,
-            },
+            "retry_policy": QUICK_RETRIES,
             **(sentinel if backend_scheme == "sentinel" else {}),
         },
     }

@@ -89,6 +89,16 @@ class RedisFull(TaskpoolError, redis.exceptions.OutOfMemoryError):
     tells such an error from others, in whichever form Redis 6 or 7 gave it)."""
 
 
+#: What a lost broker or result store raises to a client: Celery wraps the broker's errors in
+#: kombu's OperationalError; the result store's (redis-py's) may come raw.
+LOST_CONNECTION = (
+    OperationalError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    OSError,
+)
+
+
 def redis_full(error: BaseException | None) -> bool:
     """Whether ``error``, or one it was raised from, is Redis refusing a write for lack of
     memory: Redis 7 names it OutOfMemoryError, Redis 6 a script's ResponseError "-OOM ..."."""

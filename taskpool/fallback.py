@@ -13,15 +13,13 @@ import time
 from datetime import datetime
 from typing import Any
 
-import redis
 from celery import Task
 from celery.result import AsyncResult, EagerResult
 from celery.utils.time import maybe_iso8601, maybe_make_aware
-from kombu.exceptions import OperationalError
 
 from taskpool import dispatch
 from taskpool.arguments import check_call
-from taskpool.errors import BrokerUnavailable, LocalPoolError
+from taskpool.errors import LOST_CONNECTION, BrokerUnavailable, LocalPoolError
 from taskpool.local_pool import RunOptions, submit
 from taskpool.result_consumer import gave_up
 from taskpool.results import LocalResult
@@ -35,14 +33,6 @@ CANVAS = {
     "group_id": "a group",
     "chord": "a chord",
 }
-
-#: What a failed publish raises: Celery wraps the broker's errors, the result store's may be raw.
-PUBLISH_ERRORS = (
-    OperationalError,
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    OSError,
-)
 
 
 class FallbackTask(Task):
@@ -94,7 +84,7 @@ class FallbackTask(Task):
                     return super().apply_async(**celery_call)
                 finally:
                     dispatch.routed.reset(token)
-            except PUBLISH_ERRORS as exc:
+            except LOST_CONNECTION as exc:
                 route = dispatch.publish_failed(self.app, route.mode, exc)
             except RuntimeError as exc:
                 # Celery's result consumer could not reach the result store to subscribe,

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 import redis
 from celery import Celery, Task, states
-from kombu.exceptions import OperationalError
 from tqdm import tqdm
 
 from taskpool import dispatch
@@ -33,7 +32,7 @@ from taskpool.chunks import (
     run_items,
     unpack,
 )
-from taskpool.errors import ArgumentTooLarge, BrokerUnavailable, MapItemFailed
+from taskpool.errors import LOST_CONNECTION, ArgumentTooLarge, BrokerUnavailable, MapItemFailed
 from taskpool.health import FREE_MEMORY, FULL
 from taskpool.local_pool import submit_chunk
 from taskpool.settings import settings_of
@@ -51,14 +50,6 @@ WORKER_SILENCE_SECONDS = 10.0
 #: at most ~50 reads a second for slow ones.
 POLL_FIRST_SECONDS = 0.001
 POLL_MAX_SECONDS = 0.02
-
-#: What a lost broker or result store raises while a map publishes or polls.
-LOST_BROKER_ERRORS = (
-    OperationalError,
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    OSError,
-)
 
 
 def imap(
@@ -265,7 +256,7 @@ class _BrokerChunks:
         while True:
             try:
                 meta = self.app.backend.get_task_meta(task_id, cache=False)
-            except LOST_BROKER_ERRORS as exc:
+            except LOST_CONNECTION as exc:
                 self.health.mark_down(exc)
                 raise _BackendLost(self.health.reason) from exc
             if meta["status"] in states.READY_STATES:
@@ -288,7 +279,7 @@ class _BrokerChunks:
         client = getattr(self.app.backend, "client", None)  # a Redis result store's
         try:
             memory = client.info("memory") if client is not None else {}
-        except LOST_BROKER_ERRORS as exc:
+        except LOST_CONNECTION as exc:
             raise _BackendLost(str(exc)) from exc
         except redis.exceptions.ResponseError:  # INFO refused (an ACL user): no memory check
             memory = {}
