@@ -8,7 +8,6 @@ import time
 import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 import redis
 from amqp.exceptions import AccessRefused, NotAllowed
@@ -17,7 +16,7 @@ from celery import Celery
 from taskpool import liveness, sentinel
 from taskpool.celery_conf import RELIABLE_TRANSPORTS
 from taskpool.errors import ConfigError, redis_full
-from taskpool.urls import is_redis, is_sentinel, mask_url
+from taskpool.urls import is_redis, is_sentinel, mask_url, scrub
 
 log = logging.getLogger("taskpool.fallback")
 
@@ -89,13 +88,8 @@ class BrokerHealth:
             )
 
     def scrub(self, text: str) -> str:
-        """Remove the broker's and result store's passwords from ``text``."""
-        for url in (self.broker_url, self.backend_url):
-            for part in url.split(";"):
-                password = urlsplit(part).password
-                if password:
-                    text = text.replace(password, "**")
-        return text
+        """``text`` safe to show: no password of the broker's or result store's URLs."""
+        return scrub(text, self.broker_url, self.backend_url)
 
     @property
     def broker_url(self) -> str:

@@ -10,7 +10,7 @@ from urllib.parse import unquote, urlsplit
 import redis
 from redis.sentinel import Sentinel
 
-from taskpool.urls import failover_hosts
+from taskpool.urls import failover_hosts, mask_url, split_urls
 
 #: Where a sentinel listens unless its URL says otherwise.
 SENTINEL_PORT = 26379
@@ -31,10 +31,10 @@ def sentinels(
     options = dict(transport_options or {})
     master = options.get("master_name")
     if not master:
-        raise ValueError(f"no master_name in the transport options of {url.split(';')[0]}")
+        raise ValueError(f"no master_name in the transport options of {mask_url(url)}")
     # No retries (redis-py's default retries each sentinel three times with backoff).
     bounded = {"socket_timeout": timeout, "socket_connect_timeout": timeout, "retry": None}
-    first = urlsplit(url.split(";")[0])
+    first = urlsplit(split_urls(url)[0])
     redis_options: dict[str, Any] = dict(bounded, db=int(first.path.strip("/") or 0))
     if first.password:
         redis_options["password"] = unquote(first.password)

@@ -17,7 +17,14 @@ from celery.app.backends import BACKEND_ALIASES
 from kombu.transport import TRANSPORT_ALIASES
 
 from taskpool.errors import ConfigError
-from taskpool.urls import REDIS_SCHEMES, is_redis, is_sentinel, mask_url, url_scheme
+from taskpool.urls import (
+    REDIS_SCHEMES,
+    is_redis,
+    is_sentinel,
+    mask_url,
+    split_urls,
+    url_scheme,
+)
 
 DispatchMode = Literal["auto", "celery", "local"]
 DISPATCH_MODES: tuple[DispatchMode, ...] = ("auto", "celery", "local")
@@ -382,8 +389,8 @@ def with_redis_password(url: str, password: str) -> str:
     a secret (TASKPOOL_REDIS_PASSWORD); a password already in the URL wins. In a list of
     sentinels, each URL gets it: Celery and kombu read it from the first.
     """
-    if ";" in url:
-        return ";".join(with_redis_password(part, password) for part in url.split(";"))
+    if len(split_urls(url)) > 1:
+        return ";".join(with_redis_password(part, password) for part in split_urls(url))
     parts = urlsplit(url)
     if not password or parts.scheme not in REDIS_SCHEMES or parts.password is not None:
         return url
@@ -569,7 +576,7 @@ def _check_url(name: str, url: str, schemes: Collection[str]) -> None:
         scheme = url_scheme(url)
     except ValueError:
         scheme = ""
-    if scheme in REDIS_SCHEMES and not all(map(_has_database_path, url.split(";"))):
+    if scheme in REDIS_SCHEMES and not all(map(_has_database_path, split_urls(url))):
         raise ConfigError(
             name,
             mask_url(url),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from taskpool import mask_url
+from taskpool.settings import with_redis_password
+from taskpool.urls import scrub, split_urls
 
 
 @pytest.mark.parametrize(
@@ -38,3 +40,28 @@ from taskpool import mask_url
 )
 def test_mask_url_hides_every_password(url: str, masked: str) -> None:
     assert mask_url(url) == masked
+
+
+@pytest.mark.parametrize(
+    ("url", "urls"),
+    [
+        ("redis://:a@h1/0;redis://:b@h2/0", ["redis://:a@h1/0", "redis://:b@h2/0"]),
+        ("redis://:pa;ss@h/0", ["redis://:pa;ss@h/0"]),
+        ("sentinel://:a;b@h1:26379;sentinel://h2", ["sentinel://:a;b@h1:26379", "sentinel://h2"]),
+    ],
+)
+def test_a_failover_list_is_split_only_where_a_url_starts(url: str, urls: list[str]) -> None:
+    assert split_urls(url) == urls
+
+
+def test_scrub_removes_each_configured_password_as_written_and_decoded() -> None:
+    text = "AUTH failed for pa;ss, p@ss/w and p%40ss%2Fw at redis://:pa;ss@h/0 (token t0k)"
+    urls = ("redis://:pa;ss@h/0;redis://:p%40ss%2Fw@h2/0", "redis://h/1?password=t0k")
+    scrubbed = scrub(text, *urls)
+    assert scrubbed == "AUTH failed for **, ** and ** at redis://:**@h/0 (token **)"
+
+
+def test_a_password_holding_a_semicolon_gets_the_password_variable_put_nowhere() -> None:
+    # A URL with a password keeps it; one ';' inside it does not make a list (it used to recurse).
+    assert with_redis_password("redis://:pa;ss@h/0", "other") == "redis://:pa;ss@h/0"
+    assert with_redis_password("redis://h/0;redis://h2/0", "s") == "redis://:s@h/0;redis://:s@h2/0"
