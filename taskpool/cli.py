@@ -14,6 +14,7 @@ from typing import IO, TYPE_CHECKING, Any
 import click
 
 from taskpool.errors import BrokerUnavailable, ConfigError, TaskpoolError
+from taskpool.registry import find_task
 from taskpool.settings import DISPATCH_MODES, current_settings
 
 if TYPE_CHECKING:
@@ -279,11 +280,10 @@ def _json_lines(stream: IO[str]) -> Iterator[Any]:
 
 
 def _find_task(app: Any, name: str) -> Any:
-    for candidate in (name, f"tasks.{name}"):
-        if candidate in app.tasks and not candidate.startswith(("celery.", "taskpool.")):
-            return app.tasks[candidate]
-    known = ", ".join(sorted(n for n in app.tasks if not n.startswith(("celery.", "taskpool."))))
-    raise click.UsageError(f"no task named {name!r}; known tasks: {known}")
+    try:
+        return find_task(app, name)
+    except LookupError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 @command()

@@ -11,6 +11,7 @@ from celery.result import EagerResult
 from taskpool import local_pool
 from taskpool.errors import LocalPoolError
 from taskpool.mapping import map as bulk_map
+from taskpool.registry import find_task
 from taskpool.results import LocalResult
 
 
@@ -46,9 +47,6 @@ class LocalRunner:
         if not isinstance(task, str):
             return task
         try:
-            return self.app.tasks[task]
-        except KeyError:
-            known = ", ".join(sorted(n for n in self.app.tasks if not n.startswith("celery.")))
-            raise LocalPoolError(
-                f"no task named {task!r} on app {self.app.main!r}; known: {known}"
-            ) from None
+            return find_task(self.app, task)
+        except LookupError as exc:
+            raise LocalPoolError(f"{exc} (app {self.app.main!r})") from None
