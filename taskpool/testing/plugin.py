@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from taskpool.testing.ci import skip_or_fail
+
 if TYPE_CHECKING:
     from taskpool.testing.celery_worker import CeleryWorker
     from taskpool.testing.redis_server import RedisServer
@@ -51,10 +53,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
 def _forget_settings() -> None:
     """Make taskpool read the environment again (its settings are read once and kept)."""
     settings = sys.modules.get("taskpool.settings")
@@ -69,10 +67,9 @@ def taskpool_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSe
 
     binary = find_redis_server()
     if binary is None:
-        message = "no redis-server on PATH or in the venv (pip install 'taskpool[pytest]')"
-        if _in_ci():
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_or_fail(
+            "no redis-server on PATH or in the venv (pip install 'celery-taskpool[pytest]')"
+        )
     server = RedisServer(binary, free_port(), tmp_path_factory.mktemp("taskpool-redis")).start()
     patch = pytest.MonkeyPatch()
     try:

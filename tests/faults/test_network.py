@@ -22,6 +22,7 @@ import redis as redis_py
 from celery.result import AsyncResult
 
 from taskpool.testing.celery_worker import CeleryWorker
+from taskpool.testing.ci import skip_or_fail
 from taskpool.testing.redis_server import RedisServer
 from taskpool.testing.waiting import wait_for
 from tests import conftest
@@ -77,10 +78,6 @@ class WorkerHost:
         subprocess.run(["ip", "netns", "del", self.namespace], capture_output=True, timeout=10)
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
 @pytest.fixture
 def worker_host() -> Iterator[WorkerHost]:
     host = WorkerHost()
@@ -88,10 +85,7 @@ def worker_host() -> Iterator[WorkerHost]:
         host.create()
     except (OSError, subprocess.CalledProcessError) as exc:
         host.remove()
-        reason = f"network namespaces are not permitted here: {exc}"
-        if _in_ci():
-            pytest.fail(reason)
-        pytest.skip(reason)
+        skip_or_fail(f"network namespaces are not permitted here: {exc}")
     yield host
     host.remove()
 

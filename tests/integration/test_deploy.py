@@ -17,7 +17,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import pytest
 import redis as redis_py
@@ -28,6 +28,7 @@ from taskpool import ConfigError, LocalResult, Settings, create_app, mask_url
 from taskpool.examples import register
 from taskpool.health import BrokerHealth
 from taskpool.testing.celery_worker import CeleryWorker
+from taskpool.testing.ci import skip_or_fail
 from taskpool.testing.redis_server import RedisServer, free_port
 from taskpool.testing.waiting import wait_for
 from tests.conftest import client_app, node_name
@@ -38,14 +39,6 @@ pytestmark = pytest.mark.integration
 
 PASSWORD = "compose-" + uuid.uuid4().hex
 REDIS_CONF = REPO_ROOT / "config" / "redis.conf"
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def skip_or_fail(reason: str) -> NoReturn:
-    """Skip with a reason locally; under CI=true a missing piece is a failure."""
-    if IN_CI:
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 def compose_cli() -> list[str] | None:
