@@ -48,7 +48,11 @@ class TaskpoolCelery(Celery):
 
     def _get_backend(self) -> Any:
         """The result backend Celery would make, as ``taskpool.result_store``'s class for a
-        Redis one (results in one round trip, chords refused off the broker)."""
+        Redis one (results in one round trip, chords refused off the broker).
+
+        Adapted from Celery 5.7.0 ``celery.app.base.Celery._get_backend``: the class is passed
+        through ``result_store.store_class``.
+        """
         backend, url = backends.by_url(self.backend_cls or self.conf.result_backend, self.loader)
         return result_store.store_class(backend)(app=self, url=url)
 

@@ -113,7 +113,8 @@ class FallbackTask(Task):
         *,
         store: bool = False,
     ) -> LocalResult | EagerResult:
-        # As Celery's apply_async: arguments that do not fit the function fail at the call.
+        # Adapted from Celery 5.7.0 Task.apply_async: arguments that do not fit the function
+        # fail at the call; ``__header__`` is read with a default rather than caught.
         check_arguments = getattr(self, "__header__", None) if self.typing else None
         if check_arguments is not None:
             check_arguments(*(args or ()), **(kwargs or {}))

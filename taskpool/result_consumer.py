@@ -22,6 +22,9 @@ network): Celery's consumer gives up after the result store's retry policy and r
 have run. Here the wait reconnects with back-off until the store answers, within its own
 timeout and at most ``OUTAGE_PATIENCE``, then reads the result; past that it raises
 ResultStoreUnavailable, which says the task may have run.
+
+The Celery private names used here, and why, are in docs/PRIVATE_API.md (checked by
+tests/unit/test_private_api.py); the methods adapted from Celery's say so ("Adapted from").
 """
 
 from __future__ import annotations
@@ -85,6 +88,9 @@ class ResultConsumer(celery_redis.ResultConsumer):
                 super().consume_from(task_id)
 
     def consume_from(self, task_id: str) -> None:
+        """Adapted from Celery 5.7.0 ``celery.backends.redis.ResultConsumer._consume_from``:
+        the key is noted, and subscribed to only when a wait finds its result not stored
+        (``_subscribe_waited``); with a background drainer, Celery's own."""
         if self.eager:
             super().consume_from(task_id)
             return
@@ -155,7 +161,13 @@ class ResultConsumer(celery_redis.ResultConsumer):
 
     def _subscribe_waited(self, timeout: float | None) -> bool:
         """Subscribe to the waited-for keys, confirm, read them again. False when they are
-        subscribed and confirmed and none was stored: then the caller waits on the channel."""
+        subscribed and confirmed and none was stored: then the caller waits on the channel.
+
+        The read after subscribing is adapted from Celery 5.7.0
+        ``celery.backends.redis.ResultConsumer._reconnect_pubsub`` (MGET, then
+        ``on_state_change`` for each stored result): here only of the keys just subscribed to,
+        retried by the backend's policy.
+        """
         with self._locked():
             keys = list(self._waited)
             self._waited.difference_update(keys)

@@ -22,6 +22,9 @@ their own. What differs:
 ``taskpool.create_app`` apps use it for ``redis://``, ``rediss://`` and ``sentinel://``
 result stores. Another Celery app names it in its setting:
 ``result_backend = "taskpool.result_store:RedisStore+redis://host:6379/0"``.
+
+The Celery private names used here, and why, are in docs/PRIVATE_API.md (checked by
+tests/unit/test_private_api.py); the methods adapted from Celery's say so ("Adapted from").
 """
 
 from __future__ import annotations
@@ -72,6 +75,8 @@ class _Store(_Base):
         self._script: Any = None
 
     def on_task_call(self, producer: Any, task_id: str) -> None:
+        """Adapted from Celery 5.7.0 ``celery.backends.redis.RedisBackend.on_task_call``:
+        ``subscribe_at_send``, bounded, in place of ``consume_from``."""
         if not task_join_will_block():  # as Celery's: a task's own calls subscribe to nothing
             self.result_consumer.subscribe_at_send(task_id)
 
@@ -90,6 +95,15 @@ class _Store(_Base):
         request: Any = None,
         **kwargs: Any,
     ) -> Any:
+        """Store a task's outcome unless a success is stored already, in one round trip.
+
+        Adapted from Celery 5.7.0 ``celery.backends.base.BaseKeyValueStoreBackend._store_result``
+        with ``celery.backends.redis.RedisBackend._set_with_state`` and ``.set``: the read of
+        the stored state and the write and publish are one script (``store_result.lua``)
+        instead of a GET, then a SET and a PUBLISH; the size check and the failure expiry are
+        theirs. Results that are not plain JSON, or a stored one the script cannot read, take
+        Celery's own path.
+        """
         if not self._one_step:
             return super()._store_result(task_id, result, state, traceback, request, **kwargs)
         meta = self._get_result_meta(
@@ -130,6 +144,9 @@ class _Store(_Base):
         return redis_full(exc) or bool(super().exception_safe_to_retry(exc))
 
     def _set(self, key: Any, value: Any, expires: Any = None) -> None:
+        """Adapted from Celery 5.7.0 ``celery.backends.redis.RedisBackend._set``: with
+        replicas to wait for, the SET and the PUBLISH go in a pipeline without MULTI that ends
+        with WAIT (``_replicated``); otherwise Celery's own."""
         if self._wait is None:
             super()._set(key, value, expires)
             return

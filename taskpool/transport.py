@@ -44,11 +44,10 @@ outcome, as a task that kills its process is under late acks, is quarantined too
 A message whose delivery tag the script cannot read is recorded by kombu, in its ``unacked``
 hash, as are the messages stock workers on the same Redis take: kombu's own restore hands those
 out after the visibility timeout. Consumers that do not ack (``no_ack``, e.g. remote-control
-replies) keep kombu's path. Needs Redis 6.2, checked when a consumer starts. kombu private
-names used: ``_brpop_start``/``_brpop_read``/``_put``/``_purge``/``_delete`` (overridden), the
-``_publish_batch`` argument of ``_put``, ``_brpop_sent_at``, ``_in_poll``, ``_closing``,
-``_flush_brpop_reauth``, ``_queue_cycle``, ``_tag_to_queue``, ``_maybe_update_queues_expire``,
-``_q_for_pri`` and the QoS's ``_delivered``; kombu is pinned to the minor version tested.
+replies) keep kombu's path. Needs Redis 6.2, checked when a consumer starts. The kombu private
+names used here, and why, are in docs/PRIVATE_API.md, which tests/unit/test_private_api.py holds
+to this code and to the installed kombu; kombu is pinned to the minor version tested. The
+methods adapted from kombu's say so ("Adapted from").
 """
 
 from __future__ import annotations
@@ -161,7 +160,12 @@ class QoS(kombu_redis.QoS):
             log.warning("Redis is full (maxmemory): a dead worker's messages are not restored now")
 
     def restore_unacked(self, client: Any = None) -> None:
-        """At close: messages taken and not run go back to the front, uncounted."""
+        """At close: messages taken and not run go back to the front, uncounted.
+
+        Adapted from kombu 5.7.0 ``kombu.transport.redis.QoS.restore_unacked``: a message this
+        channel's consumer holds goes back through ``liveness.lua`` instead of kombu's restore,
+        and each tag leaves the delivered dict as it is given back, not all at the end.
+        """
         held = self.channel.held
         delivered: dict[str, Any] = self._delivered or {}
         for tag in list(delivered):
@@ -237,6 +241,9 @@ class Channel(kombu_redis.Channel):
 
         A redis-py client is a thread-safe handle on the pool, but building one copies about
         170 response callbacks: a tenth of a millisecond on every publish.
+
+        Adapted from kombu 5.7.0 ``kombu.transport.redis.Channel.conn_or_acquire``: the client
+        built is kept for its pool (``_pool_client``) instead of built again on each call.
         """
         if client is not None:
             yield client
@@ -325,7 +332,12 @@ class Channel(kombu_redis.Channel):
         return all(q in self._acking_queues for q in queues)
 
     def _keys(self, queues: list[str]) -> list[str]:
-        """The lists to pop from, in priority order, as Redis names them (prefix included)."""
+        """The lists to pop from, in priority order, as Redis names them (prefix included).
+
+        Adapted from the keys of kombu 5.7.0 ``kombu.transport.redis.Channel._brpop_start``:
+        prefixed here, since the script's keys are sent as they are (kombu prefixes its BRPOP's
+        through its client).
+        """
         prefix = self.global_keyprefix or ""
         return [prefix + self._q_for_pri(q, pri) for pri in self.priority_steps for q in queues]
 
@@ -401,6 +413,13 @@ class Channel(kombu_redis.Channel):
     # -- the consuming loop --------------------------------------------------------------
 
     def _brpop_start(self, timeout: float | None = None) -> None:
+        """Send the next read for this channel's queues; kombu's event loop reads its reply.
+
+        Adapted from kombu 5.7.0 ``kombu.transport.redis.Channel._brpop_start``: when every
+        queue read has a consumer that acks, it sends the pop script (EVALSHA), or, after a pop
+        found nothing, a BRPOP on the queues' wake lists for the current ``IDLE_WAITS`` wait,
+        instead of a BRPOP on the queues for ``brpop_timeout``; otherwise kombu's.
+        """
         queues = self._queue_cycle.consume(len(self.active_queues))
         if not queues or not self._reliable(queues):
             if not queues:
@@ -428,6 +447,16 @@ class Channel(kombu_redis.Channel):
             self._held = True
 
     def _brpop_read(self, **options: Any) -> bool:
+        """Read the reply to what ``_brpop_start`` sent and deliver its message; raises Empty
+        when it brought none.
+
+        Adapted from kombu 5.7.0 ``kombu.transport.redis.Channel._brpop_read``: the reply is
+        the script's (or a wake list's: then the script runs at once); an empty pop reply kombu
+        held unread while the channel could take no more, stale by then, is run again; a
+        message is read by
+        ``taskpool.messages`` and quarantined if it cannot be; a pop that found nothing sends
+        the next wait before returning. Kombu's BRPOP replies keep kombu's path.
+        """
         command, self._pending = self._pending, None
         if command is None:
             return super()._brpop_read(**options)
@@ -481,6 +510,12 @@ class Channel(kombu_redis.Channel):
         return self._script(keys=keys, args=args)
 
     def _reply(self, command: str, **options: Any) -> Any:
+        """The pending command's reply.
+
+        Adapted from the read in kombu 5.7.0 ``kombu.transport.redis.Channel._brpop_read``
+        (a connection error disconnects, so the next round reconnects): a script the server
+        lost is loaded again and run at once.
+        """
         try:
             return self.client.parse_response(self.client.connection, command, **options)
         except redis.exceptions.NoScriptError:  # Redis restarted, failed over, or flushed
@@ -494,7 +529,12 @@ class Channel(kombu_redis.Channel):
             raise
 
     def _deliver_popped(self, reply: list[Any]) -> bool:
-        """Hand the popped message to kombu; False if it went to the quarantine instead."""
+        """Hand the popped message to kombu; False if it went to the quarantine instead.
+
+        Adapted from the delivery in kombu 5.7.0 ``kombu.transport.redis.Channel._brpop_read``
+        (rotate the queue cycle, ``connection._deliver``): the message is read by ``_read``
+        first, and one that cannot be read is not delivered.
+        """
         popped = self._read(reply, self._pop[2])
         if popped is None:
             return False
@@ -562,6 +602,13 @@ class Channel(kombu_redis.Channel):
     # -- basic_get, the synchronous path ---------------------------------------------------
 
     def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
+        """Take one message from ``queue`` now, or None.
+
+        Adapted from kombu 5.7.0 ``kombu.transport.virtual.Channel.basic_get`` and
+        ``kombu.transport.redis.Channel._get``: the message is popped by the script, recorded
+        as held by this channel's consumer, and read (or quarantined) as a consumed one is;
+        ``no_ack`` keeps kombu's.
+        """
         if no_ack:
             return super().basic_get(queue, no_ack, **kwargs)
         with self.conn_or_acquire() as client:
