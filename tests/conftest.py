@@ -47,6 +47,16 @@ def pytest_configure(config: pytest.Config) -> None:
     forget_settings()
 
 
+#: The markers a test carries by its folder: the folder decides, so no file can lack one.
+FOLDER_MARKERS = {"integration": ("integration",), "faults": ("integration", "fault")}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for name in FOLDER_MARKERS.get(item.path.parent.name, ()):
+            item.add_marker(name)
+
+
 def redis_binary() -> str:
     """The redis-server to use; skip locally without one, fail under CI=true."""
     binary = find_redis_server()

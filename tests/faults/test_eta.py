@@ -22,8 +22,6 @@ from tests.support.held import held_count
 from tests.support.paths import REPO_ROOT
 from tests.support.probe_tasks import FINISHED, STARTED
 
-pytestmark = [pytest.mark.integration, pytest.mark.fault]
-
 #: A visibility timeout of 4 s, swept every second (the hard limit must stay below it).
 SHORT_VISIBILITY = {
     "TASKPOOL_TASK_TIME_LIMIT": "2",

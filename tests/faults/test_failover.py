@@ -20,7 +20,7 @@ import pytest
 
 from tests.support.failover import Cluster, run_failover
 
-pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 FAILOVER_TASKS = int(os.environ.get("FAILOVER_TASKS", "5000"))
 FAILOVERS = int(os.environ.get("FAILOVERS", "1"))

@@ -20,8 +20,6 @@ from taskpool.testing.waiting import wait_for
 from tests.conftest import client_app, node_name, redis_binary, worker_env
 from tests.support.held import held_count
 
-pytestmark = [pytest.mark.integration, pytest.mark.fault]
-
 #: sum_of_squares(n) for this n runs for a few hundred milliseconds: long enough to kill mid-run.
 SLOW = 8_000_000
 

@@ -12,7 +12,6 @@ import traceback
 from collections import Counter
 from collections.abc import Callable
 
-import pytest
 import redis as redis_py
 from celery import states
 from celery.exceptions import TimeoutError as CeleryTimeoutError
@@ -24,8 +23,6 @@ from taskpool.testing.waiting import wait_for
 from tests.conftest import client_app, node_name
 from tests.support.held import held_count
 from tests.support.probe_tasks import STARTED
-
-pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
 PROBE = ("-I", "tests.support.probe_tasks")
 

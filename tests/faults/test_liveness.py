@@ -15,7 +15,6 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 import redis as redis_py
 from celery.result import AsyncResult
 
@@ -27,8 +26,6 @@ from tests.conftest import client_app, node_name, worker_env
 from tests.support.held import consumers, held_count
 from tests.support.paths import REPO_ROOT
 from tests.support.probe_tasks import FINISHED, STARTED
-
-pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
 PROBE = ("-I", "tests.support.probe_tasks")
 #: The defaults, and the probe tasks importable by the worker.

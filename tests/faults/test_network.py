@@ -31,8 +31,6 @@ from tests.support.held import consumers
 from tests.support.paths import REPO_ROOT
 from tests.support.probe_tasks import STARTED
 
-pytestmark = [pytest.mark.integration, pytest.mark.fault]
-
 FAST_REDELIVERY = {
     **conftest.FAST_REDELIVERY,
     "TASKPOOL_SOCKET_TIMEOUT": "2",

@@ -33,8 +33,6 @@ from tests.support.held import held_count
 from tests.support.probe_tasks import DIED, STARTED
 from tests.support.values import nested
 
-pytestmark = [pytest.mark.integration, pytest.mark.fault]
-
 PROBE = ("-I", "tests.support.probe_tasks")
 Message = dict[str, Any]
 

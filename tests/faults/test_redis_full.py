@@ -21,8 +21,6 @@ from taskpool.testing.waiting import wait_for
 from tests.conftest import client_app, node_name, worker_env
 from tests.support import probe_tasks  # noqa: F401 - probe.sleep on every app
 
-pytestmark = [pytest.mark.integration, pytest.mark.fault]
-
 PROBE = ("-I", "tests.support.probe_tasks")
 FULL = ("--maxmemory", "20mb", "--maxmemory-policy", "noeviction")
 

@@ -17,8 +17,6 @@ from taskpool.testing.redis_server import RedisServer
 from tests.conftest import client_app, node_name
 from tests.support.paths import REPO_ROOT
 
-pytestmark = [pytest.mark.integration, pytest.mark.fault]
-
 WAIT = 2.0
 
 

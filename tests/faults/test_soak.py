@@ -24,7 +24,7 @@ from taskpool.testing.redis_server import RedisServer
 from tests.conftest import FAST_REDELIVERY, client_app, node_name, worker_env
 from tests.support.held import held_text
 
-pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 SOAK_TASKS = int(os.environ.get("SOAK_TASKS", "3000"))
 #: Long enough for a restarted worker to start (about 2 s here) and take some work.

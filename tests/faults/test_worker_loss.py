@@ -14,7 +14,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-import pytest
 import redis as redis_py
 from celery import states
 from celery.result import AsyncResult
@@ -27,8 +26,6 @@ from tests.conftest import client_app, node_name
 from tests.support.held import held_count
 from tests.support.paths import REPO_ROOT
 from tests.support.probe_tasks import FINISHED, STARTED
-
-pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
 PROBE = ("-I", "tests.support.probe_tasks")
 #: Takes one message from the default queue through taskpool's transport, then waits.

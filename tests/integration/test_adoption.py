@@ -19,8 +19,6 @@ from tests.conftest import client_app, node_name
 from tests.support.paths import REPO_ROOT
 from tests.support.user_project import UserProject, install_project
 
-pytestmark = pytest.mark.integration
-
 PROJ = {
     "proj/__init__.py": """
         from proj.celery import app as celery_app

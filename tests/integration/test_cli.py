@@ -20,8 +20,6 @@ from taskpool.testing.waiting import wait_for
 from tests.conftest import client_app, node_name, worker_env
 from tests.support.paths import REPO_ROOT
 
-pytestmark = pytest.mark.integration
-
 
 def taskpool(*args: str, broker_url: str, **env: str) -> subprocess.CompletedProcess[str]:
     env = worker_env(broker_url, **env)

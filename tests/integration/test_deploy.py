@@ -35,8 +35,6 @@ from tests.conftest import client_app, node_name
 from tests.support import compose
 from tests.support.paths import REPO_ROOT
 
-pytestmark = pytest.mark.integration
-
 PASSWORD = "compose-" + uuid.uuid4().hex
 REDIS_CONF = REPO_ROOT / "config" / "redis.conf"
 

@@ -31,8 +31,6 @@ from taskpool.testing.waiting import wait_for
 from tests.conftest import client_app, node_name
 from tests.support.listeners import SilentListener
 
-pytestmark = pytest.mark.integration
-
 #: Generous bound for "does not hang" on a shared, noisy machine.
 NO_HANG = 3.0
 

@@ -25,8 +25,6 @@ from tests.support import probe_tasks  # noqa: F401 - probe.nap on every app
 
 PROBE = ("-I", "tests.support.probe_tasks")
 
-pytestmark = pytest.mark.integration
-
 N = 100_000
 
 

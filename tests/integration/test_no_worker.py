@@ -22,8 +22,6 @@ from taskpool.testing.redis_server import RedisServer, free_port
 from taskpool.testing.waiting import wait_for
 from tests.conftest import client_app, node_name, settings_app
 
-pytestmark = pytest.mark.integration
-
 
 def queued(app: taskpool.TaskpoolCelery, queue: str = "celery") -> int:
     with app.connection_for_read() as connection:

@@ -7,15 +7,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import pytest
 import redis as redis_py
 from kombu import Connection, Exchange, Producer, Queue
 
 from taskpool.testing.redis_server import RedisServer
 from taskpool.testing.waiting import wait_for
 from taskpool.transport import Transport
-
-pytestmark = pytest.mark.integration
 
 #: A primary that starts a new replica's sync (diskless) only after this many seconds, as
 #: Redis 7 does by default: a window in which the replica is connected and holds nothing.

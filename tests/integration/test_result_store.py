@@ -9,7 +9,6 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import pytest
 import redis
 from celery import Celery, states
 
@@ -17,8 +16,6 @@ from taskpool.result_consumer import SUBSCRIBED_AT_SEND
 from taskpool.result_store import RedisStore
 from taskpool.testing.redis_server import RedisServer
 from tests.conftest import client_app, node_name
-
-pytestmark = pytest.mark.integration
 
 NO_HANG = 20.0
 

@@ -26,8 +26,6 @@ from tests.support import compose
 from tests.support.failover import MASTER, PASSWORD, SENTINEL_PASSWORD, Cluster
 from tests.support.held import held_count, held_text
 
-pytestmark = pytest.mark.integration
-
 
 def redis_at(address: str) -> redis_py.Redis:
     host, port = address.rsplit(":", 1)

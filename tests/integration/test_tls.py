@@ -16,8 +16,6 @@ from taskpool.testing.celery_worker import CeleryWorker
 from taskpool.testing.redis_server import RedisServer, TlsFiles, sentinel_config
 from tests.conftest import client_app, node_name, settings_app
 
-pytestmark = pytest.mark.integration
-
 #: A handshake that fails must fail within this (generous) bound, not hang.
 FAILS_WITHIN = 3.0
 

@@ -17,8 +17,6 @@ from taskpool.testing.redis_server import RedisServer, free_port
 from tests.conftest import client_app, node_name
 from tests.support.user_project import UserProject, install_project
 
-pytestmark = pytest.mark.integration
-
 USER_FILES = {
     "config/__init__.py": "",
     "config/settings.py": """

@@ -18,8 +18,6 @@ from tasks import app, print_number, square
 from tests.conftest import client_app, node_name, worker_env
 from tests.support.values import nested
 
-pytestmark = pytest.mark.integration
-
 
 def test_square_runs_on_the_worker(session_worker: CeleryWorker) -> None:
     result = square.delay(10)

@@ -30,7 +30,6 @@ from taskpool.transport import POP_AND_RECORD, Transport, require_redis
 from tests.conftest import client_app, node_name, worker_env
 from tests.support.held import consumers, held_count
 
-pytestmark = pytest.mark.integration
 #: kombu's separator between a queue's name and its priority, and taskpool's wake list suffix.
 SEP = "\x06\x16"
 
