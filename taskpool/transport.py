@@ -22,6 +22,27 @@ its wait pending, as kombu's has its BRPOP (Celery's teardown of a half-open con
 on it). A pop's empty reply that kombu held while the channel could take no more (it pauses a
 pending reply until credit returns) may be stale by then: the pop is run again when it is read.
 
+A channel's consuming loop, by what it sent and awaits the reply to (``Pending``; kombu's event
+loop reads each reply with ``_brpop_read``, and ``_brpop_start`` sends the next command):
+
+==========  ==========================  ==============================================
+state       sent                        its reply, and what follows
+==========  ==========================  ==============================================
+KOMBU       kombu's BRPOP (a queue with  kombu's path
+            a no-ack consumer), or none
+POP         EVALSHA of the pop script   a message: delivered (or quarantined), then POP;
+                                        nothing: WAIT; taken for dead: a new consumer,
+                                        then POP
+HELD_POP    the same, its reply held    as POP, but nothing may be stale: the pop runs
+            unread by kombu             again at once if the channel may take a message
+            (``QoS.can_consume`` no)
+WAIT        BRPOP of the wake lists     a token, or none after ``IDLE_WAITS[i]`` s (the
+            for ``IDLE_WAITS[i]`` s     next wait is longer): the pop runs at once, in the
+                                        same read, if the channel may take a message; a
+                                        message: delivered, then POP; nothing: WAIT, sent
+                                        before the read returns
+==========  ==========================  ==============================================
+
 ``SentinelTransport`` does the same behind Redis Sentinel (``sentinel://`` URLs). With
 ``wait_replicas`` (TASKPOOL_REDIS_WAIT_REPLICAS) a publish also waits, in the same round trip,
 until that many replicas hold the message (``WAIT``), so a failover right after it cannot lose
@@ -52,6 +73,7 @@ methods adapted from kombu's say so ("Adapted from").
 
 from __future__ import annotations
 
+import enum
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -112,6 +134,20 @@ def require_redis(version: str, url: str) -> None:
             f"Redis {version} at {mask_url(url)} is too old for taskpool's transport, which "
             f"needs {'.'.join(map(str, MINIMUM_REDIS))} or newer (the oldest tested): upgrade Redis"
         )
+
+
+class Pending(enum.Enum):
+    """What a channel sent for its queues and awaits the reply to (the module's table)."""
+
+    KOMBU = enum.auto()
+    POP = enum.auto()
+    HELD_POP = enum.auto()
+    WAIT = enum.auto()
+
+    @property
+    def command(self) -> str:
+        """The Redis command sent, as redis-py parses its reply."""
+        return "BRPOP" if self is Pending.WAIT else "EVALSHA"
 
 
 class QoS(kombu_redis.QoS):
@@ -179,8 +215,9 @@ class QoS(kombu_redis.QoS):
     def can_consume(self) -> bool:
         if super().can_consume():
             return True
-        # kombu holds a pending reply unread while this is False; the channel must know.
-        self.channel.held_reply()
+        # kombu holds a pending reply unread while this is False, and tells the channel nothing
+        # else: this is where a POP becomes a HELD_POP.
+        self.channel.reply_held()
         return False
 
 
@@ -222,7 +259,7 @@ class Channel(kombu_redis.Channel):
         self.held: dict[str, Heart] = {}
         self._heart: Heart | None = None
         self._acking_queues: dict[str, int] = {}
-        self._pending: str | None = None  # the reliable command awaiting its reply
+        self._pending = Pending.KOMBU
         self._waiting = False  # the last pop found nothing: wait before popping again
         self._wait_index = 0  # into IDLE_WAITS: grows while waits time out
         self._client_of_pool: Any = None
@@ -231,7 +268,6 @@ class Channel(kombu_redis.Channel):
         self._wait: ReplicaWait | None = None  # made on first publish, if asked for
         self._pop: tuple[list[str], list[Any], Heart | None] = ([], [], None)  # the pop in flight
         self._queues: list[str] = []  # those of the command in flight
-        self._held = False  # kombu held the pending pop's reply unread (QoS.can_consume)
         super().__init__(*args, **kwargs)
         self._uri = self.connection.client.as_uri(include_password=False)  # for messages
 
@@ -424,27 +460,26 @@ class Channel(kombu_redis.Channel):
         if not queues or not self._reliable(queues):
             if not queues:
                 return
-            self._pending = None
+            self._pending = Pending.KOMBU
             return super()._brpop_start(timeout)
         self._pool_client()  # registers the script for this pool
         connection = self.client.connection
         self._in_poll = connection
         self._brpop_sent_at = monotonic()  # type: ignore[assignment]  # kombu declares it None
         self._queues = queues
-        self._held = False
         if self._waiting:
-            self._pending = "BRPOP"
+            self._pending = Pending.WAIT
             wait = IDLE_WAITS[self._wait_index]
             connection.send_command("BRPOP", *self._wake_keys(queues), wait)
         else:
-            self._pending = "EVALSHA"
+            self._pending = Pending.POP
             self._pop = keys, args, _ = self._pop_for(queues, take_token=True)
             connection.send_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
 
-    def held_reply(self) -> None:
-        """Note that kombu holds the pending pop's reply unread (``QoS.can_consume``)."""
-        if self._pending == "EVALSHA":
-            self._held = True
+    def reply_held(self) -> None:
+        """kombu holds the pending reply unread (``QoS.can_consume``): a POP's is HELD_POP."""
+        if self._pending is Pending.POP:
+            self._pending = Pending.HELD_POP
 
     def _brpop_read(self, **options: Any) -> bool:
         """Read the reply to what ``_brpop_start`` sent and deliver its message; raises Empty
@@ -457,14 +492,13 @@ class Channel(kombu_redis.Channel):
         ``taskpool.messages`` and quarantined if it cannot be; a pop that found nothing sends
         the next wait before returning. Kombu's BRPOP replies keep kombu's path.
         """
-        command, self._pending = self._pending, None
-        if command is None:
+        pending, self._pending = self._pending, Pending.KOMBU
+        if pending is Pending.KOMBU:
             return super()._brpop_read(**options)
-        held, self._held = self._held, False
         wait_next = False
         try:
-            reply = self._reply(command, **options)
-            if command == "BRPOP":
+            reply = self._reply(pending.command, **options)
+            if pending is Pending.WAIT:
                 woken = reply is not None
                 # A wait that timed out makes the next one longer.
                 self._wait_index = 0 if woken else min(self._wait_index + 1, len(IDLE_WAITS) - 1)
@@ -473,7 +507,7 @@ class Channel(kombu_redis.Channel):
                     # Woken, the consumer took the message's token already.
                     reply = self._pop_now(take_token=not woken)
                     wait_next = not reply
-            elif not reply and held and self._may_pop():
+            elif not reply and pending is Pending.HELD_POP and self._may_pop():
                 reply = self._pop_now(take_token=True)
             if reply == TAKEN_FOR_DEAD:
                 self._consumer_lost()  # the next pop goes at once, under a new consumer
