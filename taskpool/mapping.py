@@ -132,7 +132,7 @@ class _Progress(tqdm):
     """A tqdm bar without tqdm's monitor thread, which every bar starts, even a disabled one.
 
     The bar is updated once per chunk, so the monitor has nothing to do, and a thread in the
-    caller would make the local pool start with the slower fork server (see local_pool).
+    caller would make the local pool start with the slower fork server (see local_executor).
     """
 
     monitor_interval = 0

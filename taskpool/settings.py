@@ -29,7 +29,7 @@ from taskpool.urls import (
 DispatchMode = Literal["auto", "celery", "local"]
 DISPATCH_MODES: tuple[DispatchMode, ...] = ("auto", "celery", "local")
 #: How the local pool starts its processes; ``auto`` forks a caller that runs one thread and
-#: holds no open socket, and uses the fork server otherwise (see taskpool/local_pool.py).
+#: holds no open socket, and uses the fork server otherwise (see taskpool/local_executor.py).
 LocalStartMethod = Literal["auto", "fork", "forkserver", "spawn"]
 LOCAL_START_METHODS: tuple[LocalStartMethod, ...] = ("auto", "fork", "forkserver", "spawn")
 #: What a call does when the broker answers and no live worker consumes its queue: run on the

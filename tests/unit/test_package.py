@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -97,3 +98,30 @@ def test_importing_taskpool_loads_neither_celery_nor_redis() -> None:
 
 def test_the_package_is_typed() -> None:
     assert (PACKAGE / "py.typed").exists()
+
+
+def _layout_rows() -> list[list[str]]:
+    """The modules of each row of the README's table of taskpool's modules, top row first."""
+    readme = (PACKAGE.parent / "README.md").read_text()
+    table = readme.split("Inside `taskpool/`, imports run one way", 1)[1].split("\n\n", 2)[1]
+    rows = [line.split("|")[1] for line in table.splitlines()[2:]]
+    return [re.findall(r"`(\w+)\.py`", row) for row in rows if ".py`" in row]
+
+
+def test_the_readmes_layout_lists_every_module_and_each_imports_only_rows_above_or_its_own() -> (
+    None
+):
+    rows = _layout_rows()
+    row_of = {f"taskpool.{name}": n for n, row in enumerate(rows) for name in row}
+    top_level = {
+        name for name, path in MODULES.items()
+        if path.parent == PACKAGE and path.stem not in ("__init__", "__main__")
+    }  # fmt: skip
+    assert set(row_of) == top_level, "README's layout and taskpool/ differ"
+    upward = [
+        f"{name} imports {target}"
+        for name in sorted(top_level)
+        for target in sorted(_imports(MODULES[name]) & set(row_of))
+        if row_of[target] > row_of[name]
+    ]
+    assert not upward, "imports that run up the README's layout: " + "; ".join(upward)
