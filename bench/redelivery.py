@@ -47,7 +47,7 @@ from bench.__main__ import Stack, package_versions, redis_version
 from bench.harness import machine, tree, write
 from bench.peers import URL_VARIABLES, PeerWorker
 from taskpool.testing.celery_worker import CeleryWorker
-from tests.support.held import consumers, held_count
+from taskpool.testing.held import consumers, held_count
 from tests.support.paths import REPO_ROOT
 from tests.support.probe_tasks import STARTED
 

@@ -15,10 +15,10 @@ import redis as redis_py
 from celery import states
 
 from taskpool.testing.celery_worker import CeleryWorker
+from taskpool.testing.held import held_count
 from taskpool.testing.redis_server import RedisServer, free_port
 from taskpool.testing.waiting import wait_for
 from tests.conftest import client_app, node_name, redis_binary, worker_env
-from tests.support.held import held_count
 
 #: sum_of_squares(n) for this n runs for a few hundred milliseconds: long enough to kill mid-run.
 SLOW = 8_000_000

@@ -20,10 +20,10 @@ from celery.result import AsyncResult
 
 from taskpool.liveness import CLOCK
 from taskpool.testing.celery_worker import CeleryWorker
+from taskpool.testing.held import consumers, held_count
 from taskpool.testing.redis_server import RedisServer
 from taskpool.testing.waiting import wait_for
 from tests.conftest import client_app, node_name, worker_env
-from tests.support.held import consumers, held_count
 from tests.support.paths import REPO_ROOT
 from tests.support.probe_tasks import FINISHED, STARTED
 

@@ -23,11 +23,11 @@ from celery.result import AsyncResult
 
 from taskpool.testing.celery_worker import CeleryWorker
 from taskpool.testing.ci import skip_or_fail
+from taskpool.testing.held import consumers
 from taskpool.testing.redis_server import RedisServer
 from taskpool.testing.waiting import wait_for
 from tests import conftest
 from tests.conftest import client_app, node_name, worker_env
-from tests.support.held import consumers
 from tests.support.paths import REPO_ROOT
 from tests.support.probe_tasks import STARTED
 

@@ -20,9 +20,9 @@ import pytest
 import redis as redis_py
 
 from taskpool.testing.celery_worker import CeleryWorker
+from taskpool.testing.held import held_text
 from taskpool.testing.redis_server import RedisServer
 from tests.conftest import FAST_REDELIVERY, client_app, node_name, worker_env
-from tests.support.held import held_text
 
 pytestmark = pytest.mark.slow
 

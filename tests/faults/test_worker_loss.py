@@ -19,11 +19,11 @@ from celery import states
 from celery.result import AsyncResult
 
 from taskpool.testing.celery_worker import CeleryWorker
+from taskpool.testing.held import held_count
 from taskpool.testing.redis_server import RedisServer
 from taskpool.testing.waiting import wait_for
 from tests import conftest
 from tests.conftest import client_app, node_name
-from tests.support.held import held_count
 from tests.support.paths import REPO_ROOT
 from tests.support.probe_tasks import FINISHED, STARTED
 

@@ -20,10 +20,10 @@ import redis as redis_py
 
 from taskpool import LocalResult, Settings, sentinel
 from taskpool.testing.celery_worker import CeleryWorker
+from taskpool.testing.held import held_text
 from taskpool.testing.redis_server import RedisServer, free_port, sentinel_config
 from taskpool.testing.waiting import wait_for
 from tests.conftest import node_name, redis_binary, settings_app, worker_env
-from tests.support.held import held_text
 
 MASTER = "taskpool"  # as in the compose file's profile "ha"
 PASSWORD = "redis-secret"
