@@ -10,7 +10,7 @@ each with its settings as shipped, on the private Redis of ``python -m bench`` (
 - Dramatiq: ``dramatiq bench.dramatiq_app --processes 2 --threads 8`` (its Redis broker).
 
 For each: a worker is started and answers; 6 tasks that mark their start in Redis, sleep 3 s
-and return ``n * n`` are sent (``probe.record`` from tests/support/probe_tasks.py, loaded with
+and return ``n * n`` are sent (``probe.record`` from taskpool/testing/probe_tasks.py, loaded with
 ``-I``; Dramatiq's ``record`` from bench/dramatiq_app.py); once the queue is empty and the
 worker runs as many as it can (2 on the Celery workers, the other 4 reserved; all 6 on
 Dramatiq's 16 threads), the worker's whole process group is SIGKILLed and a fresh worker is
@@ -48,8 +48,8 @@ from bench.harness import machine, tree, write
 from bench.peers import URL_VARIABLES, PeerWorker
 from taskpool.testing.celery_worker import CeleryWorker
 from taskpool.testing.held import consumers, held_count
+from taskpool.testing.probe_tasks import STARTED
 from tests.support.paths import REPO_ROOT
-from tests.support.probe_tasks import STARTED
 
 SYSTEMS = ("taskpool", "stock", "dramatiq")
 #: Each system's name in ``bench.__main__.Stack`` (its database, its environment).
@@ -61,7 +61,7 @@ TASK_SECONDS = 3.0
 POLL_S = 0.02
 #: How long a worker may take to take every task and start the first ones.
 HOLD_TIMEOUT_S = 30.0
-PROBE = ("-I", "tests.support.probe_tasks")
+PROBE = ("-I", "taskpool.testing.probe_tasks")
 DRAMATIQ_QUEUE = "dramatiq:default"
 
 

@@ -16,11 +16,11 @@ import redis as redis_py
 
 from taskpool.testing.celery_worker import CeleryWorker
 from taskpool.testing.held import held_count
+from taskpool.testing.probe_tasks import FINISHED, STARTED
 from taskpool.testing.redis_server import RedisServer
 from taskpool.testing.waiting import wait_for
 from tests.conftest import client_app, node_name
 from tests.support.paths import REPO_ROOT
-from tests.support.probe_tasks import FINISHED, STARTED
 
 #: A visibility timeout of 4 s, swept every second (the hard limit must stay below it).
 SHORT_VISIBILITY = {
@@ -41,8 +41,8 @@ def test_a_task_due_after_the_visibility_timeout_runs_exactly_once(
     redis = redis_factory()
     for name in ("one", "two"):  # a second worker would take a restored copy
         worker_factory(
-            redis.url(), node_name(f"eta-{how}-{name}"), extra=("-I", "tests.support.probe_tasks"),
-            **SHORT_VISIBILITY,
+            redis.url(), node_name(f"eta-{how}-{name}"),
+            extra=("-I", "taskpool.testing.probe_tasks"), **SHORT_VISIBILITY,
         )  # fmt: skip
     app = client_app(redis.url(), dispatch="celery")
     timing = (

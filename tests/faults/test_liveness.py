@@ -2,7 +2,7 @@
 seconds; a live worker's are never handed to another, however long they run; a worker taken
 for dead that comes back runs its tasks at most once more, counted, and overwrites nothing.
 
-Each test counts real runs with the probe tasks (tests/support/probe_tasks.py).
+Each test counts real runs with the probe tasks (taskpool/testing/probe_tasks.py).
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ from celery.result import AsyncResult
 from taskpool.liveness import CLOCK
 from taskpool.testing.celery_worker import CeleryWorker
 from taskpool.testing.held import consumers, held_count
+from taskpool.testing.probe_tasks import FINISHED, STARTED
 from taskpool.testing.redis_server import RedisServer
 from taskpool.testing.waiting import wait_for
 from tests.conftest import client_app, node_name, worker_env
 from tests.support.paths import REPO_ROOT
-from tests.support.probe_tasks import FINISHED, STARTED
 
-PROBE = ("-I", "tests.support.probe_tasks")
+PROBE = ("-I", "taskpool.testing.probe_tasks")
 #: The defaults, and the probe tasks importable by the worker.
 DEFAULTS = {"PYTHONPATH": str(REPO_ROOT)}
 

@@ -24,12 +24,12 @@ from celery.result import AsyncResult
 from taskpool.testing.celery_worker import CeleryWorker
 from taskpool.testing.ci import skip_or_fail
 from taskpool.testing.held import consumers
+from taskpool.testing.probe_tasks import STARTED
 from taskpool.testing.redis_server import RedisServer
 from taskpool.testing.waiting import wait_for
 from tests import conftest
 from tests.conftest import client_app, node_name, worker_env
 from tests.support.paths import REPO_ROOT
-from tests.support.probe_tasks import STARTED
 
 FAST_REDELIVERY = {
     **conftest.FAST_REDELIVERY,
@@ -106,7 +106,7 @@ def test_a_worker_cut_off_from_the_network_has_its_tasks_finished_elsewhere(
         node_name("remote"),
         tmp_path / "remote.log",
         command=[*command, "--without-gossip", "--without-mingle"],
-        extra=("-I", "tests.support.probe_tasks"),
+        extra=("-I", "taskpool.testing.probe_tasks"),
     )
     app = client_app(redis.url(), dispatch="celery")
     client = redis_py.Redis(port=redis.port, password=password, decode_responses=True)
@@ -123,7 +123,7 @@ def test_a_worker_cut_off_from_the_network_has_its_tasks_finished_elsewhere(
         survivor = worker_factory(
             redis.url(),
             node_name("survivor"),
-            extra=("-I", "tests.support.probe_tasks"),
+            extra=("-I", "taskpool.testing.probe_tasks"),
             **FAST_REDELIVERY,
         )
         assert [r.get(timeout=60) for r in results] == [survivor.node] * 6

@@ -27,13 +27,13 @@ from taskpool.errors import MessageQuarantined
 from taskpool.quarantine import Entry, Quarantine
 from taskpool.testing.celery_worker import CeleryWorker
 from taskpool.testing.held import held_count
+from taskpool.testing.probe_tasks import DIED, STARTED
 from taskpool.testing.redis_server import RedisServer, free_port
 from taskpool.testing.waiting import wait_for
 from tests.conftest import client_app, node_name, worker_env
-from tests.support.probe_tasks import DIED, STARTED
 from tests.support.values import nested
 
-PROBE = ("-I", "tests.support.probe_tasks")
+PROBE = ("-I", "taskpool.testing.probe_tasks")
 Message = dict[str, Any]
 
 

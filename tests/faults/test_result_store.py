@@ -30,7 +30,7 @@ def test_get_returns_or_raises_within_its_timeout_plus_a_second(
     worker_factory(
         redis.url(),
         node_name(f"waiting-{fault.name.lower()}"),
-        extra=("-I", "tests.support.probe_tasks"),
+        extra=("-I", "taskpool.testing.probe_tasks"),
         PYTHONPATH=str(REPO_ROOT),
     )
     app = client_app(redis.url(), dispatch="celery")

@@ -1,6 +1,6 @@
 """Whole workers lost: SIGKILL, warm shutdown (SIGTERM) and cold shutdown (SIGQUIT).
 
-Each test counts real runs with ``probe.record`` (tests/support/probe_tasks.py), so "nothing
+Each test counts real runs with ``probe.record`` (taskpool/testing/probe_tasks.py), so "nothing
 lost" and "nothing that finished runs again" are both checked, not inferred from results.
 """
 
@@ -20,14 +20,14 @@ from celery.result import AsyncResult
 
 from taskpool.testing.celery_worker import CeleryWorker
 from taskpool.testing.held import held_count
+from taskpool.testing.probe_tasks import FINISHED, STARTED
 from taskpool.testing.redis_server import RedisServer
 from taskpool.testing.waiting import wait_for
 from tests import conftest
 from tests.conftest import client_app, node_name
 from tests.support.paths import REPO_ROOT
-from tests.support.probe_tasks import FINISHED, STARTED
 
-PROBE = ("-I", "tests.support.probe_tasks")
+PROBE = ("-I", "taskpool.testing.probe_tasks")
 #: Takes one message from the default queue through taskpool's transport, then waits.
 TAKE_AND_WAIT = """
 import sys, time

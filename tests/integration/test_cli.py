@@ -316,7 +316,7 @@ def test_status_shows_every_queue_with_waiting_reserved_running_and_consumers(
     redis = redis_factory()
     worker_factory(
         redis.url(), node_name("queues"), concurrency=1,
-        extra=("-Q", "celery,cpu", "-I", "tests.support.probe_tasks"),
+        extra=("-Q", "celery,cpu", "-I", "taskpool.testing.probe_tasks"),
     )  # fmt: skip
     app = client_app(redis.url(), dispatch="celery")
     for _ in range(8):  # one runs, prefetch 4 x 1 holds three more, four wait

@@ -16,14 +16,14 @@ import taskpool
 from taskpool import MapItemFailed
 from taskpool.errors import ArgumentTooLarge, UnsafeInteger
 from taskpool.settings import forget_settings
+from taskpool.testing import probe_tasks  # noqa: F401 - probe.nap on every app
 from taskpool.testing.celery_worker import CeleryWorker
 from taskpool.testing.redis_server import RedisServer, free_port
 from taskpool.testing.waiting import wait_for
 from tasks import print_number, square, sum_of_squares
 from tests.conftest import client_app, node_name
-from tests.support import probe_tasks  # noqa: F401 - probe.nap on every app
 
-PROBE = ("-I", "tests.support.probe_tasks")
+PROBE = ("-I", "taskpool.testing.probe_tasks")
 
 N = 100_000
 

@@ -9,7 +9,7 @@ from celery import Celery
 
 URL = os.environ.get("STOCK_BROKER_URL", "redis://127.0.0.1:6379/0")
 
-app = Celery("stock", broker=URL, backend=URL, include=["tests.support.probe_tasks"])
+app = Celery("stock", broker=URL, backend=URL, include=["taskpool.testing.probe_tasks"])
 app.conf.update(
     task_acks_late=True,
     task_reject_on_worker_lost=True,

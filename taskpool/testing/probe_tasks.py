@@ -1,7 +1,8 @@
 """A task that records in Redis each time its body starts and finishes.
 
-Fault tests load it into real workers (``-I tests.support.probe_tasks``) to count how often each
-task really ran, which a result alone cannot tell.
+Fault tests and the redelivery benchmark load it into real workers (``-I
+taskpool.testing.probe_tasks``) to count how often each task really ran, which a result alone
+cannot tell.
 """
 
 from __future__ import annotations
