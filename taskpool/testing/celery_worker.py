@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,6 +17,20 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from taskpool.testing.processes import terminate
+
+
+def node_name(name: str) -> str:
+    """A Celery node name on this host, as ``-n name@%h`` would expand it."""
+    return f"{name}@{socket.gethostname()}"
+
+
+def worker_env(broker_url: str, **extra: str) -> dict[str, str]:
+    """This process's environment with taskpool and Celery pointed at ``broker_url`` only."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TASKPOOL_", "CELERY_"))}
+    env.update(TASKPOOL_BROKER_URL=broker_url, TASKPOOL_RESULT_BACKEND=broker_url)
+    env.update(extra)  # a result store of its own, say
+    return env
+
 
 #: How long ``CeleryWorker.drain`` waits for the tasks a worker holds.
 DRAIN_TIMEOUT = 10.0

@@ -1,4 +1,4 @@
-"""A Redis failover under load loses no task (tests/support/failover.py runs the scenario).
+"""A Redis failover under load loses no task (taskpool/testing/failover.py runs the scenario).
 
 One primary, one replica, three sentinels, two workers; a client streams tasks through
 ``sentinel://`` URLs, with each publish waiting for one replica (TASKPOOL_REDIS_WAIT_REPLICAS=1),
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.failover import Cluster, run_failover
+from taskpool.testing.failover import Cluster, run_failover
 
 pytestmark = pytest.mark.slow
 

@@ -1,6 +1,6 @@
 """A task that logs each run to a file: counts runs where Redis itself may fail over.
 
-Workers load it with ``-I tests.support.file_probe``; a line of an append is written whole, so
+Workers load it with ``-I taskpool.testing.file_probe``; a line of an append is written whole, so
 concurrent runs in several processes do not interleave. Each line: the input, the task id, the
 node (None on the local pool) and the time.
 """

@@ -1,4 +1,4 @@
-"""A Redis failover under load, as the fault test and the bench run it.
+"""A Redis failover under load, as the fault test and the failover benchmark run it.
 
 One primary, one replica and three sentinels on loopback (``Cluster``), two prefork workers
 reading through ``sentinel://`` URLs, and a client streaming ``probe.logged_square`` calls while
@@ -19,11 +19,11 @@ from typing import Any
 import redis as redis_py
 
 from taskpool import LocalResult, Settings, sentinel
-from taskpool.testing.celery_worker import CeleryWorker
+from taskpool.testing.apps import close_app, example_app
+from taskpool.testing.celery_worker import CeleryWorker, node_name, worker_env
 from taskpool.testing.held import held_text
 from taskpool.testing.redis_server import RedisServer, free_port, sentinel_config
 from taskpool.testing.waiting import wait_for
-from tests.conftest import node_name, redis_binary, settings_app, worker_env
 
 MASTER = "taskpool"  # as in the compose file's profile "ha"
 PASSWORD = "redis-secret"
@@ -40,6 +40,8 @@ class Cluster:
     """A primary, a replica and three sentinels on loopback, every one stopped by PID."""
 
     folder: Path
+    #: The ``redis-server`` binary each of them runs.
+    binary: str
     servers: list[RedisServer] = field(default_factory=list)
     sentinels: list[RedisServer] = field(default_factory=list)
 
@@ -51,7 +53,7 @@ class Cluster:
                 self.folder / f"sentinel-{n}", MASTER, primary.port, primary_password=PASSWORD
             )
             server = RedisServer(
-                redis_binary(), free_port(), self.folder / f"sentinel-{n}",
+                self.binary, free_port(), self.folder / f"sentinel-{n}",
                 password=SENTINEL_PASSWORD, config_file=config, extra=("--sentinel",),
             )  # fmt: skip
             self.sentinels.append(server.start())
@@ -140,7 +142,7 @@ class Cluster:
         if replica_of is not None:
             extra += ("--replicaof", "127.0.0.1", str(replica_of))
         server = RedisServer(
-            redis_binary(), port or free_port(), self.folder / name,
+            self.binary, port or free_port(), self.folder / name,
             password=PASSWORD, appendonly=True, extra=extra,
         )  # fmt: skip
         self.servers.append(server)
@@ -206,8 +208,8 @@ def run_failover(
     if wait_replicas:
         env["TASKPOOL_REDIS_WAIT_REPLICAS"] = str(wait_replicas)
     settings = Settings.from_env({**env, "TASKPOOL_BROKER_URL": cluster.url})
-    app = settings_app(settings)
-    from tests.support import file_probe  # registers the task on the client's app too
+    app = example_app(settings)
+    from taskpool.testing import file_probe  # registers the task on the client's app too
 
     workers: list[CeleryWorker] = []
     try:
@@ -215,7 +217,7 @@ def run_failover(
             node = node_name(f"failover{n}")
             worker = CeleryWorker(
                 worker_env(cluster.url, **env), node, folder / f"{node}.log",
-                extra=("-I", "tests.support.file_probe"),
+                extra=("-I", "taskpool.testing.file_probe"),
             )  # fmt: skip
             workers.append(worker)
             worker.start().wait_ready(app)
@@ -229,6 +231,7 @@ def run_failover(
     finally:
         for worker in workers:
             worker.stop()
+        close_app(app)
 
 
 def _stream(
