@@ -34,12 +34,11 @@ from typing import Any
 from celery import Celery
 
 from bench import report
-from bench.harness import RESULTS, machine
+from bench.harness import REPO_ROOT, RESULTS, machine
 from bench.peers import PEERS, URL_VARIABLES, PeerWorker
 from taskpool.testing.celery_worker import CeleryWorker
 from taskpool.testing.listeners import SilentListener
 from taskpool.testing.redis_server import RedisServer, find_redis_server, free_port
-from tests.support.paths import REPO_ROOT
 
 WORKLOADS = ("tiny", "map", "cpu", "latency", "down", "start")
 

@@ -183,9 +183,8 @@ def main() -> None:
         return
 
     from bench.__main__ import Stack
-    from bench.harness import write
+    from bench.harness import REPO_ROOT, write
     from taskpool.testing.celery_worker import CeleryWorker
-    from tests.support.paths import REPO_ROOT
 
     chosen = args.variants or list(VARIANTS)
     stack = Stack()

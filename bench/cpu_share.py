@@ -52,10 +52,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from bench.harness import tree, write
+from bench.harness import REPO_ROOT, tree, write
 from bench.report import LABELS, table
 from taskpool.testing.processes import terminate
-from tests.support.paths import REPO_ROOT
 
 if TYPE_CHECKING:
     from bench.__main__ import Stack

@@ -248,8 +248,7 @@ def main() -> None:
         return
 
     from bench.__main__ import Stack
-    from bench.harness import write
-    from tests.support.paths import REPO_ROOT
+    from bench.harness import REPO_ROOT, write
 
     stack = Stack()
     stack.redis.start()

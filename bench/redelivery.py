@@ -44,12 +44,11 @@ import redis
 from celery import Celery, states
 
 from bench.__main__ import Stack, package_versions, redis_version
-from bench.harness import machine, tree, write
+from bench.harness import REPO_ROOT, machine, tree, write
 from bench.peers import URL_VARIABLES, PeerWorker
 from taskpool.testing.celery_worker import CeleryWorker
 from taskpool.testing.held import consumers, held_count
 from taskpool.testing.probe_tasks import STARTED
-from tests.support.paths import REPO_ROOT
 
 SYSTEMS = ("taskpool", "stock", "dramatiq")
 #: Each system's name in ``bench.__main__.Stack`` (its database, its environment).
