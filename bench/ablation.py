@@ -1,6 +1,6 @@
 """Where do tiny tasks lose time? Stock Celery with taskpool's settings added one group at a time.
 
-``python -m bench.ablation [--tasks 3000] [--rounds 2] [--latency 300] [VARIANT ...]``. Per
+``python -m bench ablation [--tasks 3000] [--rounds 2] [--latency 300] [VARIANT ...]``. Per
 variant: a prefork worker (``-c 2``) of this module's app and a fresh client that sends tiny
 ``square`` tasks and collects every result, then times sequential round trips. The app is a
 plain ``Celery(broker=..., backend=...)`` whose configuration is ``taskpool.celery_config`` of the
@@ -182,7 +182,7 @@ def main() -> None:
         print(json.dumps(fill(args.tasks)), flush=True)
         return
 
-    from bench.__main__ import Stack
+    from bench.compare import Stack
     from bench.harness import REPO_ROOT, write
     from taskpool.testing.celery_worker import CeleryWorker
 

@@ -1,7 +1,7 @@
 """How long Redis serves no one while a consumer takes one big message: stock kombu's Redis
 transport against taskpool's.
 
-``python -m bench.big_message [--rounds 3] [--sizes 15,67] [--redis-server PATH]``. Redis runs
+``python -m bench big-message [--rounds 3] [--sizes 15,67] [--redis-server PATH]``. Redis runs
 one command at a time, so the longest command run while a consumer takes a message and acks it
 is how long every other client waits. On a private ``redis-server`` that logs every command
 (``slowlog-log-slower-than 0``), a message of each size (MB, as stored) is published through

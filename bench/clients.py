@@ -1,7 +1,7 @@
-"""The client side of ``python -m bench``: one workload, one implementation, in a fresh process.
+"""The client side of ``python -m bench compare``: one workload, one implementation, one process.
 
 ``python -m bench.clients WORKLOAD IMPL [--n N] [--rounds R] ...`` prints one JSON line: the
-raw samples of every round. ``bench/__main__.py`` starts it with the environment that points
+raw samples of every round. ``bench/compare.py`` starts it with the environment that points
 the implementation at the private Redis (``TASKPOOL_*`` for ours, ``BENCH_STOCK_URL`` for stock
 Celery), so each implementation runs in an interpreter of its own, as a user's script would.
 
@@ -227,7 +227,7 @@ if __name__ == "__main__":
 """
 
 #: The map as a user runs it from a shell, timed from start to exit; both write the same lines
-#: to stdout. ``ours-local-cli`` runs with ``TASKPOOL_DISPATCH=local`` (see bench/__main__.py).
+#: to stdout. ``ours-local-cli`` runs with ``TASKPOOL_DISPATCH=local`` (see bench/compare.py).
 WHOLE_PROCESS_MAPS: dict[str, list[str]] = {
     "ours-local-cli": [sys.executable, "-m", "taskpool", "map", "square", "--range"],
     "pool2-script": [sys.executable, "-c", POOL2_SCRIPT],

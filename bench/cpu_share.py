@@ -1,13 +1,13 @@
 """Where each task queue spends CPU per tiny task: client, worker processes, Redis.
 
-``python -m bench.cpu_share [--n 10000] [--rounds 2] [--impls ours,stock,huey,dramatiq]``
+``python -m bench cpu-share [--n 10000] [--rounds 2] [--impls ours,stock,huey,dramatiq]``
 
 CPU time, not wall time: the machine is shared, and CPU seconds per task say what each
 implementation costs whatever else runs beside it. One private ``redis-server`` and, per
-implementation, its worker as ``python -m bench`` starts it (``Stack.worker``: ``celery -A tasks
-worker -P prefork -c 2``, ``celery -A bench.stock_app worker -P prefork -c 2``, ``huey_consumer
-... -w 2 -k process -q``, ``dramatiq ... --processes 2 --threads 8``), each on its own Redis
-database, the implementations taking turns round by round.
+implementation, its worker as ``python -m bench compare`` starts it (``Stack.worker``: ``celery
+-A tasks worker -P prefork -c 2``, ``celery -A bench.stock_app worker -P prefork -c 2``,
+``huey_consumer ... -w 2 -k process -q``, ``dramatiq ... --processes 2 --threads 8``), each on
+its own Redis database, the implementations taking turns round by round.
 
 Each round of each implementation runs one fresh client interpreter (``--client IMPL``, below):
 after the worker answered and the client got 200 warm-up results, the client waits; this
@@ -57,7 +57,7 @@ from bench.report import LABELS, table
 from taskpool.testing.processes import terminate
 
 if TYPE_CHECKING:
-    from bench.__main__ import Stack
+    from bench.compare import Stack
 
 IMPLS = ("ours", "stock", "huey", "dramatiq")
 #: Round trips before the measured window: imports, connections, the worker's first tasks.
@@ -407,7 +407,7 @@ def note(run: dict[str, Any]) -> str:
 
 def run(n: int, rounds: int, impls: list[str]) -> None:
     # Imported here, not at the top: the client (``--client``) needs none of the server side.
-    from bench.__main__ import Stack, package_versions, redis_version
+    from bench.compare import Stack, package_versions, redis_version
 
     stack = Stack()
     print(f"private redis-server on port {stack.redis.port}; logs in {stack.workdir}", flush=True)
@@ -430,7 +430,7 @@ def run(n: int, rounds: int, impls: list[str]) -> None:
     path = write(
         "cpu_share.json",
         {
-            "command": " ".join(["python -m bench.cpu_share", *sys.argv[1:]]),
+            "command": " ".join(["python -m bench cpu-share", *sys.argv[1:]]),
             "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "tree": tree(),
             "versions": {"redis_server": redis_version(stack), **package_versions()},
@@ -448,7 +448,7 @@ def run(n: int, rounds: int, impls: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.cpu_share",
+        prog="python -m bench cpu-share",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

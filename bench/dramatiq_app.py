@@ -1,8 +1,8 @@
-"""Dramatiq as a peer for ``python -m bench``: the Redis broker and the Results middleware.
+"""Dramatiq as a peer for ``python -m bench compare``: the Redis broker and the Results middleware.
 
 The same task body as the project's (``taskpool/examples.py``) as an actor that stores its
 results in Redis (``RedisBackend``), and Dramatiq's defaults otherwise. ``record`` (for
-``python -m bench.redelivery``) marks its start in Redis, sleeps, and returns ``n * n``, as
+``python -m bench redelivery``) marks its start in Redis, sleeps, and returns ``n * n``, as
 ``probe.record`` (taskpool/testing/probe_tasks.py) does on the Celery workers.
 
     dramatiq bench.dramatiq_app --processes 2 --threads 8

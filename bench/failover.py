@@ -1,7 +1,7 @@
 """A Redis failover, measured: what it loses with and without waiting for a replica, and what
 the wait costs a publish.
 
-``python -m bench.failover [--trials 3] [--tasks 5000] [--calls 5000]``. Each trial starts a
+``python -m bench failover [--trials 3] [--tasks 5000] [--calls 5000]``. Each trial starts a
 primary, a replica and three sentinels on loopback (taskpool/testing/failover.py), two prefork
 workers, and a client streaming ``--tasks`` calls while the primary is SIGKILLed; once with
 ``TASKPOOL_REDIS_WAIT_REPLICAS`` unset and once with 1. Then, on a fresh cluster with no worker,

@@ -1,4 +1,4 @@
-"""Huey as a peer for ``python -m bench``: a ``RedisHuey`` with results in Redis.
+"""Huey as a peer for ``python -m bench compare``: a ``RedisHuey`` with results in Redis.
 
 The same task body as the project's (``taskpool/examples.py``), and Huey's defaults otherwise,
 except ``notify_result=True``: a blocking ``result.get(blocking=True)`` then waits on a BLPOP

@@ -1,10 +1,10 @@
 """A client that goes on after many tasks: the call after a burst, and memory over a long run.
 
-``python -m bench.long_client [stall] [memory] [--n 20000] [--tasks 1000000] [--window 1000]
+``python -m bench long-client [stall] [memory] [--n 20000] [--tasks 1000000] [--window 1000]
 [--impl ours|stock]``. One private ``redis-server`` and, per implementation, a real worker
 (``celery -A tasks worker -P prefork -c 2`` for ours, ``celery -A bench.stock_app worker -P
-prefork -c 2`` for stock Celery), started and stopped as ``python -m bench`` does; each client
-runs in a fresh interpreter (``python -m bench.clients stall|memory IMPL``).
+prefork -c 2`` for stock Celery), started and stopped as ``python -m bench compare`` does; each
+client runs in a fresh interpreter (``python -m bench.clients stall|memory IMPL``).
 
 - ``stall``: ``--n`` x ``square.delay(i)``, every ``.get()`` in order, then the next
   ``square.delay(0).get()`` and five more, in ms (ours and stock by default).
@@ -27,7 +27,7 @@ from typing import Any
 
 import redis
 
-from bench.__main__ import CLIENT_TIMEOUT_S, Stack, run_client
+from bench.compare import CLIENT_TIMEOUT_S, Stack, run_client
 from bench.harness import RESULTS, tree, write
 from bench.report import LABELS, table
 
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace, parts: list[str]) -> dict[str, Any]:
                         )  # fmt: skip
                         figures["redis_used_mb_after"] = redis_used_mb(stack, impl)
                 found.setdefault(part, {})[impl] = {
-                    "command": " ".join(["python -m bench.long_client", *sys.argv[1:]]),
+                    "command": " ".join(["python -m bench long-client", *sys.argv[1:]]),
                     "when": datetime.datetime.now(datetime.timezone.utc).isoformat(
                         timespec="seconds"
                     ),
@@ -138,7 +138,7 @@ def render(results: dict[str, Any]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.long_client",
+        prog="python -m bench long-client",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -1,6 +1,6 @@
 """Memory over a long stream: map ``square`` over a generator of ten million ints via the broker.
 
-``python -m bench.map_stream [--n 10000000]``. Records the caller's peak resident memory (this
+``python -m bench map-stream [--n 10000000]``. Records the caller's peak resident memory (this
 process does nothing else) and Redis's peak ``used_memory``, sampled every 50 ms, and writes
 bench/results/map_stream.json. Bounded chunks in flight should keep both flat whatever ``n`` is.
 """

@@ -1,6 +1,6 @@
 """Map ``square`` over a million ints: through the broker, on the local pool, and Pool(2).map.
 
-All in one run, on one machine: ``python -m bench.map_throughput [--n 1000000] [--rounds 3]``.
+All in one run, on one machine: ``python -m bench map-throughput [--n 1000000] [--rounds 3]``.
 Every result list is checked against the expected squares. Prints a table and writes
 bench/results/map.json. (bench/map_stream.py measures memory over a ten-million generator.)
 """

@@ -1,4 +1,4 @@
-"""Huey's and Dramatiq's workers for ``python -m bench``: subprocesses started and stopped by PID.
+"""Huey's and Dramatiq's workers for ``python -m bench compare``: subprocesses stopped by PID.
 
 Each runs with 2 worker processes on its own database of the bench's private Redis, as the
 Celery workers do: ``huey_consumer bench.huey_app.huey -w 2 -k process -q`` (``-q``: warnings

@@ -2,7 +2,7 @@
 
 Per multiplier, a private redis-server and a real prefork worker (concurrency 2); tiny
 ``square`` tasks are sent and timed until every result is back. Prints a table and writes
-bench/results/prefetch.json. Run: ``python -m bench.prefetch [--tasks N] [--rounds R]``.
+bench/results/prefetch.json. Run: ``python -m bench prefetch [--tasks N] [--rounds R]``.
 """
 
 from __future__ import annotations

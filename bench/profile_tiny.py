@@ -1,8 +1,8 @@
 """Where taskpool's tiny tasks spend their time, on the client and (optionally) the worker.
 
-``python -m bench.profile_tiny [--n 20000] [--py-spy] [--out DIR]``: one private redis-server
-and ``celery -A tasks worker -P prefork -c 2`` (the project's app, as ``python -m bench tiny``
-starts it), then a client in a fresh interpreter that runs the ``tiny`` workload (``n`` x
+``python -m bench profile-tiny [--n 20000] [--py-spy] [--out DIR]``: one private redis-server
+and ``celery -A tasks worker -P prefork -c 2`` (the project's app, as ``python -m bench compare
+tiny`` starts it), then a client in a fresh interpreter that runs the ``tiny`` workload (``n`` x
 ``square.delay(i)``, then every ``.get()`` in order) twice after a warm-up: once under
 pyinstrument (a sampling profiler: the shares) and once under cProfile (the call counts, and
 Redis commands per task). Each loop, enqueue and result collection, is profiled apart. With
@@ -247,7 +247,7 @@ def main() -> None:
         client(args.n, out, args.py_spy)
         return
 
-    from bench.__main__ import Stack
+    from bench.compare import Stack
     from bench.harness import REPO_ROOT, write
 
     stack = Stack()

@@ -1,9 +1,9 @@
 """A worker SIGKILLed with tasks in hand: how long until each task's result, by default.
 
-``python -m bench.redelivery [SYSTEM ...] [--quick] [--cap-taskpool S] [--cap-stock S]
+``python -m bench redelivery [SYSTEM ...] [--quick] [--cap-taskpool S] [--cap-stock S]
 [--cap-dramatiq S]``. Systems: taskpool, stock, dramatiq (default: all three, in that order),
-each with its settings as shipped, on the private Redis of ``python -m bench`` (``Stack``: one
-``redis-server`` on a free loopback port, a database per system):
+each with its settings as shipped, on the private Redis of ``python -m bench compare``
+(``Stack``: one ``redis-server`` on a free loopback port, a database per system):
 
 - taskpool: ``celery -A tasks worker -P prefork -c 2`` (only the broker and result URLs set);
 - stock Celery: ``celery -A bench.stock_app worker -P prefork -c 2`` (kombu's Redis transport);
@@ -43,7 +43,7 @@ from typing import Any
 import redis
 from celery import Celery, states
 
-from bench.__main__ import Stack, package_versions, redis_version
+from bench.compare import Stack, package_versions, redis_version
 from bench.harness import REPO_ROOT, machine, tree, write
 from bench.peers import URL_VARIABLES, PeerWorker
 from taskpool.testing.celery_worker import CeleryWorker
@@ -51,7 +51,7 @@ from taskpool.testing.held import consumers, held_count
 from taskpool.testing.probe_tasks import STARTED
 
 SYSTEMS = ("taskpool", "stock", "dramatiq")
-#: Each system's name in ``bench.__main__.Stack`` (its database, its environment).
+#: Each system's name in ``bench.compare.Stack`` (its database, its environment).
 IMPLS = {"taskpool": "ours", "stock": "stock", "dramatiq": "dramatiq"}
 CAPS = {"taskpool": 60.0, "stock": 60.0, "dramatiq": 150.0}
 QUICK_STOCK_CAP = 15.0
@@ -250,7 +250,7 @@ class Worker:
 
 @contextlib.contextmanager
 def worker(stack: Stack, system: str, role: str, ready: bool) -> Iterator[Worker]:
-    """``system``'s worker, started as ``bench.__main__.Stack`` starts it, in its own process
+    """``system``'s worker, started as ``bench.compare.Stack`` starts it, in its own process
     group; with ``ready``, once it answered (a ping, or Dramatiq's first result)."""
     impl = IMPLS[system]
     env, log = stack.env(impl), stack.workdir / f"worker-{system}-{role}.log"
@@ -475,7 +475,7 @@ def line(system: str, row: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.redelivery",
+        prog="python -m bench redelivery",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -1,4 +1,4 @@
-"""Tables, targets and the plot of ``python -m bench``, from ``compare_<workload>.json`` files."""
+"""Tables, targets and the plot of ``python -m bench compare``, from ``compare_*.json`` files."""
 
 from __future__ import annotations
 

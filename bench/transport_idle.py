@@ -1,6 +1,6 @@
 """An idle consumer, stock kombu's Redis transport against taskpool's: commands and delivery time.
 
-``python -m bench.transport_idle [--trials 10] [--consumers 5]``. Five kombu consumers of two
+``python -m bench transport-idle [--trials 10] [--consumers 5]``. Five kombu consumers of two
 queues (each its own connection, as separate workers have), idle for ten seconds, then messages
 one at a time, published through the same transport: to the first queue, to the second queue,
 and to the first queue with priority 9, each after two seconds of quiet. Prints the idle command
