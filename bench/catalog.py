@@ -31,8 +31,8 @@ BENCHMARKS = (
     Benchmark(
         "compare",
         "bench.compare",
-        "How does taskpool compare with stock Celery, Huey, Dramatiq and multiprocessing: "
-        "tiny tasks, a bulk map, CPU-bound calls, latency, a broker that is down, worker start?",
+        "How does taskpool compare with stock Celery, Huey, Dramatiq and multiprocessing, "
+        "workload by workload?",
         "10",
         "`compare_<workload>.json`, `comparison.png`",
     ),
@@ -68,7 +68,7 @@ BENCHMARKS = (
         "map-throughput",
         "bench.map_throughput",
         "How fast is a map of a million ints through Redis, on the local pool and with "
-        "`Pool(2).map`, and what do the codecs cost?",
+        "`Pool(2).map`?",
         "1",
         "`map.json`",
     ),
@@ -89,8 +89,7 @@ BENCHMARKS = (
     Benchmark(
         "transport-idle",
         "bench.transport_idle",
-        "What does an idle consumer cost Redis, and how soon does it see a message, stock "
-        "kombu's transport against taskpool's?",
+        "What does an idle consumer cost Redis, and how soon does it see a message?",
         "3",
         "`transport_idle.json`",
     ),
@@ -111,8 +110,7 @@ BENCHMARKS = (
     Benchmark(
         "failover",
         "bench.failover",
-        "What does a Redis failover lose with and without waiting for a replica, and what does "
-        "the wait cost a publish?",
+        "What does a Redis failover lose, with and without waiting for a replica?",
         "4",
         "`failover.json`",
     ),

@@ -8,7 +8,7 @@ result, on the broker or on the local pool (``.delay()`` falls back while no pri
 CI runs FAILOVER_TASKS (default 5,000) across FAILOVERS (default 1). The soak, documented in
 docs/RELIABILITY.md: ``FAILOVER_TASKS=20000 FAILOVERS=3 pytest tests/faults/test_failover.py``.
 Without the wait, asynchronous replication loses the last messages before the crash:
-``python -m bench.failover`` measures both.
+``python -m bench failover`` measures both.
 """
 
 from __future__ import annotations
