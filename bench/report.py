@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -251,6 +252,13 @@ def targets(found: dict[str, dict[str, Any]]) -> list[tuple[str, str, bool]]:
     return out
 
 
+def targets_text(found: dict[str, dict[str, Any]]) -> str:
+    """One line per target: whether it holds, the target, the figure."""
+    return "\n".join(
+        f"[{'holds' if ok else 'MISSED'}] {name}: {value}" for name, value, ok in targets(found)
+    )
+
+
 def headline(found: dict[str, dict[str, Any]]) -> str:
     """The short table for the top-level README."""
     rows = []
@@ -352,8 +360,7 @@ def render(directory: Path, selected: list[str]) -> None:
             print(f"\n{title} ({describe(workload, found[workload]['sizes'])})\n")
             print(make(found[workload]))
     print("\ntargets\n")
-    for name, value, ok in targets(found):
-        print(f"  [{'holds' if ok else 'MISSED'}] {name}: {value}")
+    print(textwrap.indent(targets_text(found), "  "))
     print("\nheadline (README)\n")
     print(headline(found))
     path = plot(found, directory / "comparison.png")
