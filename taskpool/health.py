@@ -215,17 +215,18 @@ def probe_redis(
 ) -> None:
     """PING the Redis at ``url`` once, no retries, every wait cut to ``timeout``.
 
-    ``tls``: redis-py's ``ssl_*`` options for a ``rediss://`` URL (the app's
-    ``redis_backend_use_ssl``). For ``sentinel://`` URLs, the sentinels name the primary
+    ``tls``: the app's ``redis_backend_use_ssl``: redis-py's ``ssl_*`` options, and, as in
+    Celery's backend, TLS whatever the URL's scheme once it is set (which apps set it is
+    ``celery_conf``'s to decide). For ``sentinel://`` URLs, the sentinels name the primary
     (``transport_options``: the app's ``result_backend_transport_options``), reached over TLS
     when ``tls`` is given.
     """
     if is_sentinel(url):
         sentinel.ping_primary(url, timeout, transport_options, tls)
         return
-    options = {k: v for k, v in (tls or {}).items() if v is not None}
-    if not url.startswith("rediss://"):
-        options = {}
+    options: dict[str, Any] = {k: v for k, v in (tls or {}).items() if v is not None}
+    if tls and not url.startswith("rediss://"):
+        options["connection_class"] = redis.SSLConnection
     client = redis.Redis.from_url(
         url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=None, **options
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -168,3 +169,15 @@ def test_tls_settings_reach_the_sentinels_and_the_redis_they_name(tls: TlsFiles)
     for options in ("broker_transport_options", "result_backend_transport_options"):
         sentinel_kwargs = conf[options]["sentinel_kwargs"]
         assert sentinel_kwargs["ssl"] is True and sentinel_kwargs["ssl_ca_certs"] == str(tls.ca)
+
+
+def test_a_redis_url_with_celerys_tls_option_is_probed_over_tls_as_celery_connects(
+    tls_redis: RedisServer, tls: TlsFiles
+) -> None:
+    # Celery's backend speaks TLS whenever redis_backend_use_ssl is set, whatever the scheme;
+    # the health probe must reach the same server the same way, or calls fall back for nothing.
+    plain = tls_redis.url().replace("rediss://", "redis://")
+    use_ssl = {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_ca_certs": str(tls.ca)}
+    probe_redis(plain, FAILS_WITHIN, use_ssl)
+    with pytest.raises(redis_py.exceptions.ConnectionError):
+        probe_redis(plain, FAILS_WITHIN)
