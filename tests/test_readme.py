@@ -9,9 +9,8 @@ import time
 
 import pytest
 
-from taskpool.testing.celery_worker import CeleryWorker
+from taskpool.testing.celery_worker import CeleryWorker, worker_env
 from taskpool.testing.redis_server import RedisServer, free_port
-from tests.conftest import worker_env
 from tests.support.paths import REPO_ROOT
 
 README = (REPO_ROOT / "README.md").read_text()

@@ -14,12 +14,12 @@ from collections.abc import Callable
 import pytest
 import redis as redis_py
 
-from taskpool.testing.celery_worker import CeleryWorker
+from taskpool.testing.celery_worker import CeleryWorker, node_name
 from taskpool.testing.held import held_count
 from taskpool.testing.probe_tasks import FINISHED, STARTED
 from taskpool.testing.redis_server import RedisServer
 from taskpool.testing.waiting import wait_for
-from tests.conftest import client_app, node_name
+from tests.support.apps import client_app
 from tests.support.paths import REPO_ROOT
 
 #: A visibility timeout of 4 s, swept every second (the hard limit must stay below it).

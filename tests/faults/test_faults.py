@@ -14,11 +14,12 @@ import pytest
 import redis as redis_py
 from celery import states
 
-from taskpool.testing.celery_worker import CeleryWorker
+from taskpool.testing.celery_worker import CeleryWorker, node_name, worker_env
 from taskpool.testing.held import held_count
 from taskpool.testing.redis_server import RedisServer, free_port
 from taskpool.testing.waiting import wait_for
-from tests.conftest import client_app, node_name, redis_binary, worker_env
+from tests.support.apps import client_app
+from tests.support.servers import redis_binary
 
 #: sum_of_squares(n) for this n runs for a few hundred milliseconds: long enough to kill mid-run.
 SLOW = 8_000_000

@@ -17,12 +17,12 @@ from celery import states
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 
 from taskpool.errors import ResultStoreUnavailable
-from taskpool.testing.celery_worker import CeleryWorker
+from taskpool.testing.celery_worker import CeleryWorker, node_name
 from taskpool.testing.held import held_count
 from taskpool.testing.probe_tasks import STARTED
 from taskpool.testing.redis_server import RedisServer
 from taskpool.testing.waiting import wait_for
-from tests.conftest import client_app, node_name
+from tests.support.apps import client_app
 
 PROBE = ("-I", "taskpool.testing.probe_tasks")
 

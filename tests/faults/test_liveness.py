@@ -19,12 +19,12 @@ import redis as redis_py
 from celery.result import AsyncResult
 
 from taskpool.liveness import CLOCK
-from taskpool.testing.celery_worker import CeleryWorker
+from taskpool.testing.celery_worker import CeleryWorker, node_name, worker_env
 from taskpool.testing.held import consumers, held_count
 from taskpool.testing.probe_tasks import FINISHED, STARTED
 from taskpool.testing.redis_server import RedisServer
 from taskpool.testing.waiting import wait_for
-from tests.conftest import client_app, node_name, worker_env
+from tests.support.apps import client_app
 from tests.support.paths import REPO_ROOT
 
 PROBE = ("-I", "taskpool.testing.probe_tasks")

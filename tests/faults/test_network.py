@@ -21,18 +21,17 @@ import pytest
 import redis as redis_py
 from celery.result import AsyncResult
 
-from taskpool.testing.celery_worker import CeleryWorker
+from taskpool.testing.celery_worker import CeleryWorker, node_name, worker_env
 from taskpool.testing.ci import skip_or_fail
 from taskpool.testing.held import consumers
 from taskpool.testing.probe_tasks import STARTED
 from taskpool.testing.redis_server import RedisServer
 from taskpool.testing.waiting import wait_for
-from tests import conftest
-from tests.conftest import client_app, node_name, worker_env
+from tests.support.apps import FAST_REDELIVERY, client_app
 from tests.support.paths import REPO_ROOT
 
-FAST_REDELIVERY = {
-    **conftest.FAST_REDELIVERY,
+CUT_OFF_WORKER = {
+    **FAST_REDELIVERY,
     "TASKPOOL_SOCKET_TIMEOUT": "2",
     "PYTHONPATH": str(REPO_ROOT),
 }
@@ -102,7 +101,7 @@ def test_a_worker_cut_off_from_the_network_has_its_tasks_finished_elsewhere(
     celery = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-P", "prefork"]
     command = ["ip", "netns", "exec", worker_host.namespace, *celery, "-c", "2", "-l", "info"]
     remote = CeleryWorker(
-        worker_env(remote_url, **FAST_REDELIVERY),
+        worker_env(remote_url, **CUT_OFF_WORKER),
         node_name("remote"),
         tmp_path / "remote.log",
         command=[*command, "--without-gossip", "--without-mingle"],
@@ -124,7 +123,7 @@ def test_a_worker_cut_off_from_the_network_has_its_tasks_finished_elsewhere(
             redis.url(),
             node_name("survivor"),
             extra=("-I", "taskpool.testing.probe_tasks"),
-            **FAST_REDELIVERY,
+            **CUT_OFF_WORKER,
         )
         assert [r.get(timeout=60) for r in results] == [survivor.node] * 6
         assert time.monotonic() - cut_at < 60

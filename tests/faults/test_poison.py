@@ -25,12 +25,12 @@ from celery.result import AsyncResult
 
 from taskpool.errors import MessageQuarantined
 from taskpool.quarantine import Entry, Quarantine
-from taskpool.testing.celery_worker import CeleryWorker
+from taskpool.testing.celery_worker import CeleryWorker, node_name, worker_env
 from taskpool.testing.held import held_count
 from taskpool.testing.probe_tasks import DIED, STARTED
 from taskpool.testing.redis_server import RedisServer, free_port
 from taskpool.testing.waiting import wait_for
-from tests.conftest import client_app, node_name, worker_env
+from tests.support.apps import client_app
 from tests.support.values import nested
 
 PROBE = ("-I", "taskpool.testing.probe_tasks")

@@ -16,10 +16,10 @@ import redis as redis_py
 
 import taskpool
 from taskpool.testing import probe_tasks  # noqa: F401 - probe.sleep on every app
-from taskpool.testing.celery_worker import CeleryWorker
+from taskpool.testing.celery_worker import CeleryWorker, node_name, worker_env
 from taskpool.testing.redis_server import RedisServer
 from taskpool.testing.waiting import wait_for
-from tests.conftest import client_app, node_name, worker_env
+from tests.support.apps import client_app
 
 PROBE = ("-I", "taskpool.testing.probe_tasks")
 FULL = ("--maxmemory", "20mb", "--maxmemory-policy", "noeviction")

@@ -12,9 +12,9 @@ from collections.abc import Callable
 import pytest
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 
-from taskpool.testing.celery_worker import CeleryWorker
+from taskpool.testing.celery_worker import CeleryWorker, node_name
 from taskpool.testing.redis_server import RedisServer
-from tests.conftest import client_app, node_name
+from tests.support.apps import client_app
 from tests.support.paths import REPO_ROOT
 
 WAIT = 2.0

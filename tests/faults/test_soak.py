@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 import redis as redis_py
 
-from taskpool.testing.celery_worker import CeleryWorker
+from taskpool.testing.celery_worker import CeleryWorker, node_name, worker_env
 from taskpool.testing.held import held_text
 from taskpool.testing.redis_server import RedisServer
-from tests.conftest import FAST_REDELIVERY, client_app, node_name, worker_env
+from tests.support.apps import FAST_REDELIVERY, client_app
 
 pytestmark = pytest.mark.slow
 

@@ -18,13 +18,12 @@ import redis as redis_py
 from celery import states
 from celery.result import AsyncResult
 
-from taskpool.testing.celery_worker import CeleryWorker
+from taskpool.testing.celery_worker import CeleryWorker, node_name
 from taskpool.testing.held import held_count
 from taskpool.testing.probe_tasks import FINISHED, STARTED
 from taskpool.testing.redis_server import RedisServer
 from taskpool.testing.waiting import wait_for
-from tests import conftest
-from tests.conftest import client_app, node_name
+from tests.support.apps import FAST_REDELIVERY, client_app
 from tests.support.paths import REPO_ROOT
 
 PROBE = ("-I", "taskpool.testing.probe_tasks")
@@ -39,7 +38,7 @@ with Connection(sys.argv[1], transport=Transport) as connection:
     time.sleep(120)
 """
 #: Redelivery in seconds, and the probe task importable by the worker.
-FAST_REDELIVERY = {**conftest.FAST_REDELIVERY, "PYTHONPATH": str(REPO_ROOT)}
+WORKER_ENV = {**FAST_REDELIVERY, "PYTHONPATH": str(REPO_ROOT)}
 
 Start = Callable[..., CeleryWorker]
 
@@ -57,7 +56,7 @@ def test_a_whole_worker_killed_loses_nothing_and_reruns_nothing_that_finished(
     redis_factory: Callable[..., RedisServer], worker_factory: Start
 ) -> None:
     redis = redis_factory()
-    doomed = worker_factory(redis.url(), node_name("doomed"), extra=PROBE, **FAST_REDELIVERY)
+    doomed = worker_factory(redis.url(), node_name("doomed"), extra=PROBE, **WORKER_ENV)
     results = send(redis, 20, 0.4)
     client = redis_py.Redis(port=redis.port, decode_responses=True)
     wait_for(lambda: client.llen(FINISHED) >= 4, 30, "four tasks to finish")
@@ -71,7 +70,7 @@ def test_a_whole_worker_killed_loses_nothing_and_reruns_nothing_that_finished(
     started_before = client.llen(STARTED)
 
     restarted = time.monotonic()
-    worker_factory(redis.url(), node_name("successor"), extra=PROBE, **FAST_REDELIVERY)
+    worker_factory(redis.url(), node_name("successor"), extra=PROBE, **WORKER_ENV)
     assert [r.get(timeout=30) for r in results] == [n * n for n in range(20)]
     assert time.monotonic() - restarted < 30
     rerun = runs(client, STARTED, started_before)
@@ -85,7 +84,7 @@ def test_warm_shutdown_finishes_running_tasks_and_requeues_the_prefetched(
     redis_factory: Callable[..., RedisServer], worker_factory: Start
 ) -> None:
     redis = redis_factory()
-    leaving = worker_factory(redis.url(), node_name("leaving"), extra=PROBE, **FAST_REDELIVERY)
+    leaving = worker_factory(redis.url(), node_name("leaving"), extra=PROBE, **WORKER_ENV)
     results = send(redis, 10, 1.0)
     client = redis_py.Redis(port=redis.port, decode_responses=True)
     wait_for(lambda: client.llen(STARTED) >= 2, 30, "two tasks to be running")
@@ -98,7 +97,7 @@ def test_warm_shutdown_finishes_running_tasks_and_requeues_the_prefetched(
     assert held_count(client) == 0, "prefetched messages were left for the visibility timeout"
     assert client.llen("celery") >= 10 - client.llen(FINISHED)
 
-    worker_factory(redis.url(), node_name("next"), extra=PROBE, **FAST_REDELIVERY)
+    worker_factory(redis.url(), node_name("next"), extra=PROBE, **WORKER_ENV)
     assert [r.get(timeout=30) for r in results] == [n * n for n in range(10)]
     assert runs(client, FINISHED) == Counter(range(10)), "each task must finish exactly once"
     client.close()
@@ -108,7 +107,7 @@ def test_cold_shutdown_loses_nothing(
     redis_factory: Callable[..., RedisServer], worker_factory: Start
 ) -> None:
     redis = redis_factory()
-    leaving = worker_factory(redis.url(), node_name("cold"), extra=PROBE, **FAST_REDELIVERY)
+    leaving = worker_factory(redis.url(), node_name("cold"), extra=PROBE, **WORKER_ENV)
     results = send(redis, 10, 1.0)
     client = redis_py.Redis(port=redis.port, decode_responses=True)
     wait_for(lambda: client.llen(STARTED) >= 2, 30, "two tasks to be running")
@@ -117,7 +116,7 @@ def test_cold_shutdown_loses_nothing(
     leaving.process.send_signal(signal.SIGQUIT)  # cold: running tasks are terminated
     leaving.wait_exit(15)
 
-    worker_factory(redis.url(), node_name("after-cold"), extra=PROBE, **FAST_REDELIVERY)
+    worker_factory(redis.url(), node_name("after-cold"), extra=PROBE, **WORKER_ENV)
     assert [r.get(timeout=30) for r in results] == [n * n for n in range(10)]
     assert runs(client, FINISHED) == Counter(range(10)), "each task must finish exactly once"
     client.close()
@@ -144,7 +143,7 @@ def test_a_redelivered_task_that_already_succeeded_is_not_run_again(
             taker.stdout.close()
     assert held_count(client) == 1
 
-    worker = worker_factory(redis.url(), node_name("dedup"), extra=PROBE, **FAST_REDELIVERY)
+    worker = worker_factory(redis.url(), node_name("dedup"), extra=PROBE, **WORKER_ENV)
     wait_for(lambda: "already completed successfully" in worker.log_tail(), 15, "the skip")
     wait_for(lambda: client.llen("celery") + held_count(client) == 0, 15, "the ack")
     assert client.llen(STARTED) == 0, "the body ran again"

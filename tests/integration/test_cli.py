@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 
 from taskpool.examples import LOCAL_NODE
-from taskpool.testing.celery_worker import CeleryWorker
+from taskpool.testing.celery_worker import CeleryWorker, node_name, worker_env
 from taskpool.testing.redis_server import RedisServer, free_port
 from taskpool.testing.waiting import wait_for
-from tests.conftest import client_app, node_name, worker_env
+from tests.support.apps import client_app
 from tests.support.paths import REPO_ROOT
 
 

@@ -27,12 +27,12 @@ import taskpool
 from taskpool import ConfigError, LocalResult, Settings, create_app, mask_url
 from taskpool.examples import register
 from taskpool.health import BrokerHealth
-from taskpool.testing.celery_worker import CeleryWorker
+from taskpool.testing.celery_worker import CeleryWorker, node_name
 from taskpool.testing.ci import skip_or_fail
 from taskpool.testing.redis_server import RedisServer, free_port
 from taskpool.testing.waiting import wait_for
-from tests.conftest import client_app, node_name
 from tests.support import compose
+from tests.support.apps import client_app
 from tests.support.paths import REPO_ROOT
 
 PASSWORD = "compose-" + uuid.uuid4().hex

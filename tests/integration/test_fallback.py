@@ -26,10 +26,11 @@ from taskpool import (
     liveness,
 )
 from taskpool.examples import LOCAL_NODE, register
+from taskpool.testing.celery_worker import node_name
 from taskpool.testing.listeners import SilentListener
 from taskpool.testing.redis_server import RedisServer, free_port
 from taskpool.testing.waiting import wait_for
-from tests.conftest import client_app, node_name
+from tests.support.apps import client_app
 
 #: Generous bound for "does not hang" on a shared, noisy machine.
 NO_HANG = 3.0

@@ -17,11 +17,11 @@ from taskpool import MapItemFailed
 from taskpool.errors import ArgumentTooLarge, UnsafeInteger
 from taskpool.settings import forget_settings
 from taskpool.testing import probe_tasks  # noqa: F401 - probe.nap on every app
-from taskpool.testing.celery_worker import CeleryWorker
+from taskpool.testing.celery_worker import CeleryWorker, node_name
 from taskpool.testing.redis_server import RedisServer, free_port
 from taskpool.testing.waiting import wait_for
 from tasks import print_number, square, sum_of_squares
-from tests.conftest import client_app, node_name
+from tests.support.apps import client_app
 
 PROBE = ("-I", "taskpool.testing.probe_tasks")
 

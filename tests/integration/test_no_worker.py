@@ -17,10 +17,10 @@ import taskpool
 from taskpool import LocalResult, NoWorker, Settings, liveness
 from taskpool.celery_conf import RELIABLE_TRANSPORTS
 from taskpool.ledger import Ledger
-from taskpool.testing.celery_worker import CeleryWorker
+from taskpool.testing.celery_worker import CeleryWorker, node_name
 from taskpool.testing.redis_server import RedisServer, free_port
 from taskpool.testing.waiting import wait_for
-from tests.conftest import client_app, node_name, settings_app
+from tests.support.apps import client_app, settings_app
 
 
 def queued(app: taskpool.TaskpoolCelery, queue: str = "celery") -> int:

@@ -14,8 +14,9 @@ from celery import Celery, states
 
 from taskpool.result_consumer import SUBSCRIBED_AT_SEND
 from taskpool.result_store import RedisStore
+from taskpool.testing.celery_worker import node_name
 from taskpool.testing.redis_server import RedisServer
-from tests.conftest import client_app, node_name
+from tests.support.apps import client_app
 
 NO_HANG = 20.0
 

@@ -18,13 +18,13 @@ from taskpool import Settings
 from taskpool.errors import NotReplicated
 from taskpool.health import BrokerHealth
 from taskpool.status import read_status, render_status
-from taskpool.testing.celery_worker import CeleryWorker
+from taskpool.testing.celery_worker import CeleryWorker, node_name
 from taskpool.testing.failover import MASTER, PASSWORD, SENTINEL_PASSWORD, Cluster
 from taskpool.testing.held import held_count, held_text
 from taskpool.testing.redis_server import RedisServer
 from taskpool.transport import SentinelTransport
-from tests.conftest import node_name, settings_app
 from tests.support import compose
+from tests.support.apps import settings_app
 
 
 def redis_at(address: str) -> redis_py.Redis:

@@ -13,9 +13,9 @@ from celery.result import AsyncResult
 
 from taskpool import BrokerUnavailable, Settings, celery_config
 from taskpool.health import probe_redis
-from taskpool.testing.celery_worker import CeleryWorker
+from taskpool.testing.celery_worker import CeleryWorker, node_name
 from taskpool.testing.redis_server import RedisServer, TlsFiles, sentinel_config
-from tests.conftest import client_app, node_name, settings_app
+from tests.support.apps import client_app, settings_app
 
 #: A handshake that fails must fail within this (generous) bound, not hang.
 FAILS_WITHIN = 3.0

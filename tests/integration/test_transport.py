@@ -23,12 +23,12 @@ from kombu.asynchronous import Hub
 from taskpool import Settings, celery_config, liveness, transport
 from taskpool.errors import BrokerUnsupported
 from taskpool.liveness import HELD
-from taskpool.testing.celery_worker import CeleryWorker
+from taskpool.testing.celery_worker import CeleryWorker, node_name, worker_env
 from taskpool.testing.held import consumers, held_count
 from taskpool.testing.redis_server import RedisServer
 from taskpool.testing.waiting import wait_for
 from taskpool.transport import POP_AND_RECORD, Transport, require_redis
-from tests.conftest import client_app, node_name, worker_env
+from tests.support.apps import client_app
 
 #: kombu's separator between a queue's name and its priority, and taskpool's wake list suffix.
 SEP = "\x06\x16"

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from taskpool.testing.celery_worker import CeleryWorker
+from taskpool.testing.celery_worker import CeleryWorker, node_name
 from taskpool.testing.redis_server import RedisServer, free_port
-from tests.conftest import client_app, node_name
+from tests.support.apps import client_app
 from tests.support.user_project import UserProject, install_project
 
 USER_FILES = {

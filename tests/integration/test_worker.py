@@ -12,10 +12,10 @@ from celery.result import AsyncResult
 from kombu.exceptions import EncodeError
 
 from taskpool.errors import NestedTooDeep
-from taskpool.testing.celery_worker import CeleryWorker
+from taskpool.testing.celery_worker import CeleryWorker, node_name, worker_env
 from taskpool.testing.redis_server import RedisServer
 from tasks import app, print_number, square
-from tests.conftest import client_app, node_name, worker_env
+from tests.support.apps import client_app
 from tests.support.values import nested
 
 
@@ -74,7 +74,7 @@ def test_a_worker_with_a_bad_setting_stops_with_one_clear_line() -> None:
     import subprocess
     import sys
 
-    from tests.conftest import worker_env
+    from taskpool.testing.celery_worker import worker_env
     from tests.support.paths import REPO_ROOT
 
     env = worker_env("redis://127.0.0.1:1/0", TASKPOOL_DISPATCH="sideways")
