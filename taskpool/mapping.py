@@ -318,23 +318,24 @@ class _Map:
             self.app, requested, queue=lambda: dispatch.queue_of(self.app, task.name, {})
         )
         self.mode = route.mode
-        self.backend: _LocalChunks | _BrokerChunks | _EagerChunks
+        #: Where the chunks run now: a map that loses the broker moves on to the local pool.
+        self.runner: _LocalChunks | _BrokerChunks | _EagerChunks
         if route.backend == "broker":
-            self.backend = _BrokerChunks(self.app, task, star)
+            self.runner = _BrokerChunks(self.app, task, star)
         elif route.backend == "eager":
-            self.backend = _EagerChunks(task, star)
+            self.runner = _EagerChunks(task, star)
         else:
-            self.backend = _LocalChunks(task, star)
-        self.backends = [self.backend.name]
+            self.runner = _LocalChunks(task, star)
+        self.backends = [self.runner.name]
         length = len(inputs) if isinstance(inputs, Sized) else None
         processes = settings.processes
         self.chunksize = chunksize or auto_chunksize(
-            length, processes, self.backend.chunks_per_process
+            length, processes, self.runner.chunks_per_process
         )
         if self.chunksize < 1:
             raise ValueError(f"chunksize must be at least 1, got {self.chunksize}")
         check_chunksize(self.chunksize)
-        self.max_in_flight = max_in_flight or self.backend.in_flight_per_process * processes
+        self.max_in_flight = max_in_flight or self.runner.in_flight_per_process * processes
         self.inputs, self.length = inputs, length
         self.return_exceptions = return_exceptions
         self.show_progress = sys.stderr.isatty() if progress is None else progress
@@ -357,35 +358,35 @@ class _Map:
 
     def _submit(self, chunk: _Chunk, window: deque[_Chunk]) -> _Chunk:
         try:
-            chunk.handle = self.backend.submit(chunk.items, chunk.start)
+            chunk.handle = self.runner.submit(chunk.items, chunk.start)
         except _BackendLost as lost:
             self._go_local(window, lost)
-            chunk.handle = self.backend.submit(chunk.items, chunk.start)
+            chunk.handle = self.runner.submit(chunk.items, chunk.start)
         return chunk
 
     def _finish(self, window: deque[_Chunk], bar: _Progress) -> list[Any]:
         chunk = window[0]
         try:
-            outcome = self.backend.collect(chunk)
+            outcome = self.runner.collect(chunk)
         except _BackendLost as lost:
             self._go_local(window, lost)
-            outcome = self.backend.collect(chunk)
+            outcome = self.runner.collect(chunk)
         window.popleft()
         bar.update(len(chunk.items))
         return self._values(chunk, outcome)
 
     def _go_local(self, window: deque[_Chunk], lost: _BackendLost) -> None:
         """Re-run every chunk not yet collected on the local pool (mode auto), or give up."""
-        if isinstance(self.backend, _LocalChunks):
+        if isinstance(self.runner, _LocalChunks):
             raise BrokerUnavailable(str(lost)) from lost
         try:
             dispatch.fall_back(self.app, self.mode, str(lost), fix=lost.fix)
         except BrokerUnavailable as unavailable:
             raise unavailable from lost
-        self.backend = _LocalChunks(self.task, self.star)
-        self.backends.append(self.backend.name)
+        self.runner = _LocalChunks(self.task, self.star)
+        self.backends.append(self.runner.name)
         for chunk in window:
-            chunk.handle = self.backend.submit(chunk.items, chunk.start)
+            chunk.handle = self.runner.submit(chunk.items, chunk.start)
 
     def _values(self, chunk: _Chunk, outcome: ChunkOutcome) -> list[Any]:
         values = outcome.values
