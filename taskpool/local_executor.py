@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from taskpool import pool_process
@@ -72,10 +73,12 @@ class SharedPool:
     def submit(self, func: Any, job: tuple[Any, ...], settings: Settings) -> Future[Any]:
         """Start ``func(*job)``; the first call starts the pool, sized by ``settings``."""
         with self._lock:
-            executor = self._executor
-            if executor is None or getattr(executor, "_broken", False):
+            executor = self._executor or self._start(job[0].module, settings)
+            try:
+                future = executor.submit(func, *job)
+            except BrokenProcessPool:  # a pool process was lost: the next call gets a new pool
                 executor = self._start(job[0].module, settings)
-            future = executor.submit(func, *job)
+                future = executor.submit(func, *job)
             self._in_flight += 1
         future.add_done_callback(self._done)
         with self._lock:

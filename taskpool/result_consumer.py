@@ -84,7 +84,7 @@ class ResultConsumer(celery_redis.ResultConsumer):
         subscriptions held; above, its wait subscribes if it must (``consume_from``)."""
         with self._locked():
             if self.eager or len(self.subscribed_to) < SUBSCRIBED_AT_SEND:
-                self._waited.discard(self._get_key_for_task(task_id))
+                self._waited.discard(self.backend.get_key_for_task(task_id))
                 super().consume_from(task_id)
 
     def consume_from(self, task_id: str) -> None:
@@ -94,14 +94,14 @@ class ResultConsumer(celery_redis.ResultConsumer):
         if self.eager:
             super().consume_from(task_id)
             return
-        key = self._get_key_for_task(task_id)
+        key = self.backend.get_key_for_task(task_id)
         with self._locked():
             self._pending_unsubscribe.discard(key)
             if key not in self.subscribed_to:
                 self._waited.add(key)
 
     def cancel_for(self, task_id: str) -> None:
-        self._waited.discard(self._get_key_for_task(task_id))
+        self._waited.discard(self.backend.get_key_for_task(task_id))
         super().cancel_for(task_id)
 
     def _reconnect_pubsub(self) -> None:
@@ -123,7 +123,7 @@ class ResultConsumer(celery_redis.ResultConsumer):
             try:
                 yield from super()._wait_for_pending(result, timeout=left, **kwargs)
                 return
-            except (RuntimeError, *self._connection_errors) as exc:
+            except (RuntimeError, *self.backend.connection_errors) as exc:
                 if isinstance(exc, RuntimeError) and not gave_up(exc):
                     raise
                 self._ride_out(result.id, deadline, exc)
@@ -138,7 +138,7 @@ class ResultConsumer(celery_redis.ResultConsumer):
             try:
                 self._reconnect_pubsub()
                 return
-            except self._connection_errors as exc:
+            except self.backend.connection_errors as exc:
                 error = exc
             if time.monotonic() + delay > give_up:
                 url = mask_url(str(self.backend.url or self.app.conf.result_backend))
@@ -183,10 +183,10 @@ class ResultConsumer(celery_redis.ResultConsumer):
                 if not self._confirm(self._pubsub, _bounded(timeout)):
                     self._waited.update(keys)  # subscribed again, and confirmed, next time
                     return True
-            stored = self._ensure(self.backend.client.mget, (keys,))
+            stored = self.backend.ensure(self.backend.client.mget, (keys,))
             found = [value for value in stored if value]
             for value in found:
-                self.on_state_change(self._decode_result(value), None)
+                self.on_state_change(self.backend.decode_result(value), None)
             return bool(found)
 
     def _confirm(self, pubsub: Any, timeout: float) -> bool:
@@ -202,7 +202,7 @@ class ResultConsumer(celery_redis.ResultConsumer):
             if message["type"] == "pong" and str_if_bytes(message["data"]) == token:
                 return True
             if message["type"] == "message":
-                self.on_state_change(self._decode_result(message["data"]), message)
+                self.on_state_change(self.backend.decode_result(message["data"]), message)
         return False
 
 

@@ -56,6 +56,10 @@ STORED, KEPT_SUCCESS, UNREADABLE = 1, 0, -1
 
 _Base: Any = RedisBackend if TYPE_CHECKING else object
 
+#: The largest string Redis holds (its proto-max-bulk-len default): a larger result is
+#: refused, as Celery's own set refuses it.
+MAX_REDIS_STRING = 512 * 1024 * 1024
+
 
 class _Store(_Base):
     """What taskpool changes in a Celery Redis backend; mixed in before it."""
@@ -111,7 +115,7 @@ class _Store(_Base):
         )
         meta["task_id"] = bytes_to_str(task_id)
         value = self.encode(meta)
-        if len(value) > self._MAX_STR_VALUE_SIZE:
+        if len(value) > MAX_REDIS_STRING:
             raise BackendStoreError(
                 "value too large for Redis backend", state=state, task_id=task_id
             )
