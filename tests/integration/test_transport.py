@@ -240,13 +240,15 @@ def test_one_message_wakes_one_idle_consumer(
         thread.start()
     try:
         waiting.wait(timeout=10)
-        time.sleep(0.3)  # every consumer is blocked on the wake list now
+        wait_for(
+            lambda: client.info("clients")["blocked_clients"] == len(consumers),
+            10,
+            "every consumer blocked on the wake list",
+        )
         client.script_load(liveness.LIVENESS)  # the ack's script: one run, no reload
         client.config_resetstat()
         publish(redis_server, queue, ["once"])
-        deadline = time.monotonic() + 5
-        while not got and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: bool(got), 5, "the message delivered")
         time.sleep(0.5)  # a wake-everyone design would show its extra pops by now
         # Scripts run: the pops, and one ack (liveness.lua) per message taken. The consumers
         # beat with the same script, every 20 s here: not within this second.
