@@ -8,8 +8,8 @@ Fixtures (all opt-in; loading the plugin starts nothing and imports neither Cele
   app first connects.
 - ``taskpool_worker``: a real ``celery -A APP worker -P prefork`` subprocess against that
   Redis, started once per session and stopped by PID. APP comes from ``--taskpool-app`` or the
-  ``taskpool_app`` ini option (default ``tasks``) and is found from the rootdir, as ``celery
-  -A`` finds it from the working directory.
+  ``taskpool_app`` ini option (no default: the project names its app) and is found from the
+  rootdir, as ``celery -A`` finds it from the working directory.
 - ``taskpool_local`` / ``taskpool_celery``: every call and map of the test runs on the local
   pool / only on the broker, whatever the settings say.
 
@@ -46,7 +46,7 @@ WORKER_START_TIMEOUT = 60.0
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini(
-        "taskpool_app", "The app taskpool_worker starts, as `celery -A` takes it", default="tasks"
+        "taskpool_app", "The app taskpool_worker starts, as `celery -A` takes it", default=""
     )
     parser.getgroup("taskpool").addoption(
         "--taskpool-app", default=None, help="The app taskpool_worker starts (overrides the ini)"
@@ -95,6 +95,11 @@ def taskpool_worker(
     from taskpool.testing.celery_worker import CeleryWorker
 
     name = pytestconfig.getoption("taskpool_app") or pytestconfig.getini("taskpool_app")
+    if not name:
+        raise pytest.UsageError(
+            "taskpool_worker needs your Celery app: set taskpool_app in the [pytest] ini "
+            "(taskpool_app = proj, as `celery -A proj` takes it), or pass --taskpool-app proj"
+        )
     root = pytestconfig.rootpath
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
