@@ -633,6 +633,44 @@ class Channel(kombu_redis.Channel):
         )
         message_quarantined.send(sender=self, entry=entry)
 
+    # -- broadcasts: remote control and events ---------------------------------------------
+
+    def _receive_one(self, c: Any) -> Any:
+        """Read one broadcast (a fanout message: remote control, events) and deliver it.
+
+        Adapted from kombu 5.7.0 ``kombu.transport.redis.Channel._receive_one``: the message is
+        read by ``taskpool.messages`` first, as a popped one is. Any client of the Redis can
+        PUBLISH on these channels, and kombu took a JSON array, an envelope without properties
+        or a type marker it cannot decode for a fatal error of the worker. One that cannot be
+        read, or that names an exchange no consumer here receives, is logged with the reason
+        and dropped: a broadcast has no queue to keep it in, and nobody waits on it.
+        """
+        try:
+            response = c.parse_response()
+        except self.connection_errors:
+            self._in_listen = None  # type: ignore[assignment]  # kombu declares it a Connection
+            raise
+        if not isinstance(response, (list, tuple)):
+            raise Empty()
+        payload = self._handle_message(c, response)
+        if not bytes_to_str(payload["type"]).endswith("message") or not payload["data"]:
+            raise Empty()
+        channel = bytes_to_str(payload["channel"])
+        if channel[0] == "/":  # kombu's fanout prefix: /<db>.<exchange>
+            channel = channel.partition(".")[2]
+        exchange = channel.split("/", 1)[0]
+        data = payload["data"]
+        raw = data if isinstance(data, bytes) else str(data).encode()
+        try:
+            if exchange not in self._fanout_to_queue:
+                raise UnreadableMessage(f"no consumer here receives exchange {exchange!r:.80}")
+            message = messages.read(raw, max_inflated=self.max_inflated)
+        except UnreadableMessage as exc:
+            log.error("Dropped a broadcast on channel %.80r that cannot be read: %s", channel, exc)
+            # Not Empty: kombu's _receive stops at one, and the messages read with it would wait.
+            return False
+        return self._deliver_fanout_message(message, exchange)
+
     # -- basic_get, the synchronous path ---------------------------------------------------
 
     def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:

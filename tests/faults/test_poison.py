@@ -275,3 +275,30 @@ def test_a_chunk_message_over_a_huge_range_fails_at_once_and_grows_no_pool_proce
         result.get(timeout=20)
     assert max(peak_rss_mb(pid) for pid in worker.pool_pids()) < 300
     assert app.tasks["tasks.square"].delay(5).get(timeout=10) == 25
+
+
+#: Broadcasts any client of the Redis can PUBLISH to a worker's remote-control channel, each
+#: of which stopped the worker ("Unrecoverable error"), and why each is dropped.
+BROADCASTS = {
+    "a-json-array": (b"[1, 2]", "is a JSON array"),
+    "no-properties": (b'{"body": "x"}', "no properties object"),
+    "a-bad-type-marker": (b'{"__type__": "bytes", "__value__": 5}', "kombu cannot read"),
+    "a-decimal-marker": (b'{"__type__": "decimal", "__value__": "x"}', "kombu cannot read"),
+}
+
+
+def test_broadcasts_that_cannot_be_read_are_dropped_by_name_and_the_worker_goes_on(
+    redis_url: str, client: redis_py.Redis, worker_factory: Callable[..., CeleryWorker]
+) -> None:
+    worker = worker_factory(redis_url, node_name("broadcast"))
+    app = client_app(redis_url, dispatch="celery")
+    channel = "/0.celery.pidbox"  # kombu's fanout channel for Celery's remote control
+    for data, _ in BROADCASTS.values():
+        assert client.publish(channel, data) == 1  # the worker receives it
+    log = lambda: worker.log_tail(1_000_000)  # noqa: E731
+    wait_for(lambda: log().count("Dropped a broadcast") == len(BROADCASTS), 20, "the drops")
+    for _, reason in BROADCASTS.values():
+        assert reason in log()
+    assert worker.process is not None and worker.process.poll() is None
+    assert [list(reply) for reply in app.control.ping(timeout=5)] == [[worker.node]]
+    assert app.tasks["tasks.square"].delay(7).get(timeout=10) == 49
