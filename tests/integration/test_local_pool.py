@@ -192,10 +192,7 @@ def test_the_pool_shuts_down_at_exit_leaving_no_process_behind(tmp_path: Path) -
     assert done.returncode == 0, done.stderr
     listed = [line for line in done.stdout.splitlines() if not line.startswith("Process ID")]
     pids = {int(p) for p in listed[-1].split()}
-    deadline = time.monotonic() + 5
-    while any(Path(f"/proc/{pid}").exists() for pid in pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in pids), 5, "the pool to exit")
     assert done.stdout.rstrip().endswith("Number: 99")  # the pending run finished, not dropped
 
 

@@ -16,6 +16,7 @@ from taskpool.result_consumer import SUBSCRIBED_AT_SEND
 from taskpool.result_store import RedisStore
 from taskpool.testing.celery_worker import node_name
 from taskpool.testing.redis_server import RedisServer
+from taskpool.testing.waiting import wait_for
 from tests.support.apps import client_app
 
 NO_HANG = 20.0
@@ -28,10 +29,7 @@ def calls(client: redis.Redis, command: str) -> int:
 
 
 def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + NO_HANG
-    while not condition():
-        assert time.monotonic() < deadline, f"still not {what} after {NO_HANG} s"
-        time.sleep(0.05)
+    wait_for(condition, NO_HANG, what)
 
 
 def worker_and_client(
