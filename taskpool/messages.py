@@ -50,7 +50,17 @@ MAX_NESTING = 200
 
 
 def read(raw: bytes, *, max_inflated: int) -> dict[str, Any]:
-    """The message ``raw`` as kombu's transport hands it on; UnreadableMessage if it is not."""
+    """The message ``raw`` as kombu's transport hands it on; UnreadableMessage if it is not,
+    also when a check here fails on it: no message may stop a worker that way either."""
+    try:
+        return _read(raw, max_inflated)
+    except UnreadableMessage:
+        raise
+    except Exception as exc:
+        raise UnreadableMessage(f"reading it failed ({type(exc).__name__}: {exc})") from exc
+
+
+def _read(raw: bytes, max_inflated: int) -> dict[str, Any]:
     payload = _json(raw, "the message")
     if not isinstance(payload, dict):
         raise UnreadableMessage(f"the message is a JSON {_kind(payload)}, not an object")

@@ -594,10 +594,6 @@ class Channel(kombu_redis.Channel):
         except UnreadableMessage as exc:
             self._quarantine(queue, raw, str(exc), recorded, deliveries)
             return None
-        except Exception as exc:  # a check of ours that failed must not stop the worker either
-            reason = f"reading it failed ({type(exc).__name__}: {exc})"
-            self._quarantine(queue, raw, reason, recorded, deliveries)
-            return None
         if tag is not None and payload["properties"]["delivery_tag"] != tag:
             reason = (
                 "the message's text holds a second properties object after its own, which the "

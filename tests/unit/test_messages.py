@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from taskpool import messages
 from taskpool.errors import UnreadableMessage
 from taskpool.messages import read
 
@@ -143,3 +144,14 @@ def test_a_bomb_is_not_inflated_past_the_bound() -> None:
     data = b"".join(packer.compress(chunk) for _ in range(1024)) + packer.flush()
     with pytest.raises(UnreadableMessage, match="inflates past"):
         read(raw(message(data, compression="zlib")), max_inflated=LIMIT)
+
+
+def test_a_check_that_fails_on_a_message_makes_it_unreadable_not_fatal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(payload: dict[str, Any]) -> None:
+        raise KeyError("a case no check foresaw")
+
+    monkeypatch.setattr(messages, "_check_envelope", broken)
+    with pytest.raises(UnreadableMessage, match=r"reading it failed \(KeyError: "):
+        read(raw(message()), max_inflated=LIMIT)
