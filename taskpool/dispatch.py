@@ -27,7 +27,7 @@ from taskpool.health import FREE_MEMORY, BrokerHealth, health_of
 from taskpool.settings import DispatchMode, Settings, check_dispatch, settings_of
 from taskpool.urls import mask_url
 
-log = logging.getLogger("taskpool.fallback")
+log = logging.getLogger(__name__)
 
 #: ``eager``: Celery's own path under ``task_always_eager`` (a call runs in this process).
 Backend = Literal["broker", "local", "eager"]

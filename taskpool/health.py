@@ -18,7 +18,7 @@ from taskpool.celery_conf import RELIABLE_TRANSPORTS
 from taskpool.errors import ConfigError, redis_full
 from taskpool.urls import is_redis, is_sentinel, mask_url, scrub
 
-log = logging.getLogger("taskpool.fallback")
+log = logging.getLogger(__name__)
 
 
 class BrokerHealth:

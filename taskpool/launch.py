@@ -24,7 +24,7 @@ from taskpool.ledger import record_failure
 from taskpool.quarantine import Entry, fail_task_of, message_quarantined
 from taskpool.urls import is_redis, mask_url, masked
 
-log = logging.getLogger("taskpool.worker")
+log = logging.getLogger(__name__)
 
 #: sysexits.h EX_CONFIG: a configuration error, not worth restarting for.
 EXIT_CONFIG = 78

@@ -23,7 +23,7 @@ from celery import Celery, Task
 
 from taskpool.errors import BrokerUnsupported
 
-log = logging.getLogger("taskpool.worker")
+log = logging.getLogger(__name__)
 
 FAILED = "taskpool.failed"
 INDEX = "taskpool.failed.index"

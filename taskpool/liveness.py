@@ -39,7 +39,7 @@ from typing import Any
 
 import redis
 
-log = logging.getLogger("taskpool.liveness")
+log = logging.getLogger(__name__)
 
 LIVENESS = Path(__file__).with_name("liveness.lua").read_text()
 

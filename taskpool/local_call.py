@@ -19,7 +19,7 @@ from taskpool.local_executor import shared_pool
 from taskpool.results import PROGRESS, Again, Outcome
 from taskpool.settings import Settings
 
-log = logging.getLogger("taskpool.local_pool")
+log = logging.getLogger(__name__)
 
 #: How many times one call is started: a call whose pool broke (a pool process was killed, or
 #: could not start) runs once more on a fresh pool, as a broker redelivers a lost task.

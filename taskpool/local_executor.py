@@ -29,7 +29,7 @@ from taskpool.main_guard import unguarded_main_call
 from taskpool.results import PROGRESS
 from taskpool.settings import Settings
 
-log = logging.getLogger("taskpool.local_pool")
+log = logging.getLogger(__name__)
 
 
 class SharedPool:

@@ -32,7 +32,7 @@ from taskpool.pool_process import (
 from taskpool.results import LocalResult, Outcome
 from taskpool.settings import Settings, settings_of
 
-log = logging.getLogger("taskpool.local_pool")
+log = logging.getLogger(__name__)
 
 
 def submit(

@@ -18,7 +18,7 @@ import logging
 import sys
 from pathlib import Path
 
-log = logging.getLogger("taskpool.local_pool")
+log = logging.getLogger(__name__)
 
 
 def importing_main_in_child() -> bool:

@@ -115,7 +115,7 @@ def test_a_stopped_broker_sends_calls_local_and_a_restarted_one_gets_them_back(
     worker_factory(redis.url(), node)
     app = client_app(redis.url(), broker_recheck=0.2)
     print_number = app.tasks["tasks.print_number"]
-    with caplog.at_level(logging.WARNING, logger="taskpool.fallback"):
+    with caplog.at_level(logging.WARNING, logger="taskpool.health"):
         assert print_number.delay(1).get(timeout=10)["hostname"] == node
 
         redis.stop()
@@ -133,7 +133,7 @@ def test_a_stopped_broker_sends_calls_local_and_a_restarted_one_gets_them_back(
         back = print_number.delay(4)
         assert isinstance(back, AsyncResult)
         assert back.get(timeout=30)["hostname"] == node  # the worker reconnects and runs it
-    switches = [r.getMessage() for r in caplog.records if r.name == "taskpool.fallback"]
+    switches = [r.getMessage() for r in caplog.records if r.name == "taskpool.health"]
     assert len(switches) == 2, switches
     assert "local pool" in switches[0] and "answers again" in switches[1]
 
@@ -175,7 +175,7 @@ def test_any_celery_app_gets_the_fallback_through_its_task_class() -> None:
 
 def test_the_fallback_warning_never_shows_the_password(caplog: pytest.LogCaptureFixture) -> None:
     app = client_app(f"redis://:hunter2@127.0.0.1:{free_port()}/0")
-    with caplog.at_level(logging.WARNING, logger="taskpool.fallback"):
+    with caplog.at_level(logging.WARNING, logger="taskpool.health"):
         assert app.tasks["tasks.square"].delay(4).get(timeout=NO_HANG) == 16
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "unreachable" in logged and ":**@127.0.0.1" in logged

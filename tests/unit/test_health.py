@@ -55,12 +55,12 @@ def test_a_burst_of_calls_probes_once_and_rechecks_after_the_interval() -> None:
 def test_each_switch_is_logged_once_at_warning(caplog: pytest.LogCaptureFixture) -> None:
     clock = Clock()
     health = ScriptedHealth(["broker down", "broker down", None, None], clock=clock)
-    with caplog.at_level(logging.WARNING, logger="taskpool.fallback"):
+    with caplog.at_level(logging.WARNING, logger="taskpool.health"):
         for _ in range(4):
             health.is_up()
             health.is_up()
             clock.now += 2.0
-    messages = [r.getMessage() for r in caplog.records if r.name == "taskpool.fallback"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "taskpool.health"]
     assert len(messages) == 2
     assert "local pool" in messages[0]
     assert "answers again" in messages[1]

@@ -70,6 +70,19 @@ def test_no_two_taskpool_modules_import_each_other_even_indirectly() -> None:
         visit(name, [])
 
 
+def test_every_logger_is_named_after_its_module() -> None:
+    """``logging.getLogger(__name__)`` only: a reader finds what logged a line by its name."""
+    named = [
+        f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {ast.unparse(node)}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call)
+        and ast.unparse(node.func).endswith("getLogger")
+        and [ast.unparse(arg) for arg in node.args] != ["__name__"]
+    ]
+    assert named == []
+
+
 def test_the_public_names_and_the_lazy_table_list_the_same_names() -> None:
     assert sorted(taskpool.__all__) == sorted(taskpool._EXPORTS)
 
