@@ -20,7 +20,8 @@ the waits grow while nothing arrives (``IDLE_WAITS``, up to a second, as kombu's
 A wait whose pop finds nothing sends the next wait before it returns: an idle channel always has
 its wait pending, as kombu's has its BRPOP (Celery's teardown of a half-open connection relies
 on it). A pop's empty reply that kombu held while the channel could take no more (it pauses a
-pending reply until credit returns) may be stale by then: the pop is run again when it is read.
+pending reply until credit returns) may be stale by then. Credit returns with an ack or a
+reject, so an empty pop reply read after one is run again.
 
 A channel's consuming loop, by what it sent and awaits the reply to (``Pending``; kombu's event
 loop reads each reply with ``_brpop_read``, and ``_brpop_start`` sends the next command):
@@ -33,9 +34,9 @@ KOMBU       kombu's BRPOP (a queue with  kombu's path
 POP         EVALSHA of the pop script   a message: delivered (or quarantined), then POP;
                                         nothing: WAIT; taken for dead: a new consumer,
                                         then POP
-HELD_POP    the same, its reply held    as POP, but nothing may be stale: the pop runs
-            unread by kombu             again at once if the channel may take a message
-            (``QoS.can_consume`` no)
+POP_AFTER_  the same, and the channel   as POP, but nothing may be stale: the pop runs
+ACK         acked or rejected a         again at once if the channel may take a message
+            message since
 WAIT        BRPOP of the wake lists     a token, or none after ``IDLE_WAITS[i]`` s (the
             for ``IDLE_WAITS[i]`` s     next wait is longer): the pop runs at once, in the
                                         same read, if the channel may take a message; a
@@ -99,7 +100,7 @@ from taskpool.settings import (
 )
 from taskpool.urls import mask_url
 
-log = logging.getLogger("taskpool.transport")
+log = logging.getLogger(__name__)
 
 #: The scripts' text, read once; Redis runs them by their SHA1 (EVALSHA).
 POP_AND_RECORD = Path(__file__).with_name("pop_and_record.lua").read_text()
@@ -141,7 +142,7 @@ class Pending(enum.Enum):
 
     KOMBU = enum.auto()
     POP = enum.auto()
-    HELD_POP = enum.auto()
+    POP_AFTER_ACK = enum.auto()
     WAIT = enum.auto()
 
     @property
@@ -162,6 +163,7 @@ class QoS(kombu_redis.QoS):
             super().append(message, delivery_tag)
 
     def ack(self, delivery_tag: str) -> None:
+        self.channel.credit_returned()
         heart = self.channel.held.pop(delivery_tag, None)
         if heart is None:
             super().ack(delivery_tag)
@@ -178,6 +180,7 @@ class QoS(kombu_redis.QoS):
         if not requeue:  # a final reject: an outcome, as an ack is
             self.ack(delivery_tag)
             return
+        self.channel.credit_returned()
         heart = self.channel.held.pop(delivery_tag, None)
         if heart is None:
             super().reject(delivery_tag, requeue=True)
@@ -211,14 +214,6 @@ class QoS(kombu_redis.QoS):
             else:
                 heart.give_back(tag, self.channel.deliveries_key, counted=False, front=True)
             del delivered[tag]
-
-    def can_consume(self) -> bool:
-        if super().can_consume():
-            return True
-        # kombu holds a pending reply unread while this is False, and tells the channel nothing
-        # else: this is where a POP becomes a HELD_POP.
-        self.channel.reply_held()
-        return False
 
 
 #: Transport options of taskpool's own (TASKPOOL_REDIS_WAIT_REPLICAS and _TIMEOUT,
@@ -476,21 +471,22 @@ class Channel(kombu_redis.Channel):
             self._pop = keys, args, _ = self._pop_for(queues, take_token=True)
             connection.send_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
 
-    def reply_held(self) -> None:
-        """kombu holds the pending reply unread (``QoS.can_consume``): a POP's is HELD_POP."""
+    def credit_returned(self) -> None:
+        """An ack or a reject: a pending POP's empty reply may be stale (kombu may have held it
+        unread while the channel could take no more), so it is POP_AFTER_ACK."""
         if self._pending is Pending.POP:
-            self._pending = Pending.HELD_POP
+            self._pending = Pending.POP_AFTER_ACK
 
     def _brpop_read(self, **options: Any) -> bool:
         """Read the reply to what ``_brpop_start`` sent and deliver its message; raises Empty
         when it brought none.
 
         Adapted from kombu 5.7.0 ``kombu.transport.redis.Channel._brpop_read``: the reply is
-        the script's (or a wake list's: then the script runs at once); an empty pop reply kombu
-        held unread while the channel could take no more, stale by then, is run again; a
-        message is read by
-        ``taskpool.messages`` and quarantined if it cannot be; a pop that found nothing sends
-        the next wait before returning. Kombu's BRPOP replies keep kombu's path.
+        the script's (or a wake list's: then the script runs at once); an empty pop reply read
+        after an ack or a reject (kombu may have held it unread until that credit) is run
+        again; a message is read by ``taskpool.messages`` and quarantined if it cannot be; a
+        pop that found nothing sends the next wait before returning. Kombu's BRPOP replies keep
+        kombu's path.
         """
         pending, self._pending = self._pending, Pending.KOMBU
         if pending is Pending.KOMBU:
@@ -507,7 +503,7 @@ class Channel(kombu_redis.Channel):
                     # Woken, the consumer took the message's token already.
                     reply = self._pop_now(take_token=not woken)
                     wait_next = not reply
-            elif not reply and pending is Pending.HELD_POP and self._may_pop():
+            elif not reply and pending is Pending.POP_AFTER_ACK and self._may_pop():
                 reply = self._pop_now(take_token=True)
             if reply == TAKEN_FOR_DEAD:
                 self._consumer_lost()  # the next pop goes at once, under a new consumer

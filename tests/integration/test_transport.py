@@ -366,7 +366,7 @@ def test_an_idle_channel_always_has_its_wait_pending(
     assert all(pending), pending
 
 
-def test_a_pop_reply_held_while_the_channel_was_full_is_looked_at_again(
+def test_a_pop_reply_held_while_the_channel_was_full_is_looked_at_again_after_the_ack(
     redis_server: RedisServer, client: redis_py.Redis, queue: Queue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """kombu leaves a pending reply unread while the channel may take no more messages. An
