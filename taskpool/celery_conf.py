@@ -147,8 +147,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 #: What a worker adds to celery_config: a result write that fails on a lost connection is
 #: retried with backoff (up to about 10 s, random full jitter, each wait at most 1 s) rather
-#: than after the client's two quick retries. A worker that gives up on storing a result still
-#: acks the message, and the result is lost; a Redis failover takes a few seconds. Clients keep
+#: than after the client's two quick retries; a Redis failover takes a few seconds. Past them, a
+#: pool process sends the message back to its queue (``taskpool.result_store``). Clients keep
 #: the short policy, so ``.get()`` and ``.state`` fail within their bounds.
 WORKER_RESULT_RETRIES = {
     "result_backend_always_retry": True,

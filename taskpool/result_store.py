@@ -18,6 +18,12 @@ their own. What differs:
   succeeded (``worker_deduplicate_successful_tasks``) and skips the redelivered message. Not
   confirmed in time, the write raises NotReplicated, which the worker retries
   (``WORKER_RESULT_RETRIES``).
+- A result write that still fails after the worker's retries, for a reason worth retrying (a
+  full Redis, maxmemory with noeviction, or a lost connection), does not lose the result: in a
+  prefork pool process it raises Celery's ``Reject(requeue=True)``, so the worker gives the
+  message back to its queue and the task runs again later (at least once, as late acks
+  promise; past TASKPOOL_MAX_DELIVERIES it is quarantined). Other pools (solo, threads) cannot
+  carry a Reject from there, and keep Celery's behaviour: the result is lost.
 
 ``taskpool.create_app`` apps use it for ``redis://``, ``rediss://`` and ``sentinel://``
 result stores. Another Celery app names it in its setting:
@@ -29,14 +35,15 @@ tests/unit/test_private_api.py); the methods adapted from Celery's say so ("Adap
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import redis
-from celery import states
+from celery import current_task, signals, states
 from celery._state import task_join_will_block
 from celery.backends.redis import RedisBackend, SentinelBackend
-from celery.exceptions import BackendStoreError
+from celery.exceptions import BackendStoreError, Reject
 from kombu.utils.encoding import bytes_to_str
 from redis.exceptions import NoScriptError
 
@@ -49,6 +56,19 @@ from taskpool.settings import settings_of
 from taskpool.urls import mask_url
 
 STORE_RESULT = Path(__file__).with_name("store_result.lua").read_text()
+
+log = logging.getLogger(__name__)
+
+#: Whether this process is a prefork pool process, where a Reject raised while storing a
+#: result reaches the worker as the task's outcome (set by ``worker_process_init``).
+_in_pool_process = False
+
+
+@signals.worker_process_init.connect(weak=False)
+def _pool_process_started(**_: Any) -> None:
+    global _in_pool_process
+    _in_pool_process = True
+
 
 #: What ``store_result.lua`` answers.
 STORED, KEPT_SUCCESS, UNREADABLE = 1, 0, -1
@@ -89,6 +109,35 @@ class _Store(_Base):
         if route.backend == "local":
             refuse_canvas(f"chord({body.name})", route, {"chord": body})
         return super().apply_chord(header_result_args, body, **options)
+
+    def store_result(
+        self,
+        task_id: str,
+        result: Any,
+        state: str,
+        traceback: Any = None,
+        request: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Celery's, except that a pool process whose write still failed, for a reason worth
+        retrying (Redis full, a lost connection), after the retries gives the task's message
+        back instead of losing the result (the module's docstring)."""
+        try:
+            return super().store_result(task_id, result, state, traceback, request, **kwargs)
+        except BackendStoreError as exc:
+            cause = exc.__context__
+            if not (
+                isinstance(cause, Exception)
+                and self.exception_safe_to_retry(cause)
+                and _running_here(task_id)
+            ):
+                raise
+            why = (
+                f"the {state} result of task {task_id} could not be stored: {cause}; "
+                "its message goes back to the queue and the task will run again"
+            )
+            log.error("%s", why)
+            raise Reject(why, requeue=True) from exc
 
     def _store_result(
         self,
@@ -182,6 +231,14 @@ class _Store(_Base):
                 self._wait.check(replicas, replies[-1], "a result")
             return replies[0]
         raise NoScriptError("the result store lost the result script twice in a row")
+
+
+def _running_here(task_id: str) -> bool:
+    """Whether ``task_id`` is the task a prefork pool process is running, from its message."""
+    if not (_in_pool_process and current_task):
+        return False
+    request = current_task.request
+    return bool(request.id == task_id and not request.is_eager)
 
 
 class RedisStore(_Store, RedisBackend):

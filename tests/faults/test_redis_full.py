@@ -73,6 +73,29 @@ def test_a_task_finishing_while_redis_is_full_keeps_its_worker_and_its_result(
     assert worker.process.poll() is None
 
 
+def test_a_result_redis_refuses_past_the_retries_goes_back_with_its_message_and_arrives_later(
+    full_redis: tuple[RedisServer, Filler], worker_factory: Callable[..., CeleryWorker]
+) -> None:
+    """Redis stays full past the worker's result-write retries (about 15 s): the task's message
+    goes back to its queue and the task runs again once Redis has room. The worker used to ack
+    the message without its result, and the result was lost."""
+    redis, filler = full_redis
+    worker = worker_factory(redis.url(), node_name("fuller"), extra=PROBE)
+    app = client_app(redis.url(), dispatch="celery")
+    result = app.send_task("probe.sleep", args=(1.0,))
+    wait_for(lambda: "probe.sleep[" in worker.log_tail(), 10, "the worker to take the task")
+    filler.fill()
+    given_back = f"result of task {result.id} could not be stored"
+    wait_for(lambda: given_back in worker.log_tail(1_000_000), 90, "the message to go back")
+    line = next(x for x in worker.log_tail(1_000_000).splitlines() if given_back in x)
+    assert "maxmemory" in line and "goes back to the queue" in line
+    assert worker.process is not None and worker.process.poll() is None
+    filler.free()
+    assert result.get(timeout=90) == 1.0
+    assert worker.log_tail(1_000_000).count(f"probe.sleep[{result.id}] received") >= 2
+    assert worker.process.poll() is None
+
+
 def test_a_call_to_a_full_redis_names_maxmemory_not_a_broker_to_start(
     full_redis: tuple[RedisServer, Filler],
 ) -> None:
