@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import redis as redis_py
+from celery import Celery
+from celery.result import AsyncResult
 
 import taskpool
 from taskpool.testing import probe_tasks  # noqa: F401 - probe.sleep on every app
@@ -54,17 +56,29 @@ def full_redis(redis_factory: Callable[..., RedisServer]) -> Iterator[tuple[Redi
     filler.client.close()
 
 
+def running_when_full(
+    full_redis: tuple[RedisServer, Filler],
+    worker_factory: Callable[..., CeleryWorker],
+    node: str,
+    seconds: float,
+) -> tuple[CeleryWorker, Celery, AsyncResult]:
+    """A worker running a ``seconds`` long task when Redis fills up."""
+    redis, filler = full_redis
+    worker = worker_factory(redis.url(), node_name(node), extra=PROBE)
+    app = client_app(redis.url(), dispatch="celery")
+    result = app.send_task("probe.sleep", args=(seconds,))
+    wait_for(lambda: "probe.sleep[" in worker.log_tail(), 10, "the worker to take the task")
+    filler.fill()
+    return worker, app, result
+
+
 def test_a_task_finishing_while_redis_is_full_keeps_its_worker_and_its_result(
     full_redis: tuple[RedisServer, Filler], worker_factory: Callable[..., CeleryWorker]
 ) -> None:
     """The result write is retried with back-off, saying why, and the ack still goes through;
     the worker used to stop at that ack ("Unrecoverable error: OutOfMemoryError")."""
-    redis, filler = full_redis
-    worker = worker_factory(redis.url(), node_name("full"), extra=PROBE)
-    app = client_app(redis.url(), dispatch="celery")
-    result = app.send_task("probe.sleep", args=(2.0,))
-    wait_for(lambda: "probe.sleep[" in worker.log_tail(), 10, "the worker to take the task")
-    filler.fill()
+    worker, app, result = running_when_full(full_redis, worker_factory, "full", 2.0)
+    filler = full_redis[1]
     wait_for(lambda: "is full" in worker.log_tail(100_000), 20, "the worker to say Redis is full")
     assert worker.process is not None and worker.process.poll() is None
     filler.free()
@@ -79,12 +93,8 @@ def test_a_result_redis_refuses_past_the_retries_goes_back_with_its_message_and_
     """Redis stays full past the worker's result-write retries (about 15 s): the task's message
     goes back to its queue and the task runs again once Redis has room. The worker used to ack
     the message without its result, and the result was lost."""
-    redis, filler = full_redis
-    worker = worker_factory(redis.url(), node_name("fuller"), extra=PROBE)
-    app = client_app(redis.url(), dispatch="celery")
-    result = app.send_task("probe.sleep", args=(1.0,))
-    wait_for(lambda: "probe.sleep[" in worker.log_tail(), 10, "the worker to take the task")
-    filler.fill()
+    worker, _, result = running_when_full(full_redis, worker_factory, "fuller", 1.0)
+    filler = full_redis[1]
     given_back = f"result of task {result.id} could not be stored"
     wait_for(lambda: given_back in worker.log_tail(1_000_000), 90, "the message to go back")
     line = next(x for x in worker.log_tail(1_000_000).splitlines() if given_back in x)
