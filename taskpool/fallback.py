@@ -17,7 +17,7 @@ from celery import Task
 from celery.result import AsyncResult, EagerResult
 from celery.utils.time import maybe_iso8601, maybe_make_aware
 
-from taskpool import dispatch
+from taskpool import dispatch, quick_publish
 from taskpool.arguments import check_call
 from taskpool.errors import LOST_CONNECTION, BrokerUnavailable, LocalPoolError
 from taskpool.local_pool import RunOptions, submit
@@ -78,9 +78,18 @@ class FallbackTask(Task):
         if route.backend == "eager":
             return super().apply_async(**celery_call)
         if route.backend == "broker":
+            plain = not options and all(
+                value is None for value in (task_id, producer, link, link_error, shadow)
+            )
+
+            def celery(task_id: str | None) -> Any:
+                return super(FallbackTask, self).apply_async(**{**celery_call, "task_id": task_id})
+
             try:
                 token = dispatch.routed.set(True)  # the app's send_task need not decide again
                 try:
+                    if plain:
+                        return quick_publish.send(self, args, kwargs, celery)
                     return super().apply_async(**celery_call)
                 finally:
                     dispatch.routed.reset(token)
@@ -152,6 +161,7 @@ def guard_send_task(app: Any) -> None:
         return send_task(app, publish, name, args, kwargs, options)
 
     guarded.__doc__ = send_task.__doc__
+    guarded.taskpool_guard = True  # type: ignore[attr-defined]  # quick_publish knows it
     app.send_task = guarded
 
 

@@ -74,10 +74,12 @@ methods adapted from kombu's say so ("Adapted from").
 
 from __future__ import annotations
 
+import copy
 import enum
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from queue import Empty
 from time import monotonic
@@ -230,6 +232,22 @@ OWN_OPTIONS = (
 def _options(channel: type[kombu_redis.Channel]) -> tuple[str, ...]:
     """The transport options a kombu channel reads, and taskpool's."""
     return tuple(channel.from_transport_options) + OWN_OPTIONS
+
+
+#: While set (``capturing_publishes``), each message ``basic_publish`` is given is kept here,
+#: as it was given, with where it goes (``taskpool.quick_publish`` makes templates of them).
+_captured: ContextVar[list[tuple[Any, ...]] | None] = ContextVar("taskpool_captured", default=None)
+
+
+@contextmanager
+def capturing_publishes() -> Iterator[list[tuple[Any, ...]]]:
+    """Keep what this context publishes: (message, exchange, routing key, options) each."""
+    kept: list[tuple[Any, ...]] = []
+    token = _captured.set(kept)
+    try:
+        yield kept
+    finally:
+        _captured.reset(token)
 
 
 class Channel(kombu_redis.Channel):
@@ -393,6 +411,12 @@ class Channel(kombu_redis.Channel):
         return keys, [len(queues), int(take_token), heart.id], heart
 
     # -- publishing: the message and its wake token, in one round trip ------------------
+
+    def basic_publish(self, message: Any, exchange: str, routing_key: str, **kwargs: Any) -> Any:
+        kept = _captured.get()
+        if kept is not None:
+            kept.append((copy.deepcopy(message), exchange, routing_key, dict(kwargs)))
+        return super().basic_publish(message, exchange, routing_key, **kwargs)
 
     def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
         batch = kwargs.pop("_publish_batch", None)

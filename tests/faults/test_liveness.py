@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -19,13 +18,14 @@ import redis as redis_py
 from celery.result import AsyncResult
 
 from taskpool.liveness import CLOCK
-from taskpool.testing.celery_worker import CeleryWorker, node_name, worker_env
+from taskpool.testing.celery_worker import CeleryWorker, node_name
 from taskpool.testing.held import consumers, held_count
 from taskpool.testing.probe_tasks import FINISHED, STARTED
 from taskpool.testing.redis_server import RedisServer
 from taskpool.testing.waiting import wait_for
 from tests.support.apps import client_app
 from tests.support.paths import REPO_ROOT
+from tests.support.workers import stock_worker
 
 PROBE = ("-I", "taskpool.testing.probe_tasks")
 #: The defaults, and the probe tasks importable by the worker.
@@ -127,19 +127,6 @@ def test_a_worker_taken_for_dead_that_comes_back_overwrites_nothing_and_is_count
     wait_for(lambda: held_count(client) == 0, 15, "every message acked")
     assert len(consumers(client)) == 2  # the stalled worker beats again, under a new id
     client.close()
-
-
-def stock_worker(redis: RedisServer, tmp_path: Path, node: str, visibility: int) -> CeleryWorker:
-    """A stock Celery worker (kombu's Redis transport) on the same Redis."""
-    command = [sys.executable, "-m", "celery", "-A", "tests.support.stock_app", "worker"]
-    env = {
-        **worker_env(redis.url()),
-        **DEFAULTS,
-        "STOCK_BROKER_URL": redis.url(),
-        "STOCK_VISIBILITY_TIMEOUT": str(visibility),
-    }
-    options = ["-P", "prefork", "-c", "2", "-l", "info", "--without-gossip", "--without-mingle"]
-    return CeleryWorker(env, node, tmp_path / f"{node}.log", command=[*command, *options])
 
 
 def test_a_stock_worker_beside_never_takes_what_a_taskpool_worker_holds(
