@@ -32,10 +32,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import redis
 from celery import Celery, Task, signals
 from celery.utils.saferepr import saferepr
-from kombu.exceptions import OperationalError
 from kombu.serialization import dumps
 from kombu.utils.uuid import uuid
 
@@ -49,9 +47,6 @@ UNSET_HEADERS = ("shadow", "eta", "expires", "group", "group_index", "parent_id"
 
 #: Where Celery's own ``send_task`` and ``Task.apply_async`` are defined.
 OWN_MODULES = ("celery.app.base", "celery.app.task")
-
-#: What a failed quick publish may raise; Celery's path then publishes, with its retries.
-PUBLISH_ERRORS = (OperationalError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
 @dataclass(frozen=True)
@@ -68,6 +63,10 @@ class Template:
     maxlevels: int = 3
     argsrepr_maxsize: int = 1024
     kwargsrepr_maxsize: int = 1024
+
+    @property
+    def ignores_result(self) -> bool:
+        return bool(self.message and self.message["headers"].get("ignore_result"))
 
     def holds(self, app: Celery) -> bool:
         """Whether this process and ``app``'s configuration are those it was made under."""
@@ -116,14 +115,14 @@ def send(task: Task, args: Any, kwargs: Any, celery: Callable[[str | None], Any]
     task_id = uuid()
     if publish(task, task_id, args, kwargs, template):
         result = task.AsyncResult(task_id)
-        result.ignored = bool(template.message["headers"]["ignore_result"])
+        result.ignored = template.ignores_result
         return result
     return celery(task_id)
 
 
 def publish(task: Task, task_id: str, args: Any, kwargs: Any, template: Template) -> bool:
     """Send ``task(*args, **kwargs)`` as ``task_id`` from ``template``; False when the message
-    could not be sent (Celery's path then sends it, with its retries)."""
+    could not be sent. The arguments are checked, and encoded, as Celery's path does, before."""
     args = () if args is None else args
     kwargs = {} if kwargs is None else kwargs
     if not isinstance(args, (list, tuple)):
@@ -156,15 +155,16 @@ def publish(task: Task, task_id: str, args: Any, kwargs: Any, template: Template
         "headers": headers,
         "properties": properties,
     }
-    ignored = bool(headers["ignore_result"])
     try:
         with app.producer_or_acquire() as producer:
-            if not ignored:
+            if not template.ignores_result:
                 app.backend.on_task_call(producer, task_id)
             producer.channel.basic_publish(
                 built, template.exchange, template.routing_key, **dict(template.publish_options)
             )
-    except PUBLISH_ERRORS:
+    except Exception:
+        # Celery's path then publishes with its retries, and raises what it would (a lost or
+        # full broker as kombu's OperationalError, which FallbackTask falls back on).
         return False
     return True
 

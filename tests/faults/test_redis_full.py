@@ -122,6 +122,22 @@ def test_a_call_to_a_full_redis_names_maxmemory_not_a_broker_to_start(
     assert auto.tasks["tasks.square"].delay(4).get(timeout=30) == 16
 
 
+def test_a_plain_call_to_a_redis_that_filled_since_the_last_probe_names_maxmemory(
+    full_redis: tuple[RedisServer, Filler],
+) -> None:
+    """The publish itself meets the full Redis, within the broker verdict's recheck interval:
+    the quick publish of a plain call (``taskpool.quick_publish``) gives way to Celery's path,
+    which raises what it raises for any call."""
+    redis, filler = full_redis
+    app = client_app(redis.url(), dispatch="celery", no_worker="wait", broker_recheck=60)
+    square = app.tasks["tasks.square"]
+    square.delay(1)
+    square.delay(2)  # from the template
+    filler.fill()
+    with pytest.raises(taskpool.BrokerUnavailable, match="maxmemory"):
+        square.delay(3)
+
+
 def test_a_worker_started_on_a_full_redis_waits_then_serves(
     tmp_path: Path, full_redis: tuple[RedisServer, Filler]
 ) -> None:
