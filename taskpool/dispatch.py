@@ -19,7 +19,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from celery import Celery
+from celery import Celery, Task
 from celery.signals import beat_init
 
 from taskpool.errors import BrokerUnavailable, NoWorker
@@ -167,9 +167,19 @@ def no_worker(
     return Route("broker", mode, why)
 
 
-def queue_of(app: Celery, name: str, options: Mapping[str, Any]) -> str | None:
-    """The queue Celery will route a call of task ``name`` with ``options`` to."""
-    queue = app.amqp.router.route(dict(options), name).get("queue")
+#: A task's own routing attributes, which Celery's ``send_task`` puts under a call's options
+#: (its exec options) before it asks the router.
+ROUTING_ATTRIBUTES = ("queue", "routing_key", "exchange")
+
+
+def queue_of(
+    app: Celery, name: str, options: Mapping[str, Any], task: Task | None = None
+) -> str | None:
+    """The queue Celery will route a call of task ``name`` (``task``, when registered here)
+    with ``options`` to."""
+    own = {key: getattr(task, key, None) for key in ROUTING_ATTRIBUTES}
+    merged = {key: value for key, value in own.items() if value is not None} | dict(options)
+    queue = app.amqp.router.route(merged, name, task_type=task).get("queue")
     return getattr(queue, "name", queue)
 
 

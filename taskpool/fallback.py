@@ -72,7 +72,8 @@ class FallbackTask(Task):
         )  # fmt: skip
 
         def queue() -> str | None:
-            return dispatch.queue_of(self.app, self.name, options)
+            known = None if options else quick_publish.queue_of(self)
+            return known or dispatch.queue_of(self.app, self.name, options, self)
 
         route = dispatch.route(self.app, requested, queue=queue)
         if route.backend == "eager":
@@ -177,7 +178,9 @@ def send_task(
     if dispatch.routed.get():  # FallbackTask.apply_async decided already
         return publish(name, args, kwargs, **options)
     requested = options.pop("dispatch", None)
-    route = dispatch.route(app, requested, queue=lambda: dispatch.queue_of(app, name, options))
+    route = dispatch.route(
+        app, requested, queue=lambda: dispatch.queue_of(app, name, options, app.tasks.get(name))
+    )
     if route.backend != "local":  # Celery's send_task publishes under task_always_eager too
         return publish(name, args, kwargs, **options)
     task = app.tasks.get(name)

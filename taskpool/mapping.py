@@ -200,7 +200,7 @@ class _BrokerChunks:
         self.check_integers = settings_of(app).json_safe_integers
         self.chunk_task = app.tasks[run_chunk.name]
         # Chunks go where the mapped task is routed, so `-Q` workers for it receive them.
-        self.queue = dispatch.queue_of(app, task.name, {})
+        self.queue = dispatch.queue_of(app, task.name, {}, task)
 
     def submit(self, items: Sequence[Any], start: int) -> str:
         """Check and publish one chunk (``start``: its first input's index); return its id."""
@@ -315,7 +315,7 @@ class _Map:
         self.task, self.app, self.star = task, task.app, star
         settings = settings_of(self.app)
         route = dispatch.route(
-            self.app, requested, queue=lambda: dispatch.queue_of(self.app, task.name, {})
+            self.app, requested, queue=lambda: dispatch.queue_of(self.app, task.name, {}, task)
         )
         self.mode = route.mode
         #: Where the chunks run now: a map that loses the broker moves on to the local pool.

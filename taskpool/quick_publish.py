@@ -98,6 +98,16 @@ def _signalled() -> bool:
     )
 
 
+def queue_of(task: Task) -> str | None:
+    """The queue a plain call of ``task`` goes to, from its template; None if none holds.
+    Celery sends a direct exchange's message to the anonymous exchange with the queue's name
+    as the routing key, and a template has no routes that could send it elsewhere."""
+    template = _templates.get(task)
+    if template is None or template.message is None or template.exchange:
+        return None
+    return template.routing_key if template.holds(task.app) else None
+
+
 def send(task: Task, args: Any, kwargs: Any, celery: Callable[[str | None], Any]) -> Any:
     """Publish a plain call of ``task`` (no option at all) quickly from its template, or with
     ``celery`` (Celery's path, given a task id or None), keeping the message as the template

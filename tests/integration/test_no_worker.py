@@ -64,6 +64,26 @@ def test_no_worker_raise_names_the_queue(redis_server: RedisServer) -> None:
     assert queued(app) == 0
 
 
+def test_a_task_routed_by_its_own_queue_is_checked_on_that_queue(
+    redis_server: RedisServer,
+) -> None:
+    """``@app.task(queue=...)``: Celery sends its calls there, so the no-worker check and a
+    map's chunks look there too (they used to look at the default queue)."""
+    app = client_app(redis_server.url(db=12), no_worker="raise")
+
+    @app.task(name="t.own_queue", queue="special")
+    def own_queue(n: int) -> int:
+        return n
+
+    for call in (
+        lambda: own_queue.delay(1),
+        lambda: own_queue.apply_async((1,), countdown=0),
+        lambda: taskpool.map(own_queue, [1, 2]),
+    ):
+        with pytest.raises(NoWorker, match="no live worker consumes queue 'special'"):
+            call()
+
+
 def test_a_worker_of_another_queue_does_not_count_and_a_killed_one_stops_counting(
     redis_server: RedisServer, worker_factory: Callable[..., CeleryWorker]
 ) -> None:

@@ -14,6 +14,7 @@ import pytest
 import redis as redis_py
 from celery import Celery, Task, signals
 
+from taskpool import dispatch, quick_publish
 from taskpool.testing import probe_tasks  # noqa: F401 - probe.power on every app
 from taskpool.testing.celery_worker import node_name
 from taskpool.testing.redis_server import RedisServer
@@ -188,3 +189,19 @@ def test_a_wrapped_send_task_sees_every_call(
     for n in range(3):
         app.tasks["tasks.square"].delay(n)
     assert seen == ["tasks.square"] * 3
+
+
+def test_the_queue_a_template_knows_is_the_one_celery_routes_to(
+    app: Celery, client: redis_py.Redis
+) -> None:
+    """The no-worker check asks which queue a call goes to; for a plain call the template
+    answers, and must answer as Celery's router does."""
+
+    @app.task(name="t.special", queue="special")
+    def special() -> None: ...
+
+    for task in (app.tasks["tasks.square"], special):
+        assert quick_publish.queue_of(task) is None  # no template yet
+        task.delay() if task is special else task.delay(1)
+        assert quick_publish.queue_of(task) == dispatch.queue_of(app, task.name, {}, task)
+    assert [len(queued(client, queue)) for queue in ("celery", "special")] == [1, 1]
