@@ -57,7 +57,7 @@ def celery_sends(app: Celery, monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 def queued(client: redis_py.Redis, queue: str = "celery") -> list[str]:
     """The messages in ``queue``, oldest first, taken out of it."""
-    texts = list(reversed(client.lrange(queue, 0, -1)))
+    texts = [str(text) for text in reversed(client.lrange(queue, 0, -1))]
     client.delete(queue)
     return texts
 
