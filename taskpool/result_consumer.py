@@ -21,7 +21,9 @@ network): Celery's consumer gives up after the result store's retry policy and r
 "the Celery application must be restarted", or a raw ConnectionError, for a task that may well
 have run. Here the wait reconnects with back-off until the store answers, within its own
 timeout and at most ``OUTAGE_PATIENCE``, then reads the result; past that it raises
-ResultStoreUnavailable, which says the task may have run.
+ResultStoreUnavailable, which says the task may have run. After any reconnect, every key held
+is subscribed, confirmed and read again as above: Celery's reconnect reads the results before
+it subscribes again, and a result stored between the two reached nobody.
 
 The Celery private names used here, and why, are in docs/PRIVATE_API.md (checked by
 tests/unit/test_private_api.py); the methods adapted from Celery's say so ("Adapted from").
@@ -113,6 +115,12 @@ class ResultConsumer(celery_redis.ResultConsumer):
                 self._pubsub.close()
             self.backend.client.connection_pool.disconnect()
         super()._reconnect_pubsub()
+        # Celery reads the results (MGET) before it subscribes again, without waiting for the
+        # subscription: a result stored between the two is neither read nor received, and its
+        # wait runs out. The next drain subscribes, confirms and reads each key again
+        # (``_subscribe_waited``).
+        with self._locked():
+            self._waited.update(self.subscribed_to)
 
     def _wait_for_pending(
         self, result: Any, timeout: float | None = None, **kwargs: Any

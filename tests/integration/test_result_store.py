@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import redis
 from celery import Celery, states
 
@@ -120,6 +121,38 @@ def test_a_result_stored_before_the_subscription_took_effect_is_found(
     backend.result_consumer.drain_events(timeout=NO_HANG)
     assert result.ready() and result.get(timeout=1) == 49
     assert time.monotonic() - started < NO_HANG / 2
+
+
+def test_a_result_stored_while_the_wait_reconnects_is_found(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Celery's reconnect reads the results (MGET) and then subscribes again: a result stored
+    and published between the two reached nobody, and its wait ran out. Here the result is
+    stored just after that read, as a worker's can be after a Redis restart."""
+    app = client_app(redis_server.url(), dispatch="celery")
+    backend = app.backend
+    task_id = str(uuid.uuid4())
+    backend.on_task_call(None, task_id)  # subscribed at send, as stock Celery does
+    result = app.AsyncResult(task_id)
+    meta = {"status": states.SUCCESS, "result": 64, "task_id": task_id}
+    writer = redis.Redis.from_url(redis_server.url())
+    mget = backend.client.mget
+
+    def then_stored(keys: Any, *args: Any) -> Any:
+        values = mget(keys, *args)
+        key = backend.get_key_for_task(task_id)
+        if key in keys and not writer.exists(key):
+            writer.set(key, backend.encode(meta))
+            writer.publish(key, backend.encode(meta))
+        return values
+
+    monkeypatch.setattr(backend.client, "mget", then_stored)
+    killed = writer.client_kill_filter(_type="pubsub")  # the wait's connection drops
+    assert killed >= 1
+    started = time.monotonic()
+    assert result.get(timeout=NO_HANG) == 64
+    assert time.monotonic() - started < NO_HANG / 2
+    writer.close()
 
 
 def _store(app: Celery, task_id: str, result: Any, state: str) -> Any:
