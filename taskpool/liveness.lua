@@ -10,10 +10,15 @@
 --   Returns {1, id, n, id, n, ...} once beaten (each id a silent consumer whose n held messages
 --   are back in their queues), or {0} when this consumer was taken for dead: its messages went
 --   back already, and it must not pop or beat under this id again.
+-- claim: KEYS = this consumer's held messages, the delivery counts, its landing list, the
+--   message's parked key (the landing key, ':', the tag). ARGV = claim, the delivery tag.
+--   Records a message the pop parked (pop_and_record.lua) under its delivery tag, once the
+--   worker has read it there. Returns its deliveries with this one, or 0 when it was no
+--   longer this consumer's (taken for dead meanwhile: the message went back).
 -- ack: KEYS = this consumer's held messages (hash: delivery tag -> record), the delivery
---   counts, the liveness clock. ARGV = ack, the delivery tag. Returns 1, or 0 when the message
---   was no longer this consumer's (it was taken for dead meanwhile: the message went back and
---   may run again; counted in the clock's late_acks).
+--   counts, the liveness clock, the message's parked key. ARGV = ack, the delivery tag.
+--   Returns 1, or 0 when the message was no longer this consumer's (it was taken for dead
+--   meanwhile: the message went back and may run again; counted in the clock's late_acks).
 -- give_back: KEYS = the held messages, the delivery counts. ARGV = give_back, the delivery tag,
 --   '1' if the delivery does not count (given back unrun), the wake cap, '1' to put it at the
 --   front of its queue rather than the back. Returns 1, or 0 when the message was no longer
@@ -30,7 +35,8 @@
 -- than the beating one's timeout (Redis restarted, failed over, unreachable or full, or every
 -- worker stopped) does not count against anyone: it moves every deadline on by its length.
 --
--- A held record is <n>:<list key><m>:<wake key><message>, as pop_and_record.lua writes it.
+-- A held record is <n>:<list key><m>:<wake key><message>, or @<n>:<list key><m>:<wake
+-- key><parked key> for a message kept in a list of its own, as pop_and_record.lua writes them.
 -- ack and give_back write nothing before they free memory: a full Redis (maxmemory,
 -- noeviction) still runs them.
 
@@ -65,22 +71,45 @@ local function marked(item)
 end
 
 local function restore(record, cap, front)
+  local parked = string.sub(record, 1, 1) == '@'
   local colon = string.find(record, ':', 1, true)
-  local n = tonumber(string.sub(record, 1, colon - 1))
+  local n = tonumber(string.sub(record, parked and 2 or 1, colon - 1))
   local list = string.sub(record, colon + 1, colon + n)
   local at = colon + n + 1
   colon = string.find(record, ':', at, true)
   local m = tonumber(string.sub(record, at, colon - 1))
   local wake = string.sub(record, colon + 1, colon + m)
+  local message = string.sub(record, colon + m + 1)
+  if parked then
+    local key = message
+    message = redis.call('LINDEX', key, 0)
+    redis.call('DEL', key)
+    if not message then
+      return
+    end
+  end
   -- Consumers pop from the right: the front of a queue.
-  redis.call(front and 'RPUSH' or 'LPUSH', list, marked(string.sub(record, colon + m + 1)))
+  redis.call(front and 'RPUSH' or 'LPUSH', list, marked(message))
   redis.call('LPUSH', wake, 1)
   redis.call('LTRIM', wake, 0, cap - 1)
+end
+
+if step == 'claim' then
+  local record = redis.call('HGET', KEYS[1], KEYS[3])
+  if not record then
+    return 0
+  end
+  redis.call('HDEL', KEYS[1], KEYS[3])
+  redis.call('RENAME', KEYS[3], KEYS[4])
+  -- The record names where the message is kept: the landing list's name is its last part.
+  redis.call('HSET', KEYS[1], ARGV[2], string.sub(record, 1, #record - #KEYS[3]) .. KEYS[4])
+  return redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
 end
 
 if step == 'ack' then
   if redis.call('HDEL', KEYS[1], ARGV[2]) == 1 then
     redis.call('HDEL', KEYS[2], ARGV[2])
+    redis.call('DEL', KEYS[4])
     return 1
   end
   redis.pcall('HINCRBY', KEYS[3], 'late_acks', 1)

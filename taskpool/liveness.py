@@ -52,6 +52,9 @@ CLOCK = "taskpool.liveness"
 QUEUES = "taskpool.queues"
 #: Each consumer's held messages: this prefix and its id (hash: delivery tag -> record).
 HELD = "taskpool.held."
+#: Where a big message is kept while held, out of the held record (pop_and_record.lua): this
+#: prefix and the consumer's id (its landing list), then ':' and the delivery tag once claimed.
+PARKED = "taskpool.parked."
 #: A beat every third of the timeout: two may be lost before a consumer counts as dead.
 BEATS_PER_TIMEOUT = 3
 #: How long closing a consumer waits for its beating thread to leave.
@@ -71,9 +74,13 @@ class Keys:
         self.clock = prefix + CLOCK
         self.queues = prefix + QUEUES
         self.held_prefix = prefix + HELD
+        self.parked_prefix = prefix + PARKED
 
     def held(self, consumer: str) -> str:
         return self.held_prefix + consumer
+
+    def landing(self, consumer: str) -> str:
+        return self.parked_prefix + consumer
 
 
 class Heart:
@@ -96,6 +103,7 @@ class Heart:
         self.wake_cap = wake_cap
         self.id = consumer_id()
         self.held_key = keys.held(self.id)
+        self.landing_key = keys.landing(self.id)
         self.alive = True
         self._script = client.register_script(LIVENESS)
         self._stopped = threading.Event()
@@ -189,9 +197,21 @@ class Heart:
         except Exception as exc:  # noqa: BLE001 - the sweep removes it one timeout later
             log.info("Consumer %s could not leave (%s); the sweep will", self.id, exc)
 
+    def parked_key(self, tag: bytes | str) -> bytes | str:
+        """Where this consumer keeps the message ``tag`` if it was parked."""
+        if isinstance(tag, bytes):
+            return self.landing_key.encode() + b":" + tag
+        return f"{self.landing_key}:{tag}"
+
+    def claim(self, tag: str, deliveries_key: str) -> int:
+        """Record the message parked in the landing list under its tag, read there; its
+        deliveries with this one, or 0 if it was no longer this consumer's."""
+        keys = [self.held_key, deliveries_key, self.landing_key, self.parked_key(tag)]
+        return int(self._script(keys=keys, args=["claim", tag]))
+
     def ack(self, tag: str, deliveries_key: str) -> bool:
         """Forget a message acknowledged; False if it was no longer this consumer's."""
-        keys = [self.held_key, deliveries_key, self.keys.clock]
+        keys = [self.held_key, deliveries_key, self.keys.clock, self.parked_key(tag)]
         return bool(self._script(keys=keys, args=["ack", tag]))
 
     def give_back(self, tag: str, deliveries_key: str, counted: bool, front: bool) -> bool:

@@ -1,28 +1,39 @@
 -- Pop the next message and record it as held by this consumer, in one atomic step.
 -- KEYS[1..l]     = the queue lists, priority by priority, each with one list per queue
 -- KEYS[l+1..l+q] = the queues' wake lists (one token per message published by taskpool)
--- KEYS[n-2]      = the consumers alive (sorted set, liveness.lua)
--- KEYS[n-1]      = this consumer's held messages (hash: delivery tag -> record)
--- KEYS[n]        = the delivery counts (hash: delivery tag -> times popped without an outcome;
+-- KEYS[n-3]      = the consumers alive (sorted set, liveness.lua)
+-- KEYS[n-2]      = this consumer's held messages (hash: delivery tag -> record)
+-- KEYS[n-1]      = the delivery counts (hash: delivery tag -> times popped without an outcome;
 --                  an ack or a final reject deletes the count)
+-- KEYS[n]        = this consumer's landing list, where a big message waits to be claimed
 -- ARGV[1] = q, the number of queues; ARGV[2] = '1' to take the popped message's wake token
 -- (an idle consumer woken by that token has taken it already, and passes '0'); ARGV[3] = this
--- consumer's id.
+-- consumer's id; ARGV[4] = the longest list whose last message SORT reaches in constant time
+-- ('-1': any; Redis 7 seeks from the nearer end, 6.2 walks from the head); ARGV[5] = the size
+-- in bytes above which a message is parked rather than handed to this script.
 -- Returns {key, message, deliveries, tag} once popped and recorded (deliveries counts this one);
 -- {key, message, 0} for a message whose tag it could not read (the worker reads it again, and
--- quarantines it or has kombu record it); false when every list is empty; -1, popping nothing,
--- when this consumer is no longer alive (taken for dead: what it records would never go back).
+-- quarantines it or has kombu record it); {key, landing} for a message parked in the landing
+-- list (the worker reads it there, then claims it under its tag: liveness.lua's claim); false
+-- when every list is empty; -1, popping nothing, when this consumer is no longer alive (taken
+-- for dead: what it records would never go back).
 --
--- A record is <n>:<list key><m>:<wake key><message>: liveness.lua puts the message back where
--- it came from when the consumer gives it back or dies.
+-- A record is <n>:<list key><m>:<wake key><message>, or @<n>:<list key><m>:<wake key><parked
+-- key> for a parked message: liveness.lua puts the message back where it came from when the
+-- consumer gives it back or dies.
 --
--- The message is not decoded whole: Redis serves no other client while a script runs, and
--- decoding costs time in proportion to the message's size (bench/big_message.py). Its
--- properties are found in its text (kombu writes them last, after the body, which it stores in
--- base64, so the search skips the body at memchr speed) and only they are decoded. A message
--- written otherwise (other spacing, a brace inside a string) is decoded whole. The worker reads
--- the whole message itself and quarantines one whose delivery tag differs from the one read
--- here (a crafted message with a decoy object where the real one is looked for).
+-- Redis serves no other client while a script runs, and a value a script is handed is copied
+-- several times (bench/big_message.py: popping 67 MB into a script blocks Redis three times as
+-- long as stock kombu's RPOP). So the message is first copied by SORT ... STORE into the
+-- landing list, which hands the script nothing, and only a small one is popped from there into
+-- the script. A big one stays parked, and the worker reads it with a plain LINDEX.
+--
+-- The message is not decoded whole either. Its properties are found in its text (kombu writes
+-- them last, after the body, which it stores in base64, so the search skips the body at memchr
+-- speed) and only they are decoded. A message written otherwise (other spacing, a brace inside
+-- a string) is decoded whole. The worker reads the whole message itself and quarantines one
+-- whose delivery tag differs from the one read here (a crafted message with a decoy object
+-- where the real one is looked for).
 
 -- The JSON object after the last '"properties": {' in the message's text, decoded, or nil.
 local function last_properties(item)
@@ -64,25 +75,50 @@ local function tag_of(item)
   return nil
 end
 
-local owners, held_key, deliveries_key = KEYS[#KEYS - 2], KEYS[#KEYS - 1], KEYS[#KEYS]
+local owners, held_key, deliveries_key, landing =
+  KEYS[#KEYS - 3], KEYS[#KEYS - 2], KEYS[#KEYS - 1], KEYS[#KEYS]
 local queues = tonumber(ARGV[1])
-local lists = #KEYS - 3 - queues
+local seek_limit, park_above = tonumber(ARGV[4]), tonumber(ARGV[5])
+local lists = #KEYS - 4 - queues
 if not redis.call('ZSCORE', owners, ARGV[3]) then
   return -1
 end
+local parked = redis.call('HGET', held_key, landing)
+if parked then
+  -- Parked by an earlier pop and not claimed (the worker lost the reply): hand it out again.
+  local colon = string.find(parked, ':', 1, true)
+  return {string.sub(parked, colon + 1, colon + tonumber(string.sub(parked, 2, colon - 1))),
+    landing}
+end
 for i = 1, lists do
-  local item = redis.call('RPOP', KEYS[i])
-  if item then
+  local key = KEYS[i]
+  local length = redis.call('LLEN', key)
+  if length > 0 then
     -- Tokens track the messages waiting, so the next message still wakes a consumer of its own.
     local wake = KEYS[lists + (i - 1) % queues + 1]
+    -- A write that frees memory first: a full Redis (maxmemory, noeviction) refuses a script's
+    -- first write that may grow memory (the SORT below), and runs the rest of one that wrote.
+    redis.call('DEL', landing)
     if ARGV[2] == '1' then
       redis.call('RPOP', wake)
     end
+    local item
+    if seek_limit < 0 or length <= seek_limit then
+      redis.call('SORT', key, 'BY', 'nosort', 'LIMIT', 0, 1, 'DESC', 'STORE', landing)
+      redis.call('LTRIM', key, 0, -2)
+      if redis.call('MEMORY', 'USAGE', landing, 'SAMPLES', 0) > park_above then
+        redis.call('HSET', held_key, landing,
+          '@' .. #key .. ':' .. key .. #wake .. ':' .. wake .. landing)
+        return {key, landing}
+      end
+      item = redis.call('RPOP', landing)
+    else
+      item = redis.call('RPOP', key)
+    end
     local tag = tag_of(item)
     if not tag then
-      return {KEYS[i], item, 0}
+      return {key, item, 0}
     end
-    local key = KEYS[i]
     redis.call('HSET', held_key, tag, #key .. ':' .. key .. #wake .. ':' .. wake .. item)
     return {key, item, redis.call('HINCRBY', deliveries_key, tag, 1), tag}
   end

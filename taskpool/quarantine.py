@@ -98,6 +98,7 @@ class Recorded:
     tag: bytes | str  # as Redis gave it: a tag that is not UTF-8 is still found
     held_key: str  # the consumer's held messages (taskpool.liveness), prefix included
     deliveries_key: str  # without the prefix, as kombu names it
+    parked_key: bytes | str  # where it is kept if it was parked (taskpool.liveness)
 
 
 class Quarantine:
@@ -115,7 +116,9 @@ class Quarantine:
         held, deliveries = self.prefix + HELD, "unacked_deliveries"  # unused without a record
         if recorded is not None:
             held, deliveries = recorded.held_key, self.prefix + recorded.deliveries_key
-        keys = [self.entries_key, self.index_key, held, deliveries]
+        keys: list[bytes | str] = [self.entries_key, self.index_key, held, deliveries]
+        if recorded is not None:
+            keys.append(recorded.parked_key)
         tag = recorded.tag if recorded is not None else ""
         self._keep(keys=keys, args=[entry.id, entry.to_json(), entry.at, tag])
         self._expire(entry.at - KEEP_SECONDS)

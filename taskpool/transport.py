@@ -9,6 +9,14 @@ next message in priority order *and* records it as held by the channel's consume
 Who holds what, and the heartbeats that hand a dead consumer's messages back within seconds,
 are ``taskpool.liveness``'s.
 
+A big message (over ``PARK_ABOVE``) is not handed to the script: Redis copies a value it hands a
+script several times, and serves no other client meanwhile. The script copies it with ``SORT
+... STORE`` into the consumer's landing list and records that; the worker reads it there with a
+plain LINDEX, then claims it under its delivery tag (``liveness.lua``), which moves it to a list
+of its own that its record points at. Redis is then held no longer than by stock kombu's RPOP
+(``python -m bench big-message``). Redis 6.2's SORT walks a list from the head, so there a queue
+longer than ``SEEK_LIMIT_6`` is popped into the script as before.
+
 An idle consumer must wait without taking a message, and a blocking pop takes one. So each
 publish also pushes a token onto the queue's wake list (``<queue>\x06\x16wake``, capped at
 ``WAKE_CAP``), and an idle consumer waits with ``BRPOP`` on the wake lists of all its queues:
@@ -114,6 +122,14 @@ MINIMUM_REDIS = (6, 2)
 IDLE_WAITS = (0.05, 0.1, 0.2, 0.5, 1.0)
 #: The pop script's answer to a consumer taken for dead (``taskpool.liveness``).
 TAKEN_FOR_DEAD = -1
+#: A message bigger than this (bytes, as Redis counts its memory) is parked by the pop script
+#: rather than handed to it, and read with a plain LINDEX: Redis copies a value it hands a
+#: script several times, and serves no one meanwhile (bench/big_message.py).
+PARK_ABOVE = 64 * 1024
+#: The longest queue list whose last message Redis 6.2's SORT reaches in a few microseconds (it
+#: walks the list from the head; Redis 7 seeks from the nearer end). On 6.2 a longer one is
+#: popped into the script, big message or not.
+SEEK_LIMIT_6 = 4096
 #: The most tokens a wake list holds: as many idle consumers as a burst can wake at once. Tokens
 #: left by messages that stock consumers took cost a woken consumer one empty pop each.
 WAKE_CAP = 100
@@ -129,9 +145,18 @@ class _Pipeline:
         getattr(self.pipeline, name)(*args)
 
 
+def seek_limit(version: str) -> int:
+    """The pop script's seek limit on a Redis of ``version`` (-1: none)."""
+    return -1 if _version(version) >= (7, 0) else SEEK_LIMIT_6
+
+
+def _version(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split(".")[:2] if part.isdigit())
+
+
 def require_redis(version: str, url: str) -> None:
     """Raise BrokerUnsupported, naming the server, for a Redis older than MINIMUM_REDIS."""
-    found = tuple(int(part) for part in version.split(".")[:2] if part.isdigit())
+    found = _version(version)
     if found < MINIMUM_REDIS:
         raise BrokerUnsupported(
             f"Redis {version} at {mask_url(url)} is too old for taskpool's transport, which "
@@ -277,7 +302,7 @@ class Channel(kombu_redis.Channel):
         self._wait_index = 0  # into IDLE_WAITS: grows while waits time out
         self._client_of_pool: Any = None
         self._script: Any = None  # POP_AND_RECORD registered on _client_of_pool
-        self._server_checked = False
+        self._seek_limit: int | None = None  # known once the server is checked
         self._wait: ReplicaWait | None = None  # made on first publish, if asked for
         self._pop: tuple[list[str], list[Any], Heart | None] = ([], [], None)  # the pop in flight
         self._queues: list[str] = []  # those of the command in flight
@@ -365,12 +390,12 @@ class Channel(kombu_redis.Channel):
 
     def _check_server(self) -> None:
         """Refuse, at once and by name, a Redis older than the oldest tested."""
-        if self._server_checked:
+        if self._seek_limit is not None:
             return
         with self.conn_or_acquire() as client:
             version = str(client.info("server")["redis_version"])
         require_redis(version, self._uri)
-        self._server_checked = True
+        self._seek_limit = seek_limit(version)
 
     @property
     def deliveries_key(self) -> str:
@@ -399,6 +424,7 @@ class Channel(kombu_redis.Channel):
 
     def _pop_for(self, queues: list[str], take_token: bool) -> tuple[list[str], list[Any], Heart]:
         """The pop script's keys and arguments for ``queues``, and the consumer it records for."""
+        self._check_server()
         heart = self._consumer()
         prefix = self.global_keyprefix or ""
         keys = [
@@ -407,8 +433,10 @@ class Channel(kombu_redis.Channel):
             heart.keys.consumers,
             heart.held_key,
             prefix + self.deliveries_key,
+            heart.landing_key,
         ]
-        return keys, [len(queues), int(take_token), heart.id], heart
+        args = [len(queues), int(take_token), heart.id, self._seek_limit, PARK_ABOVE]
+        return keys, args, heart
 
     # -- publishing: the message and its wake token, in one round trip ------------------
 
@@ -598,17 +626,19 @@ class Channel(kombu_redis.Channel):
         return True
 
     def _read(self, reply: list[Any], heart: Heart | None) -> tuple[str, dict[str, Any]] | None:
-        """The popped message's queue and payload, or None once it is quarantined; ``heart``
-        is the consumer the pop recorded it for."""
+        """The popped message's queue and payload, or None once it is quarantined (or no
+        longer this consumer's); ``heart`` is the consumer the pop recorded it for."""
         key = bytes_to_str(reply[0])[len(self.global_keyprefix or "") :]
         queue = key.rsplit(self.sep, 1)[0]
+        if len(reply) == 2 and heart is not None:
+            return self._read_parked(queue, heart)
         raw = reply[1] if isinstance(reply[1], bytes) else str(reply[1]).encode()
         deliveries = int(reply[2])
         recorded_as = reply[3] if deliveries else None  # bytes: a tag need not be UTF-8
         tag = None if recorded_as is None else bytes_to_str(recorded_as)
         recorded = None
         if recorded_as is not None and heart is not None:
-            recorded = Recorded(recorded_as, heart.held_key, self.deliveries_key)
+            recorded = self._recorded(recorded_as, heart)
         try:
             payload = messages.read(raw, max_inflated=self.max_inflated)
         except UnreadableMessage as exc:
@@ -621,6 +651,42 @@ class Channel(kombu_redis.Channel):
             )
             self._quarantine(queue, raw, reason, recorded, deliveries)
             return None
+        return self._hold(queue, raw, payload, recorded, deliveries, heart)
+
+    def _read_parked(self, queue: str, heart: Heart) -> tuple[str, dict[str, Any]] | None:
+        """Read a message the pop parked in ``heart``'s landing list, and claim it under its
+        tag (``liveness.lua``); None once it is quarantined or no longer this consumer's."""
+        found = heart.client.lindex(heart.landing_key, 0)
+        if found is None:  # taken for dead since the pop: the sweep gave it back
+            return None
+        raw = found if isinstance(found, bytes) else str(found).encode()
+        try:
+            payload = messages.read(raw, max_inflated=self.max_inflated)
+        except UnreadableMessage as exc:
+            landed = Recorded(heart.landing_key, heart.held_key, self.deliveries_key,
+                              heart.landing_key)  # fmt: skip
+            self._quarantine(queue, raw, str(exc), landed, 1)
+            return None
+        tag = payload["properties"]["delivery_tag"]
+        deliveries = heart.claim(tag, self.deliveries_key)
+        if not deliveries:
+            return None
+        return self._hold(queue, raw, payload, self._recorded(tag, heart), deliveries, heart)
+
+    def _recorded(self, tag: bytes | str, heart: Heart) -> Recorded:
+        return Recorded(tag, heart.held_key, self.deliveries_key, heart.parked_key(tag))
+
+    def _hold(
+        self,
+        queue: str,
+        raw: bytes,
+        payload: dict[str, Any],
+        recorded: Recorded | None,
+        deliveries: int,
+        heart: Heart | None,
+    ) -> tuple[str, dict[str, Any]] | None:
+        """The message as delivered, held by ``heart``; None once it went to the quarantine
+        for its deliveries."""
         if deliveries > self.max_deliveries:
             reason = (
                 f"delivered {deliveries - 1} times without an outcome "
@@ -628,8 +694,8 @@ class Channel(kombu_redis.Channel):
             )
             self._quarantine(queue, raw, reason, recorded, deliveries - 1)
             return None
-        if tag is not None and heart is not None:
-            self.held[tag] = heart
+        if recorded is not None and heart is not None:
+            self.held[bytes_to_str(recorded.tag)] = heart
         return queue, payload
 
     def _quarantine(

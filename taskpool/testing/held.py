@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from taskpool.liveness import CONSUMERS, held_keys, summary
+from taskpool.liveness import CONSUMERS, PARKED, held_keys, summary
 
 
 def held_count(client: Any, prefix: str = "") -> int:
@@ -14,10 +14,12 @@ def held_count(client: Any, prefix: str = "") -> int:
 
 
 def held_text(client: Any, prefix: str = "") -> str:
-    """Every held message's record, as one text to search for a task id in."""
+    """Every held message's record, and each parked message, as one text to search for a
+    task id in."""
     records = [client.hvals(key) for key in held_keys(client, prefix)]
+    parked = [client.lrange(key, 0, -1) for key in client.scan_iter(match=f"{prefix}{PARKED}*")]
     records.append(client.hvals(f"{prefix}unacked"))
-    return " ".join(str(value) for values in records for value in values)
+    return " ".join(str(value) for values in [*records, *parked] for value in values)
 
 
 def consumers(client: Any, prefix: str = "") -> list[str]:

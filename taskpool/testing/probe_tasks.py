@@ -29,8 +29,9 @@ def marks(url: str) -> redis.Redis:
 
 
 @shared_task(name="probe.record", bind=True)
-def record(self: Task, n: int, seconds: float) -> int:
-    """Sleep ``seconds`` between two marks in Redis; return ``n * n``."""
+def record(self: Task, n: int, seconds: float, padding: str = "") -> int:
+    """Sleep ``seconds`` between two marks in Redis; return ``n * n``. ``padding`` is unused:
+    it makes the task's message as big as a test needs."""
     client = marks(self.app.conf.broker_url)
     try:
         client.rpush(STARTED, n)

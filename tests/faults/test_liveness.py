@@ -14,15 +14,17 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import redis as redis_py
 from celery.result import AsyncResult
 
-from taskpool.liveness import CLOCK
+from taskpool.liveness import CLOCK, PARKED
 from taskpool.testing.celery_worker import CeleryWorker, node_name
 from taskpool.testing.held import consumers, held_count
 from taskpool.testing.probe_tasks import FINISHED, STARTED
 from taskpool.testing.redis_server import RedisServer
 from taskpool.testing.waiting import wait_for
+from taskpool.transport import PARK_ABOVE
 from tests.support.apps import client_app
 from tests.support.paths import REPO_ROOT
 from tests.support.workers import stock_worker
@@ -34,24 +36,29 @@ DEFAULTS = {"PYTHONPATH": str(REPO_ROOT)}
 Start = Callable[..., CeleryWorker]
 
 
-def send(redis: RedisServer, task: str, count: int, seconds: float, **options: object) -> list:
+def send(
+    redis: RedisServer, task: str, count: int, seconds: float, padding: int = 0, **options: object
+) -> list:
     app = client_app(redis.url(), dispatch="celery")
-    return [app.send_task(task, args=(n, seconds), **options) for n in range(count)]
+    kwargs = {"padding": "x" * padding} if padding else {}
+    return [app.send_task(task, (n, seconds), kwargs, **options) for n in range(count)]
 
 
 def runs(client: redis_py.Redis, key: str) -> Counter[int]:
     return Counter(int(n) for n in client.lrange(key, 0, -1))
 
 
+@pytest.mark.parametrize("padding", [0, 2 * PARK_ABOVE], ids=["small", "parked"])
 def test_a_killed_workers_tasks_run_again_within_seconds_with_the_defaults(
-    redis_factory: Callable[..., RedisServer], worker_factory: Start
+    redis_factory: Callable[..., RedisServer], worker_factory: Start, padding: int
 ) -> None:
     """Six 3 s tasks, two running and four reserved, on a worker SIGKILLed: a worker started
-    at once runs all six again (before: after the ten-minute visibility timeout)."""
+    at once runs all six again (before: after the ten-minute visibility timeout). Big
+    messages, kept out of their held records, come back the same way."""
     redis = redis_factory()
     client = redis_py.Redis(port=redis.port, decode_responses=True)
     doomed = worker_factory(redis.url(), node_name("doomed"), extra=PROBE, **DEFAULTS)
-    results = send(redis, "probe.record", 6, 3.0)
+    results = send(redis, "probe.record", 6, 3.0, padding=padding)
     wait_for(lambda: client.llen(STARTED) >= 2, 30, "two tasks to be running")
     wait_for(lambda: client.llen("celery") == 0, 20, "the worker to hold all six")
     assert held_count(client) == 6
@@ -66,6 +73,7 @@ def test_a_killed_workers_tasks_run_again_within_seconds_with_the_defaults(
     assert took < 45, f"the dead worker's tasks took {took:.1f} s to come back and run"
     assert runs(client, FINISHED) == Counter(range(6))  # none had finished before the kill
     wait_for(lambda: held_count(client) == 0, 10, "every message acked")
+    assert not list(client.scan_iter(match=f"{PARKED}*"))
     client.close()
 
 

@@ -24,12 +24,14 @@ from celery import Celery
 from celery.result import AsyncResult
 
 from taskpool.errors import MessageQuarantined
+from taskpool.liveness import PARKED
 from taskpool.quarantine import Entry, Quarantine
 from taskpool.testing.celery_worker import CeleryWorker, node_name, worker_env
 from taskpool.testing.held import held_count
 from taskpool.testing.probe_tasks import DIED, STARTED
 from taskpool.testing.redis_server import RedisServer, free_port
 from taskpool.testing.waiting import wait_for
+from taskpool.transport import PARK_ABOVE
 from tests.support.apps import client_app
 from tests.support.values import nested
 
@@ -74,6 +76,8 @@ DECOY = {"delivery_tag": "decoy", "delivery_info": {"exchange": "", "routing_key
 POISONS: dict[str, tuple[Callable[[Message], bytes], str]] = {
     "not-utf8": (lambda m: b"\xff\xfe{not json", "not UTF-8"),
     "not-json": (lambda m: b"{this is not json", "not JSON"),
+    # Kept out of the pop script, in a list of its own (PARK_ABOVE), until it is read.
+    "big-not-json": (lambda m: b"{" + b"x" * (2 * PARK_ABOVE), "not JSON"),
     "json-array": (lambda m: b"[1, 2, 3]", "JSON array, not an object"),
     "nested-2000-deep": (lambda m: b'{"a": ' * 2000 + b"1" + b"}" * 2000, "nested too deep"),
     "no-properties": (lambda m: changed(m, lambda c: c.pop("properties")), "no properties"),
@@ -135,6 +139,7 @@ def assert_nothing_left(client: redis_py.Redis) -> None:
     """Nothing of the message is in the queue or the unacked records, to come round again."""
     assert client.llen("celery") == 0
     assert held_count(client) == 0
+    assert not list(client.scan_iter(match=f"{PARKED}*"))  # nor where a big one was kept
     assert client.hlen("unacked_deliveries") == 0, client.hgetall("unacked_deliveries")
 
 

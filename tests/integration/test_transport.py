@@ -23,11 +23,12 @@ from kombu.asynchronous import Hub
 from taskpool import Settings, celery_config, liveness, transport
 from taskpool.errors import BrokerUnsupported
 from taskpool.liveness import HELD
+from taskpool.quarantine import Quarantine
 from taskpool.testing.celery_worker import CeleryWorker, node_name, worker_env
 from taskpool.testing.held import consumers, held_count
 from taskpool.testing.redis_server import RedisServer
 from taskpool.testing.waiting import wait_for
-from taskpool.transport import POP_AND_RECORD, Transport, require_redis
+from taskpool.transport import POP_AND_RECORD, Transport, require_redis, seek_limit
 from tests.support.apps import client_app
 
 #: kombu's separator between a queue's name and its priority, and taskpool's wake list suffix.
@@ -435,8 +436,9 @@ def test_a_redis_older_than_the_oldest_tested_is_refused(version: str, refused: 
 def test_a_consumer_checks_the_server_it_reads_from(
     redis_server: RedisServer, queue: Queue
 ) -> None:
+    version = redis_py.Redis(port=redis_server.port).info("server")["redis_version"]
     with connection(redis_server) as conn, Consumer(conn, [queue], accept=["json"]):
-        assert conn.default_channel._server_checked
+        assert conn.default_channel._seek_limit == seek_limit(version)
 
 
 def test_a_polling_interval_does_not_make_a_draining_consumer_sleep_between_pops(
@@ -674,3 +676,141 @@ def test_a_requeued_message_is_marked_redelivered_in_its_text_as_kombu_marks_it(
         assert again is not None and again.payload == {"n": 5}
         assert again.headers == {**headers, "redelivered": True}
         assert again.delivery_info["redelivered"] is True
+
+
+#: A body whose message Redis counts above PARK_ABOVE (kombu stores it in base64: larger still).
+BIG = {"blob": "x" * (2 * transport.PARK_ABOVE)}
+
+
+def parked_keys(client: redis_py.Redis) -> list[str]:
+    return sorted(client.scan_iter(match=f"{liveness.PARKED}*"))
+
+
+def test_a_big_message_is_kept_out_of_the_pop_script_and_claimed_under_its_tag(
+    redis_server: RedisServer, client: redis_py.Redis, queue_name: str, queue: Queue
+) -> None:
+    """Redis copies a value it hands a script several times, and serves no one meanwhile: a
+    big message is parked in a list of its own, read there, and its record points at it."""
+    publish(redis_server, queue, [BIG, {"n": 1}])
+    with connection(redis_server) as conn:
+        channel = conn.default_channel
+        big = channel.basic_get(queue_name, no_ack=False)
+        assert big is not None and big.payload == BIG
+        (consumer,) = consumers(client)
+        parked = f"{liveness.PARKED}{consumer}:{big.delivery_tag}"
+        wake = f"{queue_name}{SEP}wake"
+        record = client.hget(f"{HELD}{consumer}", big.delivery_tag)
+        assert record == f"@{len(queue_name)}:{queue_name}{len(wake)}:{wake}{parked}"
+        (kept,) = client.lrange(parked, 0, -1)
+        assert json.loads(kept)["properties"]["delivery_tag"] == big.delivery_tag
+        assert parked_keys(client) == [parked]  # the landing list went with the claim
+        assert client.hget("unacked_deliveries", big.delivery_tag) == "1"
+
+        small = channel.basic_get(queue_name, no_ack=False)
+        assert small is not None and small.payload == {"n": 1}
+        assert str(client.hget(f"{HELD}{consumer}", small.delivery_tag))[0].isdigit()  # whole
+        big.ack()
+        small.ack()
+    assert held_count(client) == 0 and parked_keys(client) == []
+    assert client.hlen("unacked_deliveries") == 0
+
+
+def test_a_parked_message_goes_back_whole_and_marked_when_requeued_or_its_channel_closes(
+    redis_server: RedisServer, client: redis_py.Redis, queue_name: str, queue: Queue
+) -> None:
+    publish(redis_server, queue, [BIG])
+    with connection(redis_server) as conn:
+        message = conn.default_channel.basic_get(queue_name, no_ack=False)
+        assert message is not None
+        message.reject(requeue=True)
+        assert parked_keys(client) == [] and client.llen(queue_name) == 1
+        assert conn.default_channel.basic_get(queue_name, no_ack=False) is not None
+    assert held_count(client) == 0 and parked_keys(client) == []
+    with connection(redis_server) as conn:
+        again = conn.default_channel.basic_get(queue_name, no_ack=True)
+        assert again is not None and again.payload == BIG
+        assert again.delivery_info["redelivered"] is True
+
+
+def pop(
+    client: redis_py.Redis, consumer: str, queue_name: str, seek: int = -1, token: bool = True
+) -> Any:
+    """The pop script's reply for one queue of one priority, as ``consumer``."""
+    keys = liveness.Keys()
+    script = client.register_script(POP_AND_RECORD)
+    return script(
+        keys=[queue_name, f"{queue_name}{SEP}wake", keys.consumers, keys.held(consumer),
+              "unacked_deliveries", keys.landing(consumer)],
+        args=[1, int(token), consumer, seek, transport.PARK_ABOVE],
+    )  # fmt: skip
+
+
+def test_a_parked_message_not_claimed_is_handed_out_again_and_a_dead_consumers_goes_back(
+    redis_server: RedisServer, client: redis_py.Redis, queue_name: str, queue: Queue
+) -> None:
+    """A worker that lost the pop's reply gets the same message at its next pop; a consumer
+    that dies before it claims gives it back through the sweep, as any held message."""
+    publish(redis_server, queue, [BIG, {"n": 2}])
+    assert beat(client, "lost", 1, first=True) == [1]
+    landing = liveness.Keys().landing("lost")
+    assert pop(client, "lost", queue_name) == [queue_name, landing]
+    assert pop(client, "lost", queue_name) == [queue_name, landing]  # not the next message
+    assert client.llen(queue_name) == 1 and client.llen(landing) == 1
+    time.sleep(1.2)
+    assert beat(client, "sweeper", 60, first=True) == [1, "lost", 1]
+    assert parked_keys(client) == [] and client.llen(queue_name) == 2
+    restored = json.loads(client.lindex(queue_name, -1) or "")  # at the front
+    assert restored["properties"]["delivery_info"]["redelivered"] is True
+    assert pop(client, "lost", queue_name) == -1  # taken for dead: it pops nothing
+
+
+def test_on_redis_6_a_long_queue_hands_even_a_big_message_to_the_script(
+    redis_server: RedisServer, client: redis_py.Redis, queue_name: str, queue: Queue
+) -> None:
+    """Redis 6.2's SORT walks a list from the head to reach its last message: past the seek
+    limit the pop takes it with RPOP, recorded whole, as before."""
+    publish(redis_server, queue, [BIG, {"n": 3}])
+    assert beat(client, "old", 60, first=True) == [1]
+    reply = pop(client, "old", queue_name, seek=1)
+    assert len(reply) == 4 and json.loads(reply[1])["body"]  # the message, recorded whole
+    assert parked_keys(client) == []
+    assert transport.seek_limit("6.2.14") == transport.SEEK_LIMIT_6
+    assert transport.seek_limit("7.0.15") == -1
+
+
+def test_a_big_message_delivered_too_often_is_quarantined_with_its_parked_copy(
+    redis_server: RedisServer, client: redis_py.Redis, queue_name: str, queue: Queue
+) -> None:
+    publish(redis_server, queue, [BIG])
+    options = {"max_deliveries": 2}
+    with Connection(redis_server.url(), transport=Transport, transport_options=options) as conn:
+        channel = conn.default_channel
+        for _ in range(2):
+            message = channel.basic_get(queue_name, no_ack=False)
+            assert message is not None
+            message.reject(requeue=True)  # counted, as a worker lost under late acks
+        assert channel.basic_get(queue_name, no_ack=False) is None
+    (entry,) = Quarantine(redis_py.Redis(port=redis_server.port)).entries()
+    assert "delivered 2 times" in entry.reason and json.loads(entry.message)["body"]
+    assert held_count(client) == 0 and parked_keys(client) == [] and client.llen(queue_name) == 0
+    assert client.hlen("unacked_deliveries") == 0
+
+
+def test_a_full_redis_still_hands_out_a_big_message(
+    redis_server: RedisServer, client: redis_py.Redis, queue_name: str, queue: Queue
+) -> None:
+    """maxmemory with noeviction refuses a script's first write that may grow memory; the pop
+    frees memory first, so it runs to its end, as the ack does. A woken consumer, which took
+    the token already, is the case where parking the message would be the first write."""
+    publish(redis_server, queue, [BIG])
+    assert beat(client, "full", 60, first=True) == [1]
+    used = int(client.info("memory")["used_memory"])
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", used)
+    try:
+        with pytest.raises(redis_py.exceptions.ResponseError, match="maxmemory"):
+            client.set("filler", "x" * 4096)
+        landing = liveness.Keys().landing("full")
+        assert pop(client, "full", queue_name, token=False) == [queue_name, landing]
+    finally:
+        client.config_set("maxmemory", 0)
