@@ -814,3 +814,36 @@ def test_a_full_redis_still_hands_out_a_big_message(
         assert pop(client, "full", queue_name, token=False) == [queue_name, landing]
     finally:
         client.config_set("maxmemory", 0)
+
+
+def test_a_publish_refused_by_a_full_redis_leaves_its_connection_in_step(
+    redis_server: RedisServer, client: redis_py.Redis, queue_name: str, queue: Queue
+) -> None:
+    """The message and its token go in one write; every reply is read before the refusal is
+    raised, so the next publish on the same connection reads its own replies."""
+    with connection(redis_server) as conn:
+        producer = Producer(conn)
+        producer.publish({"n": 1}, routing_key=queue_name, declare=[queue], serializer="json")
+        client.config_set("maxmemory-policy", "noeviction")
+        client.config_set("maxmemory", int(client.info("memory")["used_memory"]))
+        try:
+            with pytest.raises(redis_py.exceptions.OutOfMemoryError, match="maxmemory"):
+                producer.publish({"n": 2}, routing_key=queue_name, serializer="json", retry=False)
+        finally:
+            client.config_set("maxmemory", 0)
+        producer.publish({"n": 3}, routing_key=queue_name, serializer="json", retry=False)
+    bodies = [json.loads(m)["body"] for m in client.lrange(queue_name, 0, -1)]
+    assert len(bodies) == 2  # n=1 and n=3, newest first
+    assert client.llen(f"{queue_name}{SEP}wake") == 2
+
+
+def test_a_publish_on_a_connection_redis_dropped_reconnects_and_sends_once(
+    redis_server: RedisServer, client: redis_py.Redis, queue_name: str, queue: Queue
+) -> None:
+    with connection(redis_server) as conn:
+        producer = Producer(conn)
+        producer.publish({"n": 1}, routing_key=queue_name, declare=[queue], serializer="json")
+        assert client.client_kill_filter(_type="normal", skipme=True) >= 1
+        producer.publish({"n": 2}, routing_key=queue_name, serializer="json", retry=False)
+    assert client.llen(queue_name) == 2
+    assert client.llen(f"{queue_name}{SEP}wake") == 2
