@@ -33,7 +33,7 @@ BENCHMARKS = (
         "bench.compare",
         "How does taskpool compare with stock Celery, Huey, Dramatiq and multiprocessing, "
         "workload by workload?",
-        "10",
+        "15",
         "`compare_<workload>.json`, `comparison.png`",
     ),
     Benchmark(

@@ -16,7 +16,8 @@ taskpool map square --range N`` with ``TASKPOOL_DISPATCH=local``) and ``pool2-sc
 result to stdout.
 
 ``stall`` and ``memory`` (ours or stock) are bench/long_client.py's: a client that goes on
-after many tasks.
+after many tasks. ``fill`` (ours, stock and the peers) enqueues ``n`` squares while no worker
+runs, for the ``drain`` workload, and prints where their results will be stored.
 
 Peers (``tiny`` and ``latency`` only): ``huey`` (bench/huey_app.py, ``square(i)`` enqueues,
 ``result.get(blocking=True)``) and ``dramatiq`` (bench/dramatiq_app.py, ``square.send(i)``,
@@ -444,6 +445,28 @@ def ready(impl: str) -> dict[str, Any]:
     return {"first_result_s": [time.perf_counter() - started]}
 
 
+# --- 7. a worker draining a queue (the harness times it: bench/compare.py) ----------------
+
+
+def fill(impl: str, n: int) -> dict[str, Any]:
+    """n x ``square(i)`` enqueued while no worker runs; where their results will be stored:
+    one Redis key each (Celery, Dramatiq), or Huey's result hash."""
+    send, _ = send_and_get(impl)
+    sent = [send(i) for i in range(n)]
+    if impl == "huey":
+        from bench.huey_app import huey
+
+        return {"hash": huey.storage.result_key}
+    if impl == "dramatiq":
+        from bench.dramatiq_app import backend
+
+        return {"keys": [backend.build_message_key(message) for message in sent]}
+    from kombu.utils.encoding import bytes_to_str
+
+    backend = celery_task(impl, "square").app.backend
+    return {"keys": [bytes_to_str(backend.get_key_for_task(r.id)) for r in sent]}
+
+
 # --- 6. worker start ---------------------------------------------------------------------
 
 
@@ -498,7 +521,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
         "workload",
-        choices=("tiny", "map", "cpu", "latency", "start", "ready", "stall", "memory"),
+        choices=("tiny", "map", "cpu", "latency", "start", "ready", "stall", "memory", "fill"),
     )
     parser.add_argument("impl")
     parser.add_argument("--n", type=int, default=1000)
@@ -517,6 +540,8 @@ def main() -> None:
         figures = latency(args.impl, args.n, args.rounds)
     elif args.workload == "ready":
         figures = ready(args.impl)
+    elif args.workload == "fill":
+        figures = fill(args.impl, args.n)
     elif args.workload == "stall":
         figures = stall(args.impl, args.n)
     elif args.workload == "memory":

@@ -9,7 +9,7 @@ client runs in a fresh interpreter (bench/clients.py). Each workload runs ``--ro
 (default 3); the tables give the median and the min-max. Writes
 ``bench/results/compare_<workload>.json`` and the plot ``bench/results/comparison.png``.
 
-Workloads: tiny, map, cpu, latency, down, start (default: all). ``--quick`` uses small sizes,
+Workloads: tiny, map, cpu, latency, down, start, drain (default: all). ``--quick`` uses small sizes,
 for a smoke run. ``--report`` only re-prints the tables and re-draws the plot from the files.
 """
 
@@ -27,10 +27,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import redis
 from celery import Celery
 
 from bench import report
@@ -40,7 +41,7 @@ from taskpool.testing.celery_worker import CeleryWorker
 from taskpool.testing.listeners import SilentListener
 from taskpool.testing.redis_server import RedisServer, find_redis_server, free_port
 
-WORKLOADS = ("tiny", "map", "cpu", "latency", "down", "start")
+WORKLOADS = ("tiny", "map", "cpu", "latency", "down", "start", "drain")
 
 SIZES: dict[str, dict[str, Any]] = {
     "full": {
@@ -50,6 +51,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "cpu_calls": 8,
         "latency": 1_000,
         "down_cap_s": 30.0,
+        "drain": 10_000,
     },
     "quick": {
         "tiny": 2_000,
@@ -58,6 +60,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "cpu_calls": 8,
         "latency": 200,
         "down_cap_s": 8.0,
+        "drain": 1_000,
     },
 }
 
@@ -120,9 +123,10 @@ class Stack:
         return env
 
     @contextlib.contextmanager
-    def worker(self, impl: str) -> Iterator[CeleryWorker | PeerWorker]:
+    def worker(self, impl: str, ready: bool = True) -> Iterator[CeleryWorker | PeerWorker]:
+        """``impl``'s worker, once it answers (with ``ready`` False: once it is started)."""
         if impl in PEERS:
-            with self.peer_worker(impl) as peer:
+            with self.peer_worker(impl, ready) as peer:
                 yield peer
             return
         module = "tasks" if impl == "ours" else "bench.stock_app"
@@ -134,19 +138,23 @@ class Stack:
         pinger = Celery("bench-ping", broker=self.url(impl), backend=self.url(impl))
         pinger.conf.broker_connection_retry_on_startup = True
         try:
-            worker.start().wait_ready(pinger, timeout=60)
+            worker.start()
+            if ready:
+                worker.wait_ready(pinger, timeout=60)
             yield worker
         finally:
             worker.stop()
             pinger.close()
 
     @contextlib.contextmanager
-    def peer_worker(self, impl: str) -> Iterator[PeerWorker]:
+    def peer_worker(self, impl: str, ready: bool = True) -> Iterator[PeerWorker]:
         """Huey's or Dramatiq's worker; ready once a fresh client got a first result."""
         worker = PeerWorker(impl, self.env(impl), REPO_ROOT, self.workdir / f"worker-{impl}.log")
         probe = [sys.executable, "-m", "bench.clients", "ready", impl]
         try:
-            worker.start().wait_ready(probe, timeout=60)
+            worker.start()
+            if ready:
+                worker.wait_ready(probe, timeout=60)
             yield worker
         finally:
             worker.stop()
@@ -167,16 +175,18 @@ def run_client(
     *,
     timeout: float = CLIENT_TIMEOUT_S,
     live: bool = False,
+    settings: dict[str, str] | None = None,
     **options: Any,
 ) -> dict[str, Any]:
-    """One client process; its JSON line of samples. With ``live`` its stderr goes to ours."""
+    """One client process; its JSON line of samples. With ``live`` its stderr goes to ours;
+    ``settings`` are added to its environment."""
     command = [sys.executable, "-m", "bench.clients", workload, impl]
     for key, value in options.items():
         command += [f"--{key}", str(value)]
     done = subprocess.run(
         command,
         cwd=REPO_ROOT,
-        env=stack.env(impl),
+        env={**stack.env(impl), **(settings or {})},
         stdout=subprocess.PIPE,
         stderr=None if live else subprocess.PIPE,
         text=True,
@@ -199,6 +209,78 @@ def client_workload(
         print(f"  {workload}: {impl} ...", flush=True)
         samples[impl] = run_client(stack, workload, impl, **options)
     return samples
+
+
+# --- 7. a worker draining a queue -----------------------------------------------------------
+
+#: The results stored before the drain is timed: the worker's start and warm-up are not.
+DRAIN_FROM = 0.05
+#: Seconds between two counts of the results stored, and the most one drain may take.
+DRAIN_POLL_S, DRAIN_TIMEOUT_S = 0.01, 600.0
+
+
+def drain_workload(
+    stack: Stack, sizes: dict[str, Any], rounds: int, impls: list[str]
+) -> dict[str, dict[str, Any]]:
+    """Results stored per second by one worker (``-c 2``, or the peers' two processes) taking
+    ``n`` queued squares, with no client running: the queue is filled before the worker
+    starts (``bench.clients fill``), and the rate runs from the first ``DRAIN_FROM`` of the
+    results stored to the last, so that neither the start nor a client counts."""
+    n = sizes["drain"]
+    samples: dict[str, dict[str, Any]] = {}
+    for _ in range(rounds):
+        for impl in impls:
+            print(f"  drain: {impl} ...", flush=True)
+            client = redis.Redis.from_url(stack.url(impl))
+            try:
+                client.flushdb()
+                # taskpool's client with no worker alive keeps the work on the broker.
+                filled = run_client(
+                    stack, "fill", impl, n=n, settings={"TASKPOOL_NO_WORKER": "wait"}
+                )
+                count = stored_counter(client, filled)
+                with stack.worker(impl, ready=False):
+                    rate = drain_rate(impl, n, count)
+            finally:
+                client.close()
+            samples.setdefault(impl, {"tasks_per_s": []})["tasks_per_s"].append(rate)
+    return samples
+
+
+def stored_counter(client: redis.Redis, filled: dict[str, Any]) -> Callable[[], int]:
+    """How many of the filled tasks' results are stored: Huey's hash length, or the keys that
+    exist, counted from the first missing one on (results come about in queue order)."""
+    if "hash" in filled:
+        return lambda: int(client.hlen(filled["hash"]))
+    keys: list[str] = filled["keys"]
+    done = 0
+
+    def count() -> int:
+        nonlocal done
+        while done < len(keys):
+            batch = keys[done : done + 500]
+            found = int(client.exists(*batch))
+            if found < len(batch):
+                return done + found
+            done += len(batch)
+        return done
+
+    return count
+
+
+def drain_rate(impl: str, n: int, count: Callable[[], int]) -> float:
+    """Results per second from the first ``DRAIN_FROM`` of ``n`` stored to the last."""
+    started = time.perf_counter()
+    first: tuple[float, int] | None = None
+    while True:
+        stored, now = count(), time.perf_counter()
+        if first is None and stored >= n * DRAIN_FROM:
+            first = (now, stored)
+        if stored >= n and first is not None:
+            return (stored - first[1]) / (now - first[0])
+        if now - started > DRAIN_TIMEOUT_S:
+            raise RuntimeError(f"{impl}: {stored} of {n} results after {DRAIN_TIMEOUT_S:g} s")
+        time.sleep(DRAIN_POLL_S)
 
 
 # --- 5. broker down ----------------------------------------------------------------------
@@ -369,6 +451,9 @@ def main() -> None:
                 )
         if "down" in selected:
             samples["down"] = down_workload(stack, sizes, rounds)
+        if "drain" in selected:
+            impls = [impl for impl in NEEDS_WORKER if impl not in missing]
+            samples["drain"] = drain_workload(stack, sizes, rounds, impls)
     finally:
         stack.close()
     print(f"measured in {time.perf_counter() - started:.0f} s")

@@ -192,6 +192,19 @@ def start_table(data: dict[str, Any]) -> str:
     return table(["worker", "start to first result, s"], rows)
 
 
+def drain_table(data: dict[str, Any]) -> str:
+    s = data["samples"]
+    best = fastest_peer(s, "tasks_per_s", lowest=False)
+    rows = []
+    for impl, f in s.items():
+        rate = stat(f["tasks_per_s"])
+        shown = "-" if rate is None else "{median:,.0f} ({min:,.0f}-{max:,.0f})".format(**rate)
+        rows.append([LABELS[impl], shown, ratio(med(f["tasks_per_s"]), best)])
+    header = ["worker", "results stored per second", "vs fastest peer"]
+    note = "" if best is None else f"\n\nfastest peer: {SHORT[best[0]]}, {best[1]:,.0f} tasks/s"
+    return table(header, rows) + note
+
+
 TABLES = {
     "tiny": ("1. many tiny tasks", tiny_table),
     "map": ("2. bulk map", map_table),
@@ -199,6 +212,7 @@ TABLES = {
     "latency": ("4. round-trip latency", latency_table),
     "down": ("5. broker down", down_table),
     "start": ("6. worker start", start_table),
+    "drain": ("7. worker drain", drain_table),
 }
 
 
@@ -249,6 +263,13 @@ def targets(found: dict[str, dict[str, Any]]) -> list[tuple[str, str, bool]]:
                 ok = all(o.startswith(what) for o in s[key]["outcome"]) and worst <= bound
                 name = f"down: {down_label(key, s[key])} -> {what} <= {bound} s"
                 out.append((name, f"max {worst:.3f} s ({s[key]['outcome'][0]})", ok))
+    if "drain" in found:
+        s = found["drain"]["samples"]
+        best = fastest_peer({k: v for k, v in s.items() if k != "stock"}, "tasks_per_s", False)
+        if "ours" in s and best is not None:
+            ours = med(s["ours"]["tasks_per_s"])
+            name = f"drain: taskpool >= the faster of Huey and Dramatiq ({SHORT[best[0]]})"
+            out.append((name, f"{ours:,.0f} vs {best[1]:,.0f} tasks/s", ours >= best[1]))
     return out
 
 
@@ -375,6 +396,10 @@ def describe(workload: str, sizes: dict[str, Any]) -> str:
         "latency": f"{sizes['latency']:,} sequential square.delay(7).get(), medians of rounds",
         "down": f"fresh subprocess per call, capped at {sizes['down_cap_s']:g} s",
         "start": "celery -A <app> worker -P prefork -c 2, from Popen to the first result",
+        "drain": (
+            f"{sizes['drain']:,} x square(i) queued before the worker starts; results stored "
+            "per second, from the first 5% to the last, no client running"
+        ),
     }[workload]
 
 
