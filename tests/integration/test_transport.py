@@ -847,3 +847,23 @@ def test_a_publish_on_a_connection_redis_dropped_reconnects_and_sends_once(
         producer.publish({"n": 2}, routing_key=queue_name, serializer="json", retry=False)
     assert client.llen(queue_name) == 2
     assert client.llen(f"{queue_name}{SEP}wake") == 2
+
+
+def test_a_redis_that_refuses_sort_and_memory_still_delivers_a_big_message(
+    redis_server: RedisServer, client: redis_py.Redis, queue_name: str, queue: Queue
+) -> None:
+    """SORT is in ACL's @dangerous, which hardened set-ups deny; MEMORY may be denied too. The
+    pop then takes the message into the script, as before parking."""
+    client.acl_setuser(
+        "worker", enabled=True, passwords=["+secret"], keys=["*"], channels=["*"],
+        commands=["+@all", "-sort", "-memory"],
+    )  # fmt: skip
+    url = f"redis://worker:secret@127.0.0.1:{redis_server.port}/0"
+    with Connection(url, transport=Transport) as conn:
+        Producer(conn).publish(BIG, routing_key=queue_name, declare=[queue], serializer="json")
+        message = conn.default_channel.basic_get(queue_name, no_ack=False)
+        assert message is not None and message.payload == BIG
+        (consumer,) = consumers(client)
+        assert str(client.hget(f"{HELD}{consumer}", message.delivery_tag))[0].isdigit()  # whole
+        message.ack()
+    assert held_count(client) == 0 and parked_keys(client) == []
