@@ -146,17 +146,16 @@ def drain(stack: Any, worker: Any, pinger: Celery, env: dict[str, str], tasks: i
     started = time.perf_counter()
     pinger.control.add_consumer("celery", destination=[worker.node], reply=True, timeout=5)
     deadline = started + 600
+    from bench.harness import keys_stored
 
-    def stored() -> int:
-        return sum(client.exists(*keys[i : i + 1000]) for i in range(0, len(keys), 1000))
-
+    stored = keys_stored(client, keys)
     while time.perf_counter() < deadline:
-        if client.exists(keys[-1]) and stored() == tasks:
+        if stored() == tasks:
             break
         time.sleep(0.005)
     elapsed = time.perf_counter() - started
-    if stored() != tasks:
-        raise AssertionError(f"only {stored} of {tasks} results stored")
+    if (found := stored()) != tasks:
+        raise AssertionError(f"only {found} of {tasks} results stored")
     client.flushdb()
     return elapsed
 

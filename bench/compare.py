@@ -35,7 +35,7 @@ import redis
 from celery import Celery
 
 from bench import report
-from bench.harness import REPO_ROOT, RESULTS, machine
+from bench.harness import REPO_ROOT, RESULTS, keys_stored, machine
 from bench.peers import PEERS, URL_VARIABLES, PeerWorker
 from taskpool.testing.celery_worker import CeleryWorker
 from taskpool.testing.listeners import SilentListener
@@ -249,23 +249,10 @@ def drain_workload(
 
 def stored_counter(client: redis.Redis, filled: dict[str, Any]) -> Callable[[], int]:
     """How many of the filled tasks' results are stored: Huey's hash length, or the keys that
-    exist, counted from the first missing one on (results come about in queue order)."""
+    exist (``keys_stored``)."""
     if "hash" in filled:
         return lambda: int(client.hlen(filled["hash"]))
-    keys: list[str] = filled["keys"]
-    done = 0
-
-    def count() -> int:
-        nonlocal done
-        while done < len(keys):
-            batch = keys[done : done + 500]
-            found = int(client.exists(*batch))
-            if found < len(batch):
-                return done + found
-            done += len(batch)
-        return done
-
-    return count
+    return keys_stored(client, filled["keys"])
 
 
 def drain_rate(impl: str, n: int, count: Callable[[], int]) -> float:

@@ -95,3 +95,22 @@ def write(name: str, payload: dict[str, Any]) -> Path:
     path = RESULTS / name
     path.write_text(json.dumps({"machine": machine(), **payload}, indent=2) + "\n")
     return path
+
+
+def keys_stored(client: Any, keys: list[Any]) -> Callable[[], int]:
+    """A count of ``keys`` that exist, for polling results as a worker stores them: each call
+    checks from the first key found missing on (results come about in queue order), so it is
+    exact once all exist."""
+    done = 0
+
+    def count() -> int:
+        nonlocal done
+        while done < len(keys):
+            batch = keys[done : done + 500]
+            found = int(client.exists(*batch))
+            if found < len(batch):
+                return done + found
+            done += len(batch)
+        return done
+
+    return count

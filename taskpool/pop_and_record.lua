@@ -96,6 +96,8 @@ for i = 1, lists do
   if length > 0 then
     -- Tokens track the messages waiting, so the next message still wakes a consumer of its own.
     local wake = KEYS[lists + (i - 1) % queues + 1]
+    -- Where the message goes back to (liveness.lua): the head of every record.
+    local from = #key .. ':' .. key .. #wake .. ':' .. wake
     -- A write that frees memory first: a full Redis (maxmemory, noeviction) refuses a script's
     -- first write that may grow memory (the SORT below), and runs the rest of one that wrote.
     redis.call('DEL', landing)
@@ -114,8 +116,7 @@ for i = 1, lists do
       redis.call('LTRIM', key, 0, -2)
       local size = redis.pcall('MEMORY', 'USAGE', landing, 'SAMPLES', 0)
       if type(size) == 'number' and size > park_above then
-        redis.call('HSET', held_key, landing,
-          '@' .. #key .. ':' .. key .. #wake .. ':' .. wake .. landing)
+        redis.call('HSET', held_key, landing, '@' .. from .. landing)
         return {key, landing}
       end
       item = redis.call('RPOP', landing)
@@ -126,7 +127,7 @@ for i = 1, lists do
     if not tag then
       return {key, item, 0}
     end
-    redis.call('HSET', held_key, tag, #key .. ':' .. key .. #wake .. ':' .. wake .. item)
+    redis.call('HSET', held_key, tag, from .. item)
     return {key, item, redis.call('HINCRBY', deliveries_key, tag, 1), tag}
   end
 end
