@@ -5,7 +5,7 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
-from taskpool.settings import Settings
+from taskpool.settings import WORKER_POOLS, Settings
 from taskpool.urls import url_scheme
 
 #: kombu's Redis transports with delivery that cannot lose a message to a killed worker
@@ -97,7 +97,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         # Measured in bench/prefetch.py (see taskpool.settings): busy processes, little hoarding.
         "worker_prefetch_multiplier": settings.prefetch_multiplier,
-        "worker_pool": "prefork",
+        # Celery's prefork, or processes that each fetch their own messages (fetching.py).
+        "worker_pool": WORKER_POOLS[settings.worker_pool],
         # None lets Celery start one process per CPU.
         "worker_concurrency": settings.concurrency,
         # A task over its hard limit has its process replaced; the soft limit warns it first.

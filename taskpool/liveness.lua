@@ -26,6 +26,9 @@
 -- leave: KEYS = the consumers alive, the held messages, the consumers' queues. ARGV = leave,
 --   this consumer's id. Removes it when it holds nothing (what it still holds waits for the
 --   sweep). Returns 1 or 0.
+-- bury: KEYS = the consumers alive, the held messages, the consumers' queues. ARGV = bury, the
+--   consumer's id, the wake cap. For a consumer whose process is known dead: what the sweep does
+--   to a silent one, now. Returns how many messages went back.
 -- serves: KEYS = the consumers alive, the consumers' queues (hash: id -> queue names, one a
 --   line). ARGV = serves, a queue name. Returns how many consumers alive consume that queue.
 --
@@ -138,6 +141,22 @@ if step == 'leave' then
   return 0
 end
 
+-- Every message a dead consumer held back at the front of its queue, and the consumer gone.
+local function bury(owners, queues, held, id, cap)
+  redis.call('ZREM', owners, id)
+  redis.call('HDEL', queues, id)
+  local records = redis.call('HVALS', held)
+  for _, record in ipairs(records) do
+    restore(record, cap, true)
+  end
+  redis.call('DEL', held)
+  return #records
+end
+
+if step == 'bury' then
+  return bury(KEYS[1], KEYS[3], KEYS[2], ARGV[2], tonumber(ARGV[3]))
+end
+
 if step == 'serves' then
   local time = redis.call('TIME')
   local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
@@ -177,15 +196,7 @@ end
 local reply = {1}
 local dead = redis.call('ZRANGE', owners, '-inf', '(' .. now, 'BYSCORE', 'LIMIT', 0, 10)
 for _, id in ipairs(dead) do
-  redis.call('ZREM', owners, id)
-  redis.call('HDEL', queues, id)
-  local held = held_prefix .. id
-  local records = redis.call('HVALS', held)
-  for _, record in ipairs(records) do
-    restore(record, cap, true)
-  end
-  redis.call('DEL', held)
   table.insert(reply, id)
-  table.insert(reply, #records)
+  table.insert(reply, bury(owners, queues, held_prefix .. id, id, cap))
 end
 return reply

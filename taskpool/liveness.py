@@ -70,6 +70,7 @@ class Keys:
     """The liveness keys on one Redis, with kombu's global key prefix."""
 
     def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix
         self.consumers = prefix + CONSUMERS
         self.clock = prefix + CLOCK
         self.queues = prefix + QUEUES
@@ -94,6 +95,7 @@ class Heart:
         timeout: float,
         wake_cap: int,
         queues: Callable[[], Iterable[str]] = tuple,
+        consumer: str | None = None,
     ) -> None:
         self.client = client
         #: The queues the consumer consumes now, sent with each beat (``serving``).
@@ -101,7 +103,9 @@ class Heart:
         self.keys = keys
         self.timeout = timeout
         self.wake_cap = wake_cap
-        self.id = consumer_id()
+        #: A new id, or with ``consumer`` another process's, to settle what it held
+        #: (``taskpool.fetching``): such a heart is never started.
+        self.id = consumer or consumer_id()
         self.held_key = keys.held(self.id)
         self.landing_key = keys.landing(self.id)
         self.alive = True
@@ -219,6 +223,13 @@ class Heart:
         keys = [self.held_key, deliveries_key]
         args: list[str | int] = ["give_back", tag, int(not counted), self.wake_cap, int(front)]
         return bool(self._script(keys=keys, args=args))
+
+    def bury(self) -> int:
+        """Take this consumer, whose process is known dead, for dead now: what it holds goes
+        back to the front of its queues, as the sweep would one timeout later. Returns how many
+        messages went back."""
+        keys = [self.keys.consumers, self.held_key, self.keys.queues]
+        return int(self._script(keys=keys, args=["bury", self.id, self.wake_cap]))
 
 
 def serving(client: redis.Redis, queue: str, prefix: str = "") -> int:

@@ -36,6 +36,11 @@ LOCAL_START_METHODS: tuple[LocalStartMethod, ...] = ("auto", "fork", "forkserver
 #: local pool (mode auto; mode celery waits), wait in the queue with a warning, or raise NoWorker.
 NoWorkerPolicy = Literal["local", "wait", "raise"]
 NO_WORKER_POLICIES: tuple[NoWorkerPolicy, ...] = ("local", "wait", "raise")
+#: The worker's pool: Celery's prefork, or processes that fetch their own messages
+#: (taskpool/fetching.py), by Celery's name for it (``worker_pool``).
+WorkerPool = Literal["prefork", "fetching"]
+WORKER_POOL_NAMES: tuple[WorkerPool, ...] = ("prefork", "fetching")
+WORKER_POOLS = {"prefork": "prefork", "fetching": "taskpool.fetching:TaskPool"}
 
 #: Where a laptop's Redis listens; broker and result backend share it by default.
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
@@ -93,6 +98,7 @@ VARIABLES = (
     "TASKPOOL_DISPATCH",
     "TASKPOOL_NO_WORKER",
     "TASKPOOL_CONCURRENCY",
+    "TASKPOOL_WORKER_POOL",
     "TASKPOOL_BROKER_TIMEOUT",
     "TASKPOOL_BROKER_RECHECK",
     "TASKPOOL_TASK_TIME_LIMIT",
@@ -170,6 +176,7 @@ class Settings:
     no_worker: NoWorkerPolicy = "local"
     local_start_method: LocalStartMethod = "auto"
     concurrency: int | None = None
+    worker_pool: WorkerPool = "prefork"
     broker_timeout: float = DEFAULT_BROKER_TIMEOUT
     broker_recheck: float = DEFAULT_BROKER_RECHECK
     task_time_limit: float = DEFAULT_TASK_TIME_LIMIT
@@ -225,6 +232,7 @@ class Settings:
         """The same checks however the settings were built: ``from_env`` or ``Settings(...)``."""
         _check_choice("TASKPOOL_DISPATCH", self.dispatch, DISPATCH_MODES)
         _check_choice("TASKPOOL_NO_WORKER", self.no_worker, NO_WORKER_POLICIES)
+        _check_choice("TASKPOOL_WORKER_POOL", self.worker_pool, WORKER_POOL_NAMES)
         _check_choice("TASKPOOL_LOCAL_START_METHOD", self.local_start_method, LOCAL_START_METHODS)
         _check_url("TASKPOOL_BROKER_URL", self.broker_url, TRANSPORT_ALIASES)
         _check_url("TASKPOOL_RESULT_BACKEND", self.result_backend, BACKEND_ALIASES)
@@ -320,6 +328,7 @@ class Settings:
                 "TASKPOOL_LOCAL_START_METHOD", LOCAL_START_METHODS, "auto"
             ),
             concurrency=read.number("TASKPOOL_CONCURRENCY", int, None),
+            worker_pool=read.choice("TASKPOOL_WORKER_POOL", WORKER_POOL_NAMES, "prefork"),
             broker_timeout=read.number("TASKPOOL_BROKER_TIMEOUT", float, DEFAULT_BROKER_TIMEOUT),
             broker_recheck=read.number("TASKPOOL_BROKER_RECHECK", float, DEFAULT_BROKER_RECHECK),
             task_time_limit=read.number("TASKPOOL_TASK_TIME_LIMIT", float, DEFAULT_TASK_TIME_LIMIT),

@@ -377,6 +377,13 @@ class Channel(kombu_redis.Channel):
             ).start()
         return heart
 
+    def heart_of(self, consumer: str) -> Heart:
+        """A handle on another process's consumer on this Redis, never started: the parent of
+        a fetching pool settles with it what its dead process held (``taskpool.fetching``)."""
+        plain = redis.Redis(connection_pool=self._pool_client().connection_pool)
+        keys = liveness.Keys(self.global_keyprefix or "")
+        return Heart(plain, keys, self.liveness_timeout, WAKE_CAP, consumer=consumer)
+
     def close(self) -> None:
         try:
             super().close()  # gives back what was taken and not run (QoS.restore_unacked)

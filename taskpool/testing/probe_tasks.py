@@ -17,6 +17,8 @@ from redis.retry import Retry
 
 STARTED = "probe:started"
 FINISHED = "probe:finished"
+#: The process that started each run, in the order of STARTED.
+PIDS = "probe:pids"
 
 
 def marks(url: str) -> redis.Redis:
@@ -34,12 +36,21 @@ def record(self: Task, n: int, seconds: float, padding: str = "") -> int:
     it makes the task's message as big as a test needs."""
     client = marks(self.app.conf.broker_url)
     try:
-        client.rpush(STARTED, n)
+        marked = client.pipeline()
+        marked.rpush(STARTED, n)
+        marked.rpush(PIDS, os.getpid())
+        marked.execute()
         time.sleep(seconds)
         client.rpush(FINISHED, n)
     finally:
         client.close()
     return n * n
+
+
+@shared_task(name="probe.early", bind=True, acks_late=False)
+def early(self: Task, n: int, seconds: float) -> int:
+    """As ``record``, with its message acked before it runs (Celery's default)."""
+    return int(record.run(n, seconds))
 
 
 DIED = "probe:died"

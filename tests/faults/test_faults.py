@@ -20,17 +20,10 @@ from taskpool.testing.redis_server import RedisServer, free_port
 from taskpool.testing.waiting import wait_for
 from tests.support.apps import client_app
 from tests.support.servers import redis_binary
+from tests.support.workers import busiest
 
 #: sum_of_squares(n) for this n runs for a few hundred milliseconds: long enough to kill mid-run.
 SLOW = 8_000_000
-
-
-def busiest(worker: CeleryWorker) -> int:
-    def cpu(pid: int) -> int:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])
-
-    return max(worker.pool_pids(), key=cpu)
 
 
 def test_a_pool_process_killed_mid_task_runs_the_task_again(

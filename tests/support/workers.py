@@ -10,6 +10,16 @@ from taskpool.testing.redis_server import RedisServer
 from tests.support.paths import REPO_ROOT
 
 
+def busiest(worker: CeleryWorker) -> int:
+    """The pool process of ``worker`` that used the most CPU: the one that took the task."""
+
+    def cpu(pid: int) -> int:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+
+    return max(worker.pool_pids(), key=cpu)
+
+
 def stock_worker(
     redis: RedisServer, tmp_path: Path, node: str, visibility: int = 3600
 ) -> CeleryWorker:

@@ -124,3 +124,9 @@ def test_the_transport_gets_the_delivery_limit_and_the_inflated_size_bound() -> 
     assert options["max_deliveries"] == 5
     assert options["max_inflated"] == Settings().max_message_bytes
     assert celery_config(Settings())["broker_transport_options"]["max_deliveries"] == 20
+
+
+def test_the_worker_pool_is_prefork_unless_the_fetching_pool_is_chosen() -> None:
+    assert celery_config(Settings.from_env({}))["worker_pool"] == "prefork"
+    chosen = Settings.from_env({"TASKPOOL_WORKER_POOL": "Fetching"})
+    assert celery_config(chosen)["worker_pool"] == "taskpool.fetching:TaskPool"

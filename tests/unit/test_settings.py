@@ -321,3 +321,8 @@ def test_the_readmes_settings_table_names_every_variable_once() -> None:
     rows = re.findall(r"^\| `(TASKPOOL_[A-Z_]+)`(?:, `(TASKPOOL_[A-Z_]+)`)?", table, re.M)
     named = [name for row in rows for name in row if name]
     assert sorted(named) == sorted(VARIABLES)
+
+
+def test_an_unknown_worker_pool_is_refused_by_name() -> None:
+    with pytest.raises(ConfigError, match=r"TASKPOOL_WORKER_POOL='threads'.*prefork, fetching"):
+        Settings.from_env({"TASKPOOL_WORKER_POOL": "threads"})

@@ -1,0 +1,443 @@
+"""A worker pool whose processes fetch their own messages: ``TASKPOOL_WORKER_POOL=fetching``
+(``worker_pool = "taskpool.fetching:TaskPool"`` in any Celery app).
+
+Celery's prefork parent pops every message, builds its request, passes it to a pool process
+over a pipe, takes the outcome back and acks: for tiny tasks that hop costs as much as the
+tasks. Here each of the ``-c`` processes is a Celery worker of its own on the solo pool
+(``taskpool.fetching_process``), with its own consumer, prefetch and node name
+(``<name>-<n>@<host>``), popping from Redis itself. The parent is still the worker you started:
+its node answers remote control, runs beat, and consumes no task queue. It keeps what the
+prefork pool gives, reading what each process runs from shared memory (``taskpool.slots``):
+
+- hard time limits: the process is killed, the task fails with ``TimeLimitExceeded`` and its
+  message is acked, as Celery's own ``Request.on_timeout`` does it; soft ones: ``SIGUSR1``,
+  which raises ``SoftTimeLimitExceeded`` in the task;
+- ``revoke(terminate=True)``: the process running the task is killed (``SIGUSR1`` is passed
+  on, as a soft limit) and the task is stored revoked;
+- a process that dies (killed, out of memory) is replaced; its task is settled as a lost
+  worker (``task_reject_on_worker_lost`` requeues it) and the rest of what it held goes back to
+  its queues at once, not one liveness timeout later;
+- ``max_tasks_per_child`` and ``max_memory_per_child``: the process stops, warm, and is
+  replaced;
+- warm shutdown (SIGTERM, Ctrl-C) waits for the running tasks, cold shutdown (SIGQUIT, a second
+  Ctrl-C) kills the processes and gives their messages back.
+
+Refused at start, by name: ``--autoscale`` and ``--statedb``. What differs from prefork is in
+docs/COMPATIBILITY.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import billiard
+from billiard.einfo import ExceptionInfo
+from celery import platforms
+from celery.concurrency.base import BasePool, apply_target
+from celery.exceptions import ImproperlyConfigured, Terminated, WorkerLostError
+from celery.signals import worker_init
+from celery.utils.nodenames import nodesplit
+from celery.worker import control, state
+from celery.worker.request import Request
+from kombu.message import Message
+
+from taskpool import fetching_process
+from taskpool.fetching_process import Limits, Place
+from taskpool.slots import Slots
+
+log = logging.getLogger(__name__)
+
+#: How often the parent looks at its processes: exits, time limits (billiard's pool: 1 s).
+CHECK_INTERVAL = 0.1
+#: How long a process killed by its parent may take to be gone.
+KILL_WAIT = 5.0
+#: The worker options a process takes from the worker that started it, by attribute.
+CARRIED = ("loglevel", "logfile", "task_events", "prefetch_multiplier", "optimization")
+#: ... and from the options Celery keeps for its bootsteps.
+CARRIED_OPTIONS = ("without_gossip", "without_mingle", "without_heartbeat", "heartbeat_interval")
+
+#: The workers started in this process, by node name, as ``worker_init`` announced them.
+_workers: dict[str, Any] = {}
+
+
+def remember_worker(sender: Any = None, **_: Any) -> None:
+    """``worker_init`` receiver: the pool reads the worker's options through it."""
+    _workers[sender.hostname] = sender
+
+
+worker_init.connect(remember_worker, weak=False)
+
+
+@dataclass(frozen=True)
+class Fate:
+    """Why the parent killed a process: its task's outcome, for the task seen at ``sequence``."""
+
+    sequence: int
+    how: str  # "timeout" or "terminated"
+    signum: int = signal.SIGKILL
+
+
+class TaskPool(BasePool):
+    """Processes that each fetch and run their own tasks, under a parent that keeps watch."""
+
+    def __init__(self, limit: int | None = None, *args: Any, **options: Any) -> None:
+        super().__init__(limit, *args, **options)
+        memory = options.get("max_memory_per_child")
+        self.limits = Limits(
+            hard=options.get("timeout"),
+            soft=options.get("soft_timeout"),
+            max_tasks=options.get("maxtasksperchild"),
+            max_memory_kib=memory,
+        )
+        self.on_apply = apply_target  # a queue added to the parent alone runs in the parent
+        self._processes: list[Any] = []
+        self._fates: dict[int, Fate] = {}
+        self._soft_sent: dict[int, int] = {}
+        self._slots: Slots | None = None
+        self._queues: list[str] = []
+        self._child_options: dict[str, Any] = {}
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    # -- start ---------------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        app, hostname = self.options["initargs"]
+        self.hostname = hostname
+        worker = _workers.get(hostname)
+        self._child_options = child_options(worker)
+        queues = app.amqp.queues
+        self._queues = list(queues.consume_from)
+        self._slots = Slots(self.limit)
+        self._processes = [None] * self.limit
+        for index in range(self.limit):
+            self._start(index)
+        if self._queues:
+            queues.deselect(self._queues)  # the parent consumes none: its processes do
+        terminate_on_revoke()
+        if worker is None or not worker.use_eventloop:
+            self._thread = threading.Thread(
+                target=self._watch, name="taskpool-fetching", daemon=True
+            )
+            self._thread.start()
+
+    def register_with_event_loop(self, loop: Any) -> None:
+        loop.call_repeatedly(CHECK_INTERVAL, self.maintain)
+
+    def did_start_ok(self) -> bool:
+        return all(p is not None and p.is_alive() for p in self._processes)
+
+    def _start(self, index: int) -> None:
+        assert self._slots is not None
+        self._slots.clear(index)
+        name, host = nodesplit(self.hostname)
+        place = Place(index, self._slots, self.limits)
+        process = billiard.get_context("fork").Process(
+            target=_process_main,
+            args=(self.app, f"{name}-{index + 1}@{host}", place, self._queues, self._child_options),
+            name=f"FetchingProcess-{index + 1}",
+        )
+        process.start()
+        self._processes[index] = process
+
+    def _watch(self) -> None:
+        while not self._stopping:
+            self.maintain()
+            time.sleep(CHECK_INTERVAL)
+
+    # -- watch ---------------------------------------------------------------------------
+
+    def maintain(self, replace: bool = True) -> None:
+        """Reap and replace processes that ended; enforce the time limits of what runs."""
+        assert self._slots is not None
+        for index, process in enumerate(self._processes):
+            if process is None:
+                continue
+            if not process.is_alive():
+                self._reap(index, process)
+                if replace and not self._stopping:
+                    self._start(index)
+                continue
+            sequence, entry = self._slots.read(index)
+            task = (entry or {}).get("task")
+            if not task:
+                continue
+            now = time.monotonic()
+            if task.get("hard_at") and now >= task["hard_at"]:
+                self._kill(index, Fate(sequence, "timeout"))
+                if replace and not self._stopping:
+                    self._start(index)
+            elif self._soft_due(index, sequence, task, now):
+                self._soft_sent[index] = sequence
+                log.warning(
+                    "Soft time limit (%ss) exceeded for %s[%s]",
+                    task["soft"],
+                    _name(task),
+                    task["id"],
+                )
+                _signal(process.pid, signal.SIGUSR1)
+
+    def _soft_due(self, index: int, sequence: int, task: dict[str, Any], now: float) -> bool:
+        """Past its soft limit, and not told yet (once per task, as billiard tells it)."""
+        due = bool(task.get("soft_at")) and now >= task["soft_at"]
+        return due and self._soft_sent.get(index) != sequence
+
+    def _kill(self, index: int, fate: Fate) -> None:
+        process = self._processes[index]
+        self._fates[index] = fate
+        _signal(process.pid, signal.SIGKILL)
+        process.join(KILL_WAIT)
+        self._reap(index, process)
+
+    def _reap(self, index: int, process: Any) -> None:
+        """A process ended: settle its task, give back what else it held, free its slot."""
+        assert self._slots is not None
+        process.join(KILL_WAIT)
+        self._processes[index] = None
+        fate = self._fates.pop(index, None)
+        self._soft_sent.pop(index, None)
+        sequence, entry = self._slots.read(index)
+        entry = entry or {}
+        task = entry.get("task")
+        try:
+            if task and not state.should_terminate:
+                if fate is not None and fate.sequence == sequence:
+                    self._settle(entry, fate)
+                else:
+                    self._settle_lost(entry, process.exitcode)
+            if entry.get("consumer"):
+                self._bury(entry)
+        except Exception:  # noqa: BLE001 - what it held waits for the liveness sweep
+            log.exception("Could not settle what process %s held", process.pid)
+        finally:
+            self._slots.clear(index)
+
+    # -- settle --------------------------------------------------------------------------
+
+    def _settle(self, entry: dict[str, Any], fate: Fate) -> None:
+        request = self._request(entry)
+        task = entry["task"]
+        if request is None:
+            return
+        if fate.how == "timeout":
+            request.on_timeout(soft=False, timeout=task["hard"])
+        else:
+            request.on_failure(_einfo(Terminated(fate.signum)))
+
+    def _settle_lost(self, entry: dict[str, Any], exitcode: int | None) -> None:
+        request = self._request(entry)
+        if request is None:
+            return
+        status = f"signal {-exitcode}" if exitcode and exitcode < 0 else f"exitcode {exitcode}"
+        request.on_failure(_einfo(WorkerLostError(f"Worker exited prematurely: {status}.")))
+
+    def _request(self, entry: dict[str, Any]) -> Request | None:
+        """Celery's request for the task in ``entry``, acking and rejecting for the consumer of
+        the process that popped it; None if its message was not copied."""
+        task = entry["task"]
+        copy = task.get("message")
+        if copy is None or copy["headers"].get("task") not in self.app.tasks:
+            log.error("Process running task %s died; its message is unknown here", task["id"])
+            return None
+        heart, tag = None, task.get("tag")
+        if entry.get("consumer") and tag is not None:
+            with self.app.connection_for_write() as conn:
+                heart = conn.default_channel.heart_of(entry["consumer"])
+
+        def on_ack(*_: Any) -> None:
+            if heart is not None:
+                heart.ack(tag, task["deliveries"])
+
+        def on_reject(_logger: Any, _errors: Any, requeue: bool) -> None:
+            if heart is None:
+                return
+            if requeue:
+                heart.give_back(tag, task["deliveries"], counted=True, front=False)
+            else:
+                heart.ack(tag, task["deliveries"])
+
+        request = Request(
+            rebuilt(copy, tag),
+            on_ack=on_ack,
+            on_reject=on_reject,
+            app=self.app,
+            hostname=task.get("hostname") or self.hostname,
+            eventer=self._eventer(),
+            connection_errors=(),
+        )
+        if task.get("acked"):
+            # Acked on acceptance, as Celery's worker acks a task without late acks; in a
+            # solo pool's worker that ack waits in the event loop until the task ends.
+            on_ack()
+            request.acknowledged = True
+        request.time_start = task.get("started")
+        return request
+
+    def _eventer(self) -> Any:
+        worker = _workers.get(self.hostname)
+        consumer = getattr(worker, "consumer", None)
+        if self._thread is not None or consumer is None:
+            return None  # the dispatcher is the event loop's: not from another thread
+        return consumer.event_dispatcher
+
+    def _bury(self, entry: dict[str, Any]) -> None:
+        with self.app.connection_for_write() as conn:
+            channel = conn.default_channel
+            if not hasattr(channel, "heart_of"):
+                return  # not taskpool's transport: kombu's visibility timeout restores
+            given_back = channel.heart_of(entry["consumer"]).bury()
+        if given_back:
+            log.warning("%d message(s) held by a process that ended went back", given_back)
+
+    # -- remote control ------------------------------------------------------------------
+
+    def terminate_tasks(self, ids: set[str], signum: int) -> None:
+        """``revoke(terminate=True)``: kill the process running each task (SIGUSR1: the soft
+        time limit, the task goes on), settle the task revoked, start another process."""
+        assert self._slots is not None
+        for index, process in enumerate(self._processes):
+            if process is None:
+                continue
+            sequence, entry = self._slots.read(index)
+            task = (entry or {}).get("task")
+            if not task or task["id"] not in ids:
+                continue
+            log.info("Terminating %s (%s)", task["id"], signum)
+            if signum == signal.SIGUSR1:
+                _signal(process.pid, signum)
+                continue
+            self._kill(index, Fate(sequence, "terminated", signum))
+            if not self._stopping:
+                self._start(index)
+
+    def terminate_job(self, pid: int, signal: int | None = None) -> None:
+        _signal(pid, signal or platforms.signals.signum("SIGTERM"))
+
+    # -- stop ----------------------------------------------------------------------------
+
+    def on_stop(self) -> None:
+        """Warm: each process finishes its task, gives back what it prefetched, and stops."""
+        self._stopping = True
+        self._signal_all(signal.SIGTERM)
+        while any(p is not None for p in self._processes):
+            if state.should_terminate:
+                self.on_terminate()
+                return
+            self.maintain(replace=False)
+            time.sleep(CHECK_INTERVAL)
+        self._close_slots()
+
+    def on_terminate(self) -> None:
+        """Cold: the processes are killed, what they held goes back to the queues."""
+        self._stopping = True
+        self._signal_all(signal.SIGKILL)
+        for index, process in enumerate(self._processes):
+            if process is not None:
+                self._reap(index, process)
+        self._close_slots()
+
+    def _signal_all(self, signum: int) -> None:
+        for process in self._processes:
+            if process is not None and process.is_alive():
+                _signal(process.pid, signum)
+
+    def _close_slots(self) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout=1.0)
+        self._processes = [None] * len(self._processes)
+
+    def _get_info(self) -> dict[str, Any]:
+        info = super()._get_info()
+        name, host = nodesplit(getattr(self, "hostname", "") or "@")
+        info.update({
+            "processes": [p.pid for p in self._processes if p is not None],
+            "nodes": [f"{name}-{i + 1}@{host}" for i in range(self.limit or 0)],
+            "max-tasks-per-child": self.limits.max_tasks,
+            "timeouts": (self.limits.soft, self.limits.hard),
+        })  # fmt: skip
+        return info
+
+
+def child_options(worker: Any) -> dict[str, Any]:
+    """The options of the worker that its processes' workers take; refuses those that a
+    fetching pool cannot honour, by name."""
+    if worker is None:
+        return {}
+    if getattr(worker, "autoscale", None):
+        raise ImproperlyConfigured(
+            "--autoscale: a fetching pool (TASKPOOL_WORKER_POOL=fetching) has a fixed number "
+            "of processes (-c); use the prefork pool to autoscale"
+        )
+    if getattr(worker, "statedb", None):
+        raise ImproperlyConfigured(
+            "--statedb: a fetching pool's processes would share one state file; use the "
+            "prefork pool to keep revoked ids across restarts"
+        )
+    options = {name: getattr(worker, name) for name in CARRIED if hasattr(worker, name)}
+    given = getattr(worker, "options", {}) or {}
+    options.update({name: given[name] for name in CARRIED_OPTIONS if name in given})
+    return options
+
+
+def terminate_on_revoke() -> None:
+    """Have this process's ``revoke`` control command terminate tasks that run in a fetching
+    pool's processes: Celery's looks only at the requests its own process holds."""
+    original = control.Panel.data["revoke"]
+    if getattr(original, "fetching", False):
+        return
+
+    def revoke(state: Any, task_id: Any, terminate: bool = False, signal: Any = None,
+               **kwargs: Any) -> Any:  # fmt: skip
+        reply = original(state, task_id, terminate=terminate, signal=signal, **kwargs)
+        pool = getattr(state.consumer, "pool", None)
+        if terminate and isinstance(pool, TaskPool):
+            ids = {task_id} if isinstance(task_id, str) else set(task_id)
+            pool.terminate_tasks(ids, platforms.signals.signum(signal or "SIGTERM"))
+        return reply
+
+    revoke.fetching = True  # type: ignore[attr-defined]
+    control.Panel.data["revoke"] = revoke
+
+
+def rebuilt(copy: dict[str, Any], tag: Any) -> Message:
+    """The message a process copied into its slot (``fetching_process.copied``)."""
+    body: Any = copy["body"]
+    if copy["body_encoding"] == "base64":
+        body = base64.b64decode(body)
+    return Message(
+        body=body,
+        delivery_tag=tag,
+        content_type=copy["content_type"],
+        content_encoding=copy["content_encoding"],
+        delivery_info=copy["delivery_info"],
+        properties=copy["properties"],
+        headers=copy["headers"],
+    )
+
+
+def _process_main(app: Any, hostname: str, place: Place, queues: list[str], options: Any) -> None:
+    raise SystemExit(fetching_process.run(app, hostname, place, queues, options))
+
+
+def _einfo(exc: BaseException) -> ExceptionInfo:
+    try:
+        raise exc
+    except BaseException:
+        return ExceptionInfo()
+
+
+def _name(task: dict[str, Any]) -> str:
+    return str(((task.get("message") or {}).get("headers") or {}).get("task", "?"))
+
+
+def _signal(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # already gone: its exit is reaped
+        os.kill(pid, signum)
