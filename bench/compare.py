@@ -1,7 +1,8 @@
 """``python -m bench compare [WORKLOAD ...] [--quick] [--rounds N]``: taskpool against its peers.
 
 Starts its own ``redis-server`` on a free loopback port and real workers
-(``celery -A tasks worker -P prefork -c 2`` for ours, ``celery -A bench.stock_app worker
+(``celery -A tasks worker -P prefork -c 2`` for ours, the same with
+``TASKPOOL_WORKER_POOL=fetching`` for ours-fetching, ``celery -A bench.stock_app worker
 -P prefork -c 2`` for stock Celery; for the tiny and latency workloads also the peers
 ``huey_consumer bench.huey_app.huey -w 2 -k process`` and ``dramatiq bench.dramatiq_app
 --processes 2 --threads 8``), one at a time, each on its own Redis database. Every
@@ -66,7 +67,7 @@ SIZES: dict[str, dict[str, Any]] = {
 
 #: Which implementations each client-side workload compares; those needing a worker last.
 IMPLS: dict[str, tuple[str, ...]] = {
-    "tiny": ("single", "pool2", "ours-local", "ours", "stock", *PEERS),
+    "tiny": ("single", "pool2", "ours-local", "ours", "ours-fetching", "stock", *PEERS),
     "map": (
         "single",
         "pool2",
@@ -78,11 +79,14 @@ IMPLS: dict[str, tuple[str, ...]] = {
         "stock",
     ),
     "cpu": ("single", "threads2", "pool2", "ours-local", "ours", "stock"),
-    "latency": ("ours", "stock", *PEERS),
+    "latency": ("ours", "ours-fetching", "stock", *PEERS),
 }
 #: Celery workers (``celery -A ... worker``); the peers (Huey, Dramatiq) run their own.
 CELERY_WORKERS = ("ours", "stock")
-NEEDS_WORKER = (*CELERY_WORKERS, *PEERS)
+#: taskpool's worker with its other pool, TASKPOOL_WORKER_POOL=fetching (taskpool/fetching.py):
+#: the same app, client and database as ``ours``.
+FETCHING = "ours-fetching"
+NEEDS_WORKER = ("ours", FETCHING, "stock", *PEERS)
 #: Each system's database on the one private Redis, so none sees another's keys.
 DATABASES = {"ours": 0, "stock": 1, "huey": 2, "dramatiq": 3}
 
@@ -116,6 +120,8 @@ class Stack:
             env.update(TASKPOOL_BROKER_URL=self.url(impl), TASKPOOL_RESULT_BACKEND=self.url(impl))
         if impl.startswith("ours-local"):
             env["TASKPOOL_DISPATCH"] = "local"
+        if impl == FETCHING:
+            env["TASKPOOL_WORKER_POOL"] = "fetching"
         if impl == "stock":
             env["BENCH_STOCK_URL"] = self.url(impl)
         if impl in PEERS:
@@ -129,9 +135,10 @@ class Stack:
             with self.peer_worker(impl, ready) as peer:
                 yield peer
             return
-        module = "tasks" if impl == "ours" else "bench.stock_app"
+        module = "tasks" if impl.startswith("ours") else "bench.stock_app"
         command = [sys.executable, "-m", "celery", "-A", module, "worker"]
-        command += ["-P", "prefork", "-c", "2"]
+        # The fetching pool is chosen by its setting alone, as a user chooses it.
+        command += ["-c", "2"] if impl == FETCHING else ["-P", "prefork", "-c", "2"]
         node = f"bench-{impl}@{socket.gethostname()}"
         worker = CeleryWorker(self.env(impl), node, self.workdir / f"worker-{impl}.log", 2)
         worker.command = command

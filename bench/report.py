@@ -17,6 +17,7 @@ LABELS = {
     "ours-local-cli": "whole process: `taskpool map square --range N`, local pool, lines to stdout",
     "ours-local": "taskpool local pool (dispatch=local)",
     "ours": "taskpool via Redis, worker -c 2",
+    "ours-fetching": "taskpool via Redis, worker -c 2, fetching pool",
     "stock": "stock Celery via Redis, worker -c 2",
     "huey": "Huey via Redis, consumer -w 2 -k process",
     "dramatiq": "Dramatiq via Redis, --processes 2 --threads 8",
@@ -30,6 +31,7 @@ SHORT = {
     "ours-local-cli": "taskpool CLI, whole",
     "ours-local": "taskpool local",
     "ours": "taskpool broker",
+    "ours-fetching": "taskpool fetching",
     "stock": "stock Celery",
     "huey": "Huey",
     "dramatiq": "Dramatiq",
@@ -263,13 +265,40 @@ def targets(found: dict[str, dict[str, Any]]) -> list[tuple[str, str, bool]]:
                 ok = all(o.startswith(what) for o in s[key]["outcome"]) and worst <= bound
                 name = f"down: {down_label(key, s[key])} -> {what} <= {bound} s"
                 out.append((name, f"max {worst:.3f} s ({s[key]['outcome'][0]})", ok))
+    out.extend(peer_targets(found))
+    return out
+
+
+#: taskpool's two worker pools, each held to the goals against the peers.
+OURS = ("ours", "ours-fetching")
+
+
+def peer_targets(found: dict[str, dict[str, Any]]) -> list[tuple[str, str, bool]]:
+    """Each taskpool pool against the fastest peer: tiny tasks end to end, latency p50 (against
+    Huey's), a worker's drain (against the faster of Huey and Dramatiq)."""
+    out: list[tuple[str, str, bool]] = []
+    if "tiny" in found:
+        s = found["tiny"]["samples"]
+        best = fastest_peer(s, "tasks_per_s", lowest=False)
+        for impl in (i for i in OURS if i in s and best is not None):
+            assert best is not None
+            rate = med(s[impl]["tasks_per_s"])
+            name = f"tiny: {SHORT[impl]} >= the fastest peer ({SHORT[best[0]]})"
+            out.append((name, f"{rate:,.0f} vs {best[1]:,.0f} tasks/s", rate >= best[1]))
+    if "latency" in found:
+        s = found["latency"]["samples"]
+        for impl in (i for i in OURS if i in s and "huey" in s):
+            ours, huey = med(s[impl]["p50_ms"]), med(s["huey"]["p50_ms"])
+            name = f"latency: {SHORT[impl]} p50 <= Huey's"
+            out.append((name, f"{ours:.2f} vs {huey:.2f} ms", ours <= huey))
     if "drain" in found:
         s = found["drain"]["samples"]
         best = fastest_peer({k: v for k, v in s.items() if k != "stock"}, "tasks_per_s", False)
-        if "ours" in s and best is not None:
-            ours = med(s["ours"]["tasks_per_s"])
-            name = f"drain: taskpool >= the faster of Huey and Dramatiq ({SHORT[best[0]]})"
-            out.append((name, f"{ours:,.0f} vs {best[1]:,.0f} tasks/s", ours >= best[1]))
+        for impl in (i for i in OURS if i in s and best is not None):
+            assert best is not None
+            rate = med(s[impl]["tasks_per_s"])
+            name = f"drain: {SHORT[impl]} >= the faster of Huey and Dramatiq ({SHORT[best[0]]})"
+            out.append((name, f"{rate:,.0f} vs {best[1]:,.0f} tasks/s", rate >= best[1]))
     return out
 
 
