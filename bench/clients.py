@@ -53,7 +53,7 @@ def plain(name: str) -> Callable[..., Any]:
 
 
 def celery_task(impl: str, name: str) -> Any:
-    if impl in ("ours", "ours-local"):
+    if impl in ("ours", "ours-local", "ours-fetching"):
         import tasks
 
         return getattr(tasks, name)

@@ -1,11 +1,13 @@
 """Where each task queue spends CPU per tiny task: client, worker processes, Redis.
 
-``python -m bench cpu-share [--n 10000] [--rounds 2] [--impls ours,stock,huey,dramatiq]``
+``python -m bench cpu-share [--n 10000] [--rounds 2] [--impls ours,stock,...]`` (default: all
+of ours, ours-fetching, stock, huey, dramatiq)
 
 CPU time, not wall time: the machine is shared, and CPU seconds per task say what each
 implementation costs whatever else runs beside it. One private ``redis-server`` and, per
 implementation, its worker as ``python -m bench compare`` starts it (``Stack.worker``: ``celery
--A tasks worker -P prefork -c 2``, ``celery -A bench.stock_app worker -P prefork -c 2``,
+-A tasks worker -P prefork -c 2`` (``ours-fetching``: with ``TASKPOOL_WORKER_POOL=fetching``),
+``celery -A bench.stock_app worker -P prefork -c 2``,
 ``huey_consumer ... -w 2 -k process -q``, ``dramatiq ... --processes 2 --threads 8``), each on
 its own Redis database, the implementations taking turns round by round.
 
@@ -59,7 +61,7 @@ from taskpool.testing.processes import terminate
 if TYPE_CHECKING:
     from bench.compare import Stack
 
-IMPLS = ("ours", "stock", "huey", "dramatiq")
+IMPLS = ("ours", "ours-fetching", "stock", "huey", "dramatiq")
 #: Round trips before the measured window: imports, connections, the worker's first tasks.
 WARM_UP = 200
 #: Seconds of an idle worker read before the window, to tell idle polling from work.

@@ -409,7 +409,8 @@ failed.command(name="drop", epilog=EXIT_CODES_HELP, help="Forget the failed task
 @command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def worker(celery_args: tuple[str, ...], mode: str | None, as_json: bool) -> None:
-    """Start the prefork worker of the app with the settings: `celery -A APP worker -P prefork`.
+    """Start the worker of the app with the settings: `celery -A APP worker -P prefork`
+    (TASKPOOL_WORKER_POOL=fetching: processes that fetch their own messages).
 
     Arguments after the options go to Celery (e.g. -n w1@%h -Q cpu). --json prints the
     command line instead of running it. A worker always consumes from the broker, so --mode

@@ -30,11 +30,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import logging
 import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +50,7 @@ from celery.utils.nodenames import nodesplit
 from celery.worker import control, state
 from celery.worker.request import Request
 from kombu.message import Message
+from kombu.utils.functional import maybe_list
 
 from taskpool import fetching_process
 from taskpool.fetching_process import Limits, Place
@@ -103,6 +106,7 @@ class TaskPool(BasePool):
         self._soft_sent: dict[int, int] = {}
         self._slots: Slots | None = None
         self._queues: list[str] = []
+        self._added: list[tuple[str, dict[str, Any]]] = []  # by add_consumer
         self._child_options: dict[str, Any] = {}
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -122,7 +126,7 @@ class TaskPool(BasePool):
             self._start(index)
         if self._queues:
             queues.deselect(self._queues)  # the parent consumes none: its processes do
-        terminate_on_revoke()
+        take_over_control()
         if worker is None or not worker.use_eventloop:
             self._thread = threading.Thread(
                 target=self._watch, name="taskpool-fetching", daemon=True
@@ -138,11 +142,17 @@ class TaskPool(BasePool):
     def _start(self, index: int) -> None:
         assert self._slots is not None
         self._slots.clear(index)
-        name, host = nodesplit(self.hostname)
         place = Place(index, self._slots, self.limits)
         process = billiard.get_context("fork").Process(
             target=_process_main,
-            args=(self.app, f"{name}-{index + 1}@{host}", place, self._queues, self._child_options),
+            args=(
+                self.app,
+                self.nodes()[index],
+                place,
+                self._queues,
+                self._added,
+                self._child_options,
+            ),
             name=f"FetchingProcess-{index + 1}",
         )
         process.start()
@@ -299,16 +309,17 @@ class TaskPool(BasePool):
 
     # -- remote control ------------------------------------------------------------------
 
-    def terminate_tasks(self, ids: set[str], signum: int) -> None:
-        """``revoke(terminate=True)``: kill the process running each task (SIGUSR1: the soft
-        time limit, the task goes on), settle the task revoked, start another process."""
+    def terminate_tasks(self, matches: Callable[[dict[str, Any]], bool], signum: int) -> None:
+        """``revoke(terminate=True)``: kill the process running each task that ``matches``
+        (SIGUSR1: the soft time limit, the task goes on), settle the task revoked, start
+        another process."""
         assert self._slots is not None
         for index, process in enumerate(self._processes):
             if process is None:
                 continue
             sequence, entry = self._slots.read(index)
             task = (entry or {}).get("task")
-            if not task or task["id"] not in ids:
+            if not task or not matches(task):
                 continue
             log.info("Terminating %s (%s)", task["id"], signum)
             if signum == signal.SIGUSR1:
@@ -317,6 +328,20 @@ class TaskPool(BasePool):
             self._kill(index, Fate(sequence, "terminated", signum))
             if not self._stopping:
                 self._start(index)
+
+    def nodes(self) -> list[str]:
+        """The node names of this pool's processes."""
+        name, host = nodesplit(self.hostname)
+        return [f"{name}-{index + 1}@{host}" for index in range(self.limit or 0)]
+
+    def consume(self, queue: str, options: dict[str, Any] | None) -> None:
+        """A queue added (``options``) or cancelled (None) by remote control: processes started
+        from now on consume as the running ones were told to."""
+        self._added = [(name, kept) for name, kept in self._added if name != queue]
+        if options is not None:
+            self._added.append((queue, options))
+        elif queue in self._queues:
+            self._queues.remove(queue)
 
     def terminate_job(self, pid: int, signal: int | None = None) -> None:
         _signal(pid, signal or platforms.signals.signum("SIGTERM"))
@@ -356,10 +381,9 @@ class TaskPool(BasePool):
 
     def _get_info(self) -> dict[str, Any]:
         info = super()._get_info()
-        name, host = nodesplit(getattr(self, "hostname", "") or "@")
         info.update({
             "processes": [p.pid for p in self._processes if p is not None],
-            "nodes": [f"{name}-{i + 1}@{host}" for i in range(self.limit or 0)],
+            "nodes": self.nodes() if hasattr(self, "hostname") else [],
             "max-tasks-per-child": self.limits.max_tasks,
             "timeouts": (self.limits.soft, self.limits.hard),
         })  # fmt: skip
@@ -387,24 +411,106 @@ def child_options(worker: Any) -> dict[str, Any]:
     return options
 
 
-def terminate_on_revoke() -> None:
-    """Have this process's ``revoke`` control command terminate tasks that run in a fetching
-    pool's processes: Celery's looks only at the requests its own process holds."""
-    original = control.Panel.data["revoke"]
-    if getattr(original, "fetching", False):
-        return
+def take_over_control() -> None:
+    """Have this process's remote control reach into a fetching pool's processes: Celery's
+    ``revoke`` terminates only the requests its own process holds, and its ``add_consumer``
+    would have the parent, which runs nothing, consume. In a process of the pool (and any
+    other worker) the commands stay Celery's own."""
+    for name, handler in (
+        ("revoke", _revoke),
+        ("revoke_by_stamped_headers", _revoke_by_stamps),
+        ("add_consumer", _add_consumer),
+        ("cancel_consumer", _cancel_consumer),
+    ):
+        original = control.Panel.data[name]
+        if getattr(original, "fetching", False):
+            continue
+        wrapper = functools.partial(_in_parent, original, handler)
+        functools.update_wrapper(wrapper, original)
+        wrapper.fetching = True  # type: ignore[attr-defined]
+        control.Panel.data[name] = wrapper
 
-    def revoke(state: Any, task_id: Any, terminate: bool = False, signal: Any = None,
-               **kwargs: Any) -> Any:  # fmt: skip
-        reply = original(state, task_id, terminate=terminate, signal=signal, **kwargs)
-        pool = getattr(state.consumer, "pool", None)
-        if terminate and isinstance(pool, TaskPool):
-            ids = {task_id} if isinstance(task_id, str) else set(task_id)
-            pool.terminate_tasks(ids, platforms.signals.signum(signal or "SIGTERM"))
-        return reply
 
-    revoke.fetching = True  # type: ignore[attr-defined]
-    control.Panel.data["revoke"] = revoke
+def _in_parent(
+    original: Callable[..., Any], handler: Callable[..., Any], state: Any, *args: Any, **kwargs: Any
+) -> Any:
+    pool = getattr(state.consumer, "pool", None)
+    if not isinstance(pool, TaskPool):
+        return original(state, *args, **kwargs)
+    return handler(original, pool, state, *args, **kwargs)
+
+
+def _revoke(
+    original: Callable[..., Any],
+    pool: TaskPool,
+    state: Any,
+    task_id: Any,
+    terminate: bool = False,
+    signal: Any = None,
+    **kwargs: Any,
+) -> Any:
+    reply = original(state, task_id, terminate=terminate, signal=signal, **kwargs)
+    if terminate:
+        ids = set(maybe_list(task_id) or [])
+        pool.terminate_tasks(lambda task: task["id"] in ids, _signum(signal))
+    return reply
+
+
+def _revoke_by_stamps(
+    original: Callable[..., Any],
+    pool: TaskPool,
+    state: Any,
+    headers: Any,
+    terminate: bool = False,
+    signal: Any = None,
+    **kwargs: Any,
+) -> Any:
+    reply = original(state, headers, terminate=terminate, signal=signal, **kwargs)
+    if terminate:
+        if isinstance(headers, list):  # as Celery reads a list: "name=value" each
+            headers = dict(h.split("=", 1) for h in headers)
+        pool.terminate_tasks(lambda task: _stamped(task, headers), _signum(signal))
+    return reply
+
+
+def _stamped(task: dict[str, Any], revoked: dict[str, Any]) -> bool:
+    stamps = ((task.get("message") or {}).get("headers") or {}).get("stamps") or {}
+    return any(
+        set(map(str, maybe_list(stamps.get(name)) or [])) & set(map(str, maybe_list(values)))
+        for name, values in revoked.items()
+    )
+
+
+def _add_consumer(
+    original: Callable[..., Any],
+    pool: TaskPool,
+    state: Any,
+    queue: str,
+    exchange: Any = None,
+    exchange_type: Any = None,
+    routing_key: Any = None,
+    **options: Any,
+) -> Any:
+    kept = {"exchange": exchange, "exchange_type": exchange_type or "direct",
+            "routing_key": routing_key, **options}  # fmt: skip
+    pool.consume(queue, kept)
+    state.app.control.add_consumer(
+        queue, exchange, exchange_type or "direct", routing_key, options=options,
+        destination=pool.nodes(),
+    )  # fmt: skip
+    return {"ok": f"add consumer {queue}: forwarded to {', '.join(pool.nodes())}"}
+
+
+def _cancel_consumer(
+    original: Callable[..., Any], pool: TaskPool, state: Any, queue: str, **_: Any
+) -> Any:
+    pool.consume(queue, None)
+    state.app.control.cancel_consumer(queue, destination=pool.nodes())
+    return {"ok": f"no longer consuming from {queue}: forwarded to {', '.join(pool.nodes())}"}
+
+
+def _signum(signal: Any) -> int:
+    return int(platforms.signals.signum(signal or "SIGTERM"))
 
 
 def rebuilt(copy: dict[str, Any], tag: Any) -> Message:
@@ -423,8 +529,8 @@ def rebuilt(copy: dict[str, Any], tag: Any) -> Message:
     )
 
 
-def _process_main(app: Any, hostname: str, place: Place, queues: list[str], options: Any) -> None:
-    raise SystemExit(fetching_process.run(app, hostname, place, queues, options))
+def _process_main(app: Any, hostname: str, place: Place, *queues_and_options: Any) -> None:
+    raise SystemExit(fetching_process.run(app, hostname, place, *queues_and_options))
 
 
 def _einfo(exc: BaseException) -> ExceptionInfo:

@@ -57,7 +57,12 @@ _place: Place | None = None
 
 
 def run(
-    app: Celery, hostname: str, place: Place, queues: list[str], options: dict[str, Any]
+    app: Celery,
+    hostname: str,
+    place: Place,
+    queues: list[str],
+    added: list[tuple[str, dict[str, Any]]],
+    options: dict[str, Any],
 ) -> int:
     """The forked process's life: a worker of its own until it stops; its exit code."""
     global _place
@@ -69,6 +74,8 @@ def run(
     state.reset_state()
     if queues:
         app.amqp.queues.select(queues)
+    for queue, declared in added:  # by add_consumer, to the processes before this one
+        app.amqp.queues.select_add(queue, **declared)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SecurityWarning)  # its parent warned already
         worker = app.Worker(

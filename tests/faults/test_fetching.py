@@ -42,7 +42,7 @@ def start(
 def running_in(worker: CeleryWorker, client: redis_py.Redis, runs: int) -> int:
     """The process of ``worker`` running the task, once ``runs`` tasks have started."""
     wait_for(lambda: client.llen(STARTED) >= runs, 30, f"{runs} task(s) to start")
-    pid = int(client.lindex(PIDS, runs - 1))
+    pid = int(client.lrange(PIDS, runs - 1, runs - 1)[0])
     assert pid in worker.pool_pids()
     return pid
 
@@ -118,6 +118,35 @@ def test_revoke_with_terminate_stops_the_running_task_and_stores_it_revoked(
     wait_for(lambda: client.llen("celery") == 0 and held_count(client) == 0, 15, "no copy left")
     time.sleep(1)
     assert client.llen(STARTED) == 1, "a terminated task must not run again"
+
+
+def test_revoke_by_stamped_headers_with_terminate_stops_the_running_task(
+    redis_factory: Callable[..., RedisServer], worker_factory: Start
+) -> None:
+    redis = redis_factory()
+    worker = start(redis, worker_factory, "stamps")
+    app = client_app(redis.url(), dispatch="celery")
+    client = redis_py.Redis(port=redis.port)
+    result = app.send_task("probe.record", args=(8, 60), stamped_headers=["batch"], batch="b1")
+    victim = running_in(worker, client, 1)
+    app.control.revoke_by_stamped_headers({"batch": "b1"}, terminate=True)
+    wait_for(lambda: result.state == states.REVOKED, 15, "the task to be stored revoked")
+    replaced(worker, victim, 2)
+
+
+def test_a_queue_added_by_remote_control_reaches_the_processes_and_their_replacements(
+    redis_factory: Callable[..., RedisServer], worker_factory: Start
+) -> None:
+    redis = redis_factory()
+    worker = start(redis, worker_factory, "added", 1, TASKPOOL_MAX_TASKS_PER_CHILD="2")
+    app = client_app(redis.url(), dispatch="celery")
+    replies = app.control.add_consumer("extra", destination=[worker.node], reply=True, timeout=5)
+    assert "forwarded" in str(replies)
+    first = app.send_task("probe.power", args=(2, 0), queue="extra")
+    assert first.get(timeout=30) == 1
+    # Past two tasks the process is replaced: its successor must consume "extra" too.
+    results = [app.send_task("probe.power", args=(2, n), queue="extra") for n in range(1, 5)]
+    assert [r.get(timeout=30) for r in results] == [2, 4, 8, 16]
 
 
 def test_a_process_killed_mid_task_is_replaced_and_its_task_runs_again(
