@@ -62,6 +62,9 @@ log = logging.getLogger(__name__)
 CHECK_INTERVAL = 0.1
 #: How long a process killed by its parent may take to be gone.
 KILL_WAIT = 5.0
+#: A process that ends sooner than this after its start is replaced after a wait, doubling
+#: from FIRST_RESTART_WAIT up to MAX_RESTART_WAIT while it keeps doing so: no respawn storm.
+QUICK_EXIT, FIRST_RESTART_WAIT, MAX_RESTART_WAIT = 2.0, 0.5, 30.0
 #: The worker options a process takes from the worker that started it, by attribute.
 CARRIED = ("loglevel", "logfile", "task_events", "prefetch_multiplier", "optimization")
 #: ... and from the options Celery keeps for its bootsteps.
@@ -122,6 +125,9 @@ class TaskPool(BasePool):
         self._queues = list(queues.consume_from)
         self._slots = Slots(self.limit)
         self._processes = [None] * self.limit
+        self._started = [0.0] * self.limit
+        self._due = [0.0] * self.limit
+        self._quick_exits = [0] * self.limit
         for index in range(self.limit):
             self._start(index)
         if self._queues:
@@ -157,6 +163,7 @@ class TaskPool(BasePool):
         )
         process.start()
         self._processes[index] = process
+        self._started[index] = time.monotonic()
 
     def _watch(self) -> None:
         while not self._stopping:
@@ -170,11 +177,11 @@ class TaskPool(BasePool):
         assert self._slots is not None
         for index, process in enumerate(self._processes):
             if process is None:
+                if replace and not self._stopping and time.monotonic() >= self._due[index]:
+                    self._start(index)
                 continue
             if not process.is_alive():
                 self._reap(index, process)
-                if replace and not self._stopping:
-                    self._start(index)
                 continue
             sequence, entry = self._slots.read(index)
             task = (entry or {}).get("task")
@@ -183,8 +190,6 @@ class TaskPool(BasePool):
             now = time.monotonic()
             if task.get("hard_at") and now >= task["hard_at"]:
                 self._kill(index, Fate(sequence, "timeout"))
-                if replace and not self._stopping:
-                    self._start(index)
             elif self._soft_due(index, sequence, task, now):
                 self._soft_sent[index] = sequence
                 log.warning(
@@ -194,6 +199,24 @@ class TaskPool(BasePool):
                     task["id"],
                 )
                 _signal(process.pid, signal.SIGUSR1)
+
+    def _restart_at(self, index: int, exitcode: int | None, killed: bool) -> float:
+        """When the process that replaces one that ended may start: at once, unless it failed
+        within QUICK_EXIT of its start, again and again (its worker cannot start, say); then
+        after a wait that doubles with each such exit, up to MAX_RESTART_WAIT. A process that
+        stopped by itself (exit code 0: its task or memory limit) or that this pool killed
+        is replaced at once."""
+        now = time.monotonic()
+        if killed or exitcode == 0 or now - self._started[index] >= QUICK_EXIT:
+            self._quick_exits[index] = 0
+            return now
+        self._quick_exits[index] += 1
+        wait = min(MAX_RESTART_WAIT, FIRST_RESTART_WAIT * 2 ** (self._quick_exits[index] - 1))
+        log.error(
+            "Pool process %d exited with %s %.1f s after it started; the next starts in %g s",
+            index + 1, _status(exitcode), now - self._started[index], wait,
+        )  # fmt: skip
+        return now + wait
 
     def _soft_due(self, index: int, sequence: int, task: dict[str, Any], now: float) -> bool:
         """Past its soft limit, and not told yet (once per task, as billiard tells it)."""
@@ -213,6 +236,7 @@ class TaskPool(BasePool):
         process.join(KILL_WAIT)
         self._processes[index] = None
         fate = self._fates.pop(index, None)
+        self._due[index] = self._restart_at(index, process.exitcode, killed=fate is not None)
         self._soft_sent.pop(index, None)
         sequence, entry = self._slots.read(index)
         entry = entry or {}
@@ -246,7 +270,7 @@ class TaskPool(BasePool):
         request = self._request(entry)
         if request is None:
             return
-        status = f"signal {-exitcode}" if exitcode and exitcode < 0 else f"exitcode {exitcode}"
+        status = _status(exitcode)
         request.on_failure(_einfo(WorkerLostError(f"Worker exited prematurely: {status}.")))
 
     def _request(self, entry: dict[str, Any]) -> Request | None:
@@ -326,8 +350,6 @@ class TaskPool(BasePool):
                 _signal(process.pid, signum)
                 continue
             self._kill(index, Fate(sequence, "terminated", signum))
-            if not self._stopping:
-                self._start(index)
 
     def nodes(self) -> list[str]:
         """The node names of this pool's processes."""
@@ -538,6 +560,10 @@ def _einfo(exc: BaseException) -> ExceptionInfo:
         raise exc
     except BaseException:
         return ExceptionInfo()
+
+
+def _status(exitcode: int | None) -> str:
+    return f"signal {-exitcode}" if exitcode and exitcode < 0 else f"exitcode {exitcode}"
 
 
 def _name(task: dict[str, Any]) -> str:

@@ -228,3 +228,44 @@ def test_an_option_the_fetching_pool_cannot_honour_stops_the_worker_naming_it(
     finally:
         worker.stop()
     assert f"ImproperlyConfigured: {named}: a fetching pool" in worker.log_tail()
+
+
+def test_processes_that_cannot_start_are_restarted_with_a_growing_wait_not_in_a_storm(
+    redis_factory: Callable[..., RedisServer], tmp_path: Path
+) -> None:
+    """A replacement process whose start fails at once (a worker_process_init receiver that
+    ends it while a file exists) is started again after 0.5, 1, 2, 4 ... s, the worker goes
+    on, and once starting works again the pool is whole. (At the worker's own start, Celery
+    stops the worker instead, as it does for the prefork pool.)"""
+    redis = redis_factory()
+    broken = tmp_path / "broken"
+    (tmp_path / "broken_start.py").write_text(
+        "import os\n"
+        "from celery.signals import worker_process_init\n"
+        "@worker_process_init.connect(weak=False)\n"
+        "def fail(**_):\n"
+        f"    if os.path.exists({str(broken)!r}):\n"
+        "        os._exit(3)\n"
+    )
+    env = worker_env(redis.url(), **FETCHING)
+    env["PYTHONPATH"] = f"{tmp_path}:{env['PYTHONPATH']}"
+    worker = CeleryWorker(
+        env, node_name("storm"), tmp_path / "storm.log", 2, ("-I", "broken_start")
+    )
+    try:
+        worker.start()
+        worker.wait_ready(client_app(redis.url(), dispatch="celery"))
+        broken.touch()
+        victim = min(worker.pool_pids())
+        os.kill(victim, signal.SIGKILL)
+        time.sleep(6)
+        log = worker.log_tail(1_000_000)
+        exits = log.count("after it started; the next starts in")
+        assert 2 <= exits <= 5, f"{exits} failed starts in 6 s:\n{log[-3000:]}"
+        assert worker.process is not None and worker.process.poll() is None
+        broken.unlink()
+        wait_for(lambda: len(worker.pool_pids()) == 2, 20, "the pool to be whole again")
+        app = client_app(redis.url(), dispatch="celery")
+        assert app.tasks["tasks.square"].delay(3).get(timeout=20) == 9
+    finally:
+        worker.stop()
