@@ -30,6 +30,7 @@ from celery.platforms import EX_OK
 from celery.worker import state
 from kombu.asynchronous import set_event_loop
 
+from taskpool.liveness import RUNNING, Running
 from taskpool.slots import SLOT_SIZE, Slots
 
 
@@ -123,6 +124,7 @@ class ProcessPool(solo.TaskPool):
         hard, soft = timeout or limits.hard, soft_timeout or limits.soft
         request = getattr(timeout_callback, "__self__", None)
         self._say(running(request, args, hard, soft, self._consumer))
+        token = RUNNING.set(acked_with_result(request, args))
 
         def guarded(*a: Any, **kw: Any) -> Any:
             self._running = True
@@ -134,6 +136,7 @@ class ProcessPool(solo.TaskPool):
         try:
             apply_target(guarded, args, kwargs, **options)
         finally:
+            RUNNING.reset(token)
             self._say(None)
             self._done += 1
             if self._spent():
@@ -186,6 +189,20 @@ def running(
     task["acked"] = not request.task.acks_late  # Request.on_accepted acks before it runs
     task["message"] = copied(message)
     return task
+
+
+def acked_with_result(request: Any, args: tuple[Any, ...]) -> Running | None:
+    """The message of the task that starts now, for its stored success to ack, if it is held
+    by this process's consumer on taskpool's transport."""
+    message = getattr(request, "message", None)
+    channel = getattr(message, "channel", None)
+    heart = getattr(channel, "held", {}).get(getattr(message, "delivery_tag", None))
+    if heart is None or len(args) < 2:
+        return None
+    assert message is not None and channel is not None
+    return Running(
+        args[1], heart, message.delivery_tag, channel.deliveries_key, channel.acked_by_result.add
+    )
 
 
 #: Room in a slot for a message's copy: what is left of it past the rest of the entry.

@@ -17,8 +17,7 @@
 --   longer this consumer's (taken for dead meanwhile: the message went back).
 -- ack: KEYS = this consumer's held messages (hash: delivery tag -> record), the delivery
 --   counts, the liveness clock, the message's parked key. ARGV = ack, the delivery tag.
---   Returns 1, or 0 when the message was no longer this consumer's (it was taken for dead
---   meanwhile: the message went back and may run again; counted in the clock's late_acks).
+--   Returns what ack.lua's ack returns (loaded before this file).
 -- give_back: KEYS = the held messages, the delivery counts. ARGV = give_back, the delivery tag,
 --   '1' if the delivery does not count (given back unrun), the wake cap, '1' to put it at the
 --   front of its queue rather than the back. Returns 1, or 0 when the message was no longer
@@ -110,13 +109,7 @@ if step == 'claim' then
 end
 
 if step == 'ack' then
-  if redis.call('HDEL', KEYS[1], ARGV[2]) == 1 then
-    redis.call('HDEL', KEYS[2], ARGV[2])
-    redis.call('DEL', KEYS[4])
-    return 1
-  end
-  redis.pcall('HINCRBY', KEYS[3], 'late_acks', 1)
-  return 0
+  return ack(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[2])
 end
 
 if step == 'give_back' then

@@ -33,6 +33,8 @@ import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from time import monotonic
 from typing import Any
@@ -41,7 +43,9 @@ import redis
 
 log = logging.getLogger(__name__)
 
-LIVENESS = Path(__file__).with_name("liveness.lua").read_text()
+#: The ack both liveness.lua and store_result.lua run (a Lua function, put before each).
+ACK = Path(__file__).with_name("ack.lua").read_text()
+LIVENESS = ACK + Path(__file__).with_name("liveness.lua").read_text()
 
 #: The consumers alive (sorted set: id -> the server time by which it must beat again).
 CONSUMERS = "taskpool.consumers"
@@ -230,6 +234,29 @@ class Heart:
         messages went back."""
         keys = [self.keys.consumers, self.held_key, self.keys.queues]
         return int(self._script(keys=keys, args=["bury", self.id, self.wake_cap]))
+
+
+@dataclass(frozen=True)
+class Running:
+    """The message whose task a fetching pool's process runs now (``fetching_process``): the
+    success stored for it acks it in the same script (``store_result.lua``), and ``acked``
+    tells its channel, whose ack then has nothing left to send."""
+
+    task_id: str
+    heart: Heart
+    tag: str
+    deliveries_key: str
+    acked: Callable[[str], None]
+
+    def ack_keys(self) -> list[str]:
+        """ack.lua's keys for this message: held, deliveries, clock, parked."""
+        heart = self.heart
+        parked = heart.parked_key(self.tag)
+        return [heart.held_key, self.deliveries_key, heart.keys.clock, str(parked)]
+
+
+#: Set by a fetching pool's process around each task it runs (None elsewhere).
+RUNNING: ContextVar[Running | None] = ContextVar("taskpool_running", default=None)
 
 
 def serving(client: redis.Redis, queue: str, prefix: str = "") -> int:

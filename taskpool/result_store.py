@@ -50,12 +50,13 @@ from redis.exceptions import NoScriptError
 from taskpool import dispatch
 from taskpool.errors import RedisFull, redis_full
 from taskpool.fallback import refuse_canvas
+from taskpool.liveness import ACK, RUNNING, Running
 from taskpool.replication import ReplicaWait
 from taskpool.result_consumer import ResultConsumer
 from taskpool.settings import settings_of
 from taskpool.urls import mask_url
 
-STORE_RESULT = Path(__file__).with_name("store_result.lua").read_text()
+STORE_RESULT = ACK + Path(__file__).with_name("store_result.lua").read_text()
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,9 @@ class _Store(_Base):
         )
         # The script reads the stored state as JSON; other encodings keep Celery's read.
         self._one_step = self.serializer == "json" and not self.compression
+        # A success acks its message in the same script when the messages are on this Redis.
+        conf = self.app.conf
+        self._acks = self._wait is None and str(conf.broker_url) == str(conf.result_backend)
         self._script: Any = None
 
     def on_task_call(self, producer: Any, task_id: str) -> None:
@@ -170,17 +174,35 @@ class _Store(_Base):
             )
         expires = self.failure_expires if state == states.FAILURE else self.expires
         key = self.get_key_for_task(task_id)
-        if self.ensure(self._store_unless_succeeded, (key, value, expires)) == UNREADABLE:
+        acking = self._acking(task_id, state)
+        stored = self.ensure(self._store_unless_succeeded, (key, value, expires, acking))
+        if stored == UNREADABLE:
             return super()._store_result(task_id, result, state, traceback, request, **kwargs)
+        if acking is not None:
+            acking.acked(acking.tag)
         return result
 
-    def _store_unless_succeeded(self, key: Any, value: Any, expires: Any) -> int:
+    def _acking(self, task_id: str, state: str) -> Running | None:
+        """The message a success acks as it is stored, if any: the task a fetching pool's
+        process runs, whose message is on this Redis (Celery acks a success right after)."""
+        running = RUNNING.get()
+        if running is None or not self._acks or state != states.SUCCESS:
+            return None
+        return running if running.task_id == task_id else None
+
+    def _store_unless_succeeded(
+        self, key: Any, value: Any, expires: Any, acking: Running | None = None
+    ) -> int:
         if self._script is None:
             self._script = self.client.register_script(STORE_RESULT)
         ttl = int(expires or 0)
         try:
             if self._wait is None:
-                return int(self._script(keys=[key], args=[value, ttl]))
+                keys, args = [key], [value, ttl]
+                if acking is not None:
+                    keys += acking.ack_keys()
+                    args.append(acking.tag)
+                return int(self._script(keys=keys, args=args))
             sha = self._script.sha
             return int(self._replicated(lambda pipe: pipe.evalsha(sha, 1, key, value, ttl)))
         except redis.exceptions.ResponseError as exc:

@@ -3,9 +3,12 @@
 -- first success), read and written in one step instead of a GET, then a SET and a PUBLISH.
 -- KEYS[1] = the task's result key, also the channel its waiting clients subscribe to
 -- ARGV[1] = the encoded result (JSON); ARGV[2] = seconds it is kept (0: for ever)
+-- With a success that acks its message (a fetching pool's process, taskpool/fetching.py):
+-- KEYS[2..5] and ARGV[3] are ack.lua's ack's held, deliveries, clock, parked and tag; the
+-- message is acked once the result is stored, or found stored.
 -- Returns 1 once stored and published; 0 when a success was there (nothing written); -1 when
--- the stored value is not JSON (compressed, or another serializer's): nothing written, the
--- caller decides as Celery does, after decoding it.
+-- the stored value is not JSON (compressed, or another serializer's): nothing written and
+-- nothing acked, the caller decides as Celery does, after decoding it.
 
 local current = redis.call('GET', KEYS[1])
 if current then
@@ -14,6 +17,9 @@ if current then
     return -1
   end
   if meta['status'] == 'SUCCESS' then
+    if KEYS[2] then
+      ack(KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[3])
+    end
     return 0
   end
 end
@@ -24,4 +30,7 @@ else
   redis.call('SET', KEYS[1], ARGV[1])
 end
 redis.call('PUBLISH', KEYS[1], ARGV[1])
+if KEYS[2] then
+  ack(KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[3])
+end
 return 1

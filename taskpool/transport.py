@@ -195,7 +195,9 @@ class QoS(kombu_redis.QoS):
         if heart is None:
             super().ack(delivery_tag)
             return
-        if not heart.ack(delivery_tag, self.channel.deliveries_key):
+        if delivery_tag in self.channel.acked_by_result:  # in Redis already (liveness.Running)
+            self.channel.acked_by_result.discard(delivery_tag)
+        elif not heart.ack(delivery_tag, self.channel.deliveries_key):
             log.warning(
                 "Acknowledged message %s after this consumer was taken for dead: it went back "
                 "to its queue meanwhile and may run twice",
@@ -295,6 +297,8 @@ class Channel(kombu_redis.Channel):
         #: The messages popped and not yet acked, rejected or given back, by who holds them:
         #: this channel's consumer when it popped them (a new one after it was taken for dead).
         self.held: dict[str, Heart] = {}
+        #: Held messages whose task's stored success acked them in Redis (liveness.Running).
+        self.acked_by_result: set[str] = set()
         self._heart: Heart | None = None
         self._acking_queues: dict[str, int] = {}
         self._pending = Pending.KOMBU

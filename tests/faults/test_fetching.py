@@ -8,6 +8,7 @@ as the prefork pool's (tests/faults/test_worker_loss.py, parametrized by pool).
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import time
@@ -45,6 +46,10 @@ def running_in(worker: CeleryWorker, client: redis_py.Redis, runs: int) -> int:
     pid = int(client.lrange(PIDS, runs - 1, runs - 1)[0])
     assert pid in worker.pool_pids()
     return pid
+
+
+def nothing_held(client: redis_py.Redis) -> bool:
+    return held_count(client) == 0
 
 
 def replaced(worker: CeleryWorker, gone: int, count: int) -> None:
@@ -269,3 +274,27 @@ def test_processes_that_cannot_start_are_restarted_with_a_growing_wait_not_in_a_
         assert app.tasks["tasks.square"].delay(3).get(timeout=20) == 9
     finally:
         worker.stop()
+
+
+def test_a_success_acks_its_message_in_the_script_that_stores_it_one_round_trip_less(
+    redis_factory: Callable[..., RedisServer], worker_factory: Start
+) -> None:
+    """Scripts Redis runs for 200 tiny tasks, on each pool: the prefork pool pops, stores the
+    result and acks (three per task); a fetching pool's process acks a success in the script
+    that stores it."""
+    per_task = {}
+    for pool in ("prefork", "fetching"):
+        redis = redis_factory()
+        worker_factory(redis.url(), node_name(f"trips-{pool}"), TASKPOOL_WORKER_POOL=pool)
+        app = client_app(redis.url(), dispatch="celery")
+        client = redis_py.Redis(port=redis.port)
+        square = app.tasks["tasks.square"]
+        assert square.delay(1).get(timeout=30) == 1
+        client.config_resetstat()
+        results = [square.delay(n) for n in range(200)]
+        assert [r.get(timeout=60) for r in results] == [n * n for n in range(200)]
+        wait_for(functools.partial(nothing_held, client), 10, "every message to be acked")
+        stats = client.info("commandstats")
+        per_task[pool] = int(stats["cmdstat_evalsha"]["calls"]) / 200
+    assert per_task["prefork"] >= 2.9, per_task
+    assert per_task["fetching"] <= per_task["prefork"] - 0.8, per_task
