@@ -91,9 +91,16 @@ def test_a_whole_worker_killed_loses_nothing_and_reruns_nothing_that_finished(
 
 
 @POOLS
+@pytest.mark.parametrize(("stop", "exit_code"), [("sigterm", 0), ("ctrl-c", 1)])
 def test_warm_shutdown_finishes_running_tasks_and_requeues_the_prefetched(
-    redis_factory: Callable[..., RedisServer], worker_factory: Start, pool: str
+    redis_factory: Callable[..., RedisServer],
+    worker_factory: Start,
+    pool: str,
+    stop: str,
+    exit_code: int,
 ) -> None:
+    """SIGTERM to the worker, or a terminal's Ctrl-C, which reaches every process of the
+    worker's group at once (Celery then exits 1, EX_FAILURE)."""
     redis = redis_factory()
     leaving = worker_factory(redis.url(), node_name("leaving"), extra=PROBE, **on(pool))
     results = send(redis, 10, 1.0)
@@ -102,8 +109,11 @@ def test_warm_shutdown_finishes_running_tasks_and_requeues_the_prefetched(
 
     running = set(runs(client, STARTED))
     assert leaving.process is not None
-    leaving.process.send_signal(signal.SIGTERM)
-    assert leaving.wait_exit(15) == 0  # well inside compose's stop_grace_period
+    if stop == "sigterm":
+        leaving.process.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(leaving.pid, signal.SIGINT)
+    assert leaving.wait_exit(15) == exit_code  # well inside compose's stop_grace_period
     assert running <= set(runs(client, FINISHED)), "a running task was cut short"
     assert held_count(client) == 0, "prefetched messages were left for the visibility timeout"
     assert client.llen("celery") >= 10 - client.llen(FINISHED)
@@ -111,29 +121,6 @@ def test_warm_shutdown_finishes_running_tasks_and_requeues_the_prefetched(
     worker_factory(redis.url(), node_name("next"), extra=PROBE, **on(pool))
     assert [r.get(timeout=30) for r in results] == [n * n for n in range(10)]
     assert runs(client, FINISHED) == Counter(range(10)), "each task must finish exactly once"
-    client.close()
-
-
-@POOLS
-def test_ctrl_c_on_the_process_group_stops_warm_and_loses_nothing(
-    redis_factory: Callable[..., RedisServer], worker_factory: Start, pool: str
-) -> None:
-    """A terminal's Ctrl-C reaches every process of the worker's group at once."""
-    redis = redis_factory()
-    leaving = worker_factory(redis.url(), node_name("interrupted"), extra=PROBE, **on(pool))
-    results = send(redis, 8, 1.0)
-    client = redis_py.Redis(port=redis.port, decode_responses=True)
-    wait_for(lambda: client.llen(STARTED) >= 2, 30, "two tasks to be running")
-    running = set(runs(client, STARTED))
-
-    os.killpg(leaving.pid, signal.SIGINT)
-    assert leaving.wait_exit(20) == 1  # Celery's exit code after Ctrl-C (EX_FAILURE)
-    assert running <= set(runs(client, FINISHED)), "a running task was cut short"
-    assert held_count(client) == 0, "prefetched messages were left for the visibility timeout"
-
-    worker_factory(redis.url(), node_name("after-interrupt"), extra=PROBE, **on(pool))
-    assert [r.get(timeout=30) for r in results] == [n * n for n in range(8)]
-    assert runs(client, FINISHED) == Counter(range(8)), "each task must finish exactly once"
     client.close()
 
 
