@@ -103,7 +103,9 @@ class TaskPool(BasePool):
             max_tasks=options.get("maxtasksperchild"),
             max_memory_kib=memory,
         )
-        self.on_apply = apply_target  # a queue added to the parent alone runs in the parent
+        # The parent consumes no task queue (its processes do); a task handed to it all the
+        # same would run here, as on Celery's solo pool.
+        self.on_apply = apply_target
         self._processes: list[Any] = []
         self._fates: dict[int, Fate] = {}
         self._soft_sent: dict[int, int] = {}
@@ -140,7 +142,8 @@ class TaskPool(BasePool):
             self._thread.start()
 
     def register_with_event_loop(self, loop: Any) -> None:
-        loop.call_repeatedly(CHECK_INTERVAL, self.maintain)
+        if self._thread is None:  # else the thread watches, and one watcher is enough
+            loop.call_repeatedly(CHECK_INTERVAL, self.maintain)
 
     def did_start_ok(self) -> bool:
         return all(p is not None and p.is_alive() for p in self._processes)
