@@ -161,6 +161,15 @@ def start_script(tmp_path: Path, source: str, *argv: str) -> subprocess.Popen[st
     )  # fmt: skip
 
 
+def stop_script(process: subprocess.Popen[str]) -> None:
+    """Whatever is left of a ``start_script`` group is killed, and its pipes are closed (left
+    open, they are collected later, as a ResourceWarning in another test)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    with process:  # closes stdout and stderr, then waits
+        pass
+
+
 def run_script(tmp_path: Path, body: str, **settings: str) -> subprocess.CompletedProcess[str]:
     script = tmp_path / "script.py"
     script.write_text(textwrap.dedent(body))
@@ -364,9 +373,7 @@ def test_a_killed_pool_process_reruns_its_call_once_then_fails_by_name(
             os.kill(wait_for_pid(marker, other_than=victim), signal.SIGKILL)
         out, err = process.communicate(timeout=60)
     finally:
-        with contextlib.suppress(ProcessLookupError):  # whatever of the script is left
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        stop_script(process)
     lines = dict(line.split(" ", 1) for line in out.splitlines())
     if kills == 1:
         assert lines["value"].isdigit(), err  # ran again on a fresh pool
@@ -430,12 +437,7 @@ def test_pool_processes_exit_when_their_caller_is_killed(tmp_path: Path) -> None
             os.kill(pid, signal.SIGKILL)
         assert not left, f"orphaned pool processes {left}"
     finally:
-        if caller.poll() is None:
-            caller.kill()
-            caller.wait()
-        assert caller.stdout is not None and caller.stderr is not None
-        caller.stdout.close()
-        caller.stderr.close()
+        stop_script(caller)
 
 
 def test_an_expired_call_is_revoked_as_on_a_worker_and_does_not_run() -> None:
@@ -634,14 +636,15 @@ def test_ctrl_c_says_what_it_waits_for_and_a_second_stops_the_pool_at_once(
     )
     try:
         wait_for_pid(marker)
+        wait_for_pid(marker.with_name("pid.2"))  # both naps run: the message counts two
         os.killpg(process.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole group
         assert process.stderr is not None
         said = process.stderr.readline()
-        while "waiting up to" not in said and said:
-            said += process.stderr.readline()
+        while "waiting up to" not in said and (line := process.stderr.readline()):
+            said += line
         assert (
             "waiting up to 300s for 2 local task(s) to finish (Ctrl-C again stops them now)" in said
-        )
+        ), f"exit code {process.poll()}, stderr: {said!r}"
         time.sleep(1)
         assert process.poll() is None  # the first Ctrl-C waits for the running tasks
         os.killpg(process.pid, signal.SIGINT)
@@ -649,9 +652,7 @@ def test_ctrl_c_says_what_it_waits_for_and_a_second_stops_the_pool_at_once(
         with pytest.raises(ProcessLookupError):
             os.killpg(process.pid, 0)  # no pool process is left in the group
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        stop_script(process)
     assert "waiter LocalPoolError napper.nap: the local pool was stopped (interrupted)" in out
     assert "Exception ignored" not in err
     assert err.count("Traceback") == 0, err  # the first Ctrl-C's was read above
