@@ -54,6 +54,7 @@ from kombu.utils.functional import maybe_list
 
 from taskpool import fetching_process
 from taskpool.fetching_process import Limits, Place
+from taskpool.liveness import Heart
 from taskpool.slots import Slots
 
 log = logging.getLogger(__name__)
@@ -245,13 +246,15 @@ class TaskPool(BasePool):
         entry = entry or {}
         task = entry.get("task")
         try:
-            if task and not state.should_terminate:
-                if fate is not None and fate.sequence == sequence:
-                    self._settle(entry, fate)
-                else:
-                    self._settle_lost(entry, process.exitcode)
-            if entry.get("consumer"):
-                self._bury(entry)
+            with self.app.connection_for_write() as conn:
+                heart = _heart(conn, entry)
+                if task and not state.should_terminate:
+                    if fate is not None and fate.sequence == sequence:
+                        self._settle(entry, heart, fate)
+                    else:
+                        self._settle_lost(entry, heart, process.exitcode)
+                if heart is not None:
+                    _bury(heart)
         except Exception:  # noqa: BLE001 - what it held waits for the liveness sweep
             log.exception("Could not settle what process %s held", process.pid)
         finally:
@@ -259,8 +262,8 @@ class TaskPool(BasePool):
 
     # -- settle --------------------------------------------------------------------------
 
-    def _settle(self, entry: dict[str, Any], fate: Fate) -> None:
-        request = self._request(entry)
+    def _settle(self, entry: dict[str, Any], heart: Heart | None, fate: Fate) -> None:
+        request = self._request(entry, heart)
         task = entry["task"]
         if request is None:
             return
@@ -269,25 +272,26 @@ class TaskPool(BasePool):
         else:
             request.on_failure(_einfo(Terminated(fate.signum)))
 
-    def _settle_lost(self, entry: dict[str, Any], exitcode: int | None) -> None:
-        request = self._request(entry)
+    def _settle_lost(
+        self, entry: dict[str, Any], heart: Heart | None, exitcode: int | None
+    ) -> None:
+        request = self._request(entry, heart)
         if request is None:
             return
         status = _status(exitcode)
         request.on_failure(_einfo(WorkerLostError(f"Worker exited prematurely: {status}.")))
 
-    def _request(self, entry: dict[str, Any]) -> Request | None:
-        """Celery's request for the task in ``entry``, acking and rejecting for the consumer of
-        the process that popped it; None if its message was not copied."""
+    def _request(self, entry: dict[str, Any], heart: Heart | None) -> Request | None:
+        """Celery's request for the task in ``entry``, acking and rejecting through ``heart``,
+        the consumer of the process that popped it; None if its message was not copied."""
         task = entry["task"]
         copy = task.get("message")
         if copy is None or copy["headers"].get("task") not in self.app.tasks:
             log.error("Process running task %s died; its message is unknown here", task["id"])
             return None
-        heart, tag = None, task.get("tag")
-        if entry.get("consumer") and tag is not None:
-            with self.app.connection_for_write() as conn:
-                heart = conn.default_channel.heart_of(entry["consumer"])
+        tag = task.get("tag")
+        if tag is None:
+            heart = None
 
         def on_ack(*_: Any) -> None:
             if heart is not None:
@@ -324,15 +328,6 @@ class TaskPool(BasePool):
         if self._thread is not None or consumer is None:
             return None  # the dispatcher is the event loop's: not from another thread
         return consumer.event_dispatcher
-
-    def _bury(self, entry: dict[str, Any]) -> None:
-        with self.app.connection_for_write() as conn:
-            channel = conn.default_channel
-            if not hasattr(channel, "heart_of"):
-                return  # not taskpool's transport: kombu's visibility timeout restores
-            given_back = channel.heart_of(entry["consumer"]).bury()
-        if given_back:
-            log.warning("%d message(s) held by a process that ended went back", given_back)
 
     # -- remote control ------------------------------------------------------------------
 
@@ -556,6 +551,19 @@ def rebuilt(copy: dict[str, Any], tag: Any) -> Message:
 
 def _process_main(app: Any, hostname: str, place: Place, *queues_and_options: Any) -> None:
     raise SystemExit(fetching_process.run(app, hostname, place, *queues_and_options))
+
+
+def _heart(conn: Any, entry: dict[str, Any]) -> Heart | None:
+    """The consumer of the process in ``entry``; None if it had none, or on a transport other
+    than taskpool's (there kombu's visibility timeout restores what it held)."""
+    heart_of = getattr(conn.default_channel, "heart_of", None) if entry.get("consumer") else None
+    return heart_of(entry["consumer"]) if heart_of is not None else None
+
+
+def _bury(heart: Heart) -> None:
+    given_back = heart.bury()
+    if given_back:
+        log.warning("%d message(s) held by a process that ended went back", given_back)
 
 
 def _einfo(exc: BaseException) -> ExceptionInfo:

@@ -30,7 +30,7 @@ from celery.platforms import EX_OK
 from celery.worker import state
 from kombu.asynchronous import set_event_loop
 
-from taskpool.liveness import RUNNING, Running
+from taskpool.liveness import RUNNING, Heart, Running
 from taskpool.slots import SLOT_SIZE, Slots
 
 
@@ -123,8 +123,9 @@ class ProcessPool(solo.TaskPool):
         limits = self.place.limits
         hard, soft = timeout or limits.hard, soft_timeout or limits.soft
         request = getattr(timeout_callback, "__self__", None)
-        self._say(running(request, args, hard, soft, self._consumer))
-        token = RUNNING.set(acked_with_result(request, args))
+        message, heart = held(request)
+        self._say(running(request, message, heart, args, hard, soft, self._consumer))
+        token = RUNNING.set(acked_with_result(message, heart, args))
 
         def guarded(*a: Any, **kw: Any) -> Any:
             self._running = True
@@ -161,8 +162,18 @@ class ProcessPool(solo.TaskPool):
         return info
 
 
+def held(request: Any) -> tuple[Any, Heart | None]:
+    """The message of the task that starts now, and the heart of this process's consumer that
+    holds it (none for a message that came another way)."""
+    message = getattr(request, "message", None)
+    channel = getattr(message, "channel", None)
+    return message, getattr(channel, "held", {}).get(getattr(message, "delivery_tag", None))
+
+
 def running(
     request: Any,
+    message: Any,
+    heart: Heart | None,
     args: tuple[Any, ...],
     hard: float | None,
     soft: float | None,
@@ -177,10 +188,8 @@ def running(
         "hard_at": now + hard if hard else None,
         "soft_at": now + soft if soft else None,
     }  # fmt: skip
-    message = getattr(request, "message", None)
     if message is None:
         return task
-    heart = getattr(getattr(message, "channel", None), "held", {}).get(message.delivery_tag)
     if heart is not None:
         consumer.update(consumer=heart.id, prefix=heart.keys.prefix)
         task["tag"] = message.delivery_tag
@@ -191,15 +200,12 @@ def running(
     return task
 
 
-def acked_with_result(request: Any, args: tuple[Any, ...]) -> Running | None:
-    """The message of the task that starts now, for its stored success to ack, if it is held
-    by this process's consumer on taskpool's transport."""
-    message = getattr(request, "message", None)
-    channel = getattr(message, "channel", None)
-    heart = getattr(channel, "held", {}).get(getattr(message, "delivery_tag", None))
+def acked_with_result(message: Any, heart: Heart | None, args: tuple[Any, ...]) -> Running | None:
+    """The running message, for its stored success to ack, if it is held by this process's
+    consumer on taskpool's transport."""
     if heart is None or len(args) < 2:
         return None
-    assert message is not None and channel is not None
+    channel = message.channel
     return Running(
         args[1], heart, message.delivery_tag, channel.deliveries_key, channel.acked_by_result.add
     )
