@@ -41,6 +41,7 @@ PROJ = {
         result_backend = broker_url
         result_expires = 600
         taskpool_dispatch = os.environ.get("PROJECT_DISPATCH", "auto")
+        taskpool_worker_pool = os.environ.get("PROJECT_WORKER_POOL", "prefork")
         """,
     "proj/tasks.py": """
         from proj.celery import app
@@ -135,6 +136,34 @@ def test_taskpool_concurrency_sizes_a_configured_apps_worker(
     with client_app(url).connection_for_read() as connection:
         # taskpool's transport beat there (taskpool.liveness); stock kombu's writes no such key.
         assert connection.default_channel.client.exists("taskpool.liveness")
+
+
+def test_a_project_that_chooses_the_fetching_pool_in_its_settings_gets_it(
+    proj: UserProject, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """``taskpool_worker_pool = "fetching"`` in celeryconfig, and Celery's default worker
+    options otherwise (gossip, mingle, a process per CPU)."""
+    url = redis_server.url(db=7)
+    worker = CeleryWorker(
+        proj.env(url, TASKPOOL_BROKER_URL="", PROJECT_WORKER_POOL="fetching"),
+        node_name("projf"), tmp_path / "worker.log",
+        command=[str(proj.python), "-m", "celery", "-A", "proj", "worker", "-l", "info"],
+        cwd=proj.root,
+    )  # fmt: skip
+    try:
+        worker.start().wait_ready(client_app(url))
+        done = proj.run(proj.python, "-c", CALL, redis_url=url, TASKPOOL_BROKER_URL="")
+        log = worker.log_tail()
+    finally:
+        worker.stop()
+    assert done.returncode == 0, done.stderr + log
+    assert done.stdout.split() == ["AsyncResult", "5"]
+    assert "(fetching)" in log
+    # Run by one of the pool's processes, each a worker of its own, not by the parent.
+    assert re.search(r"/FetchingProcess-\d\] Task proj\.tasks\.add\[[-0-9a-f]+\] succeeded", log), (
+        log
+    )
+    assert worker.process is not None and worker.process.returncode == 0, log
 
 
 def test_with_redis_up_and_no_worker_a_call_runs_here_and_its_result_is_stored(
