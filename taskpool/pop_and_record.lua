@@ -1,4 +1,5 @@
--- Pop the next message and record it as held by this consumer, in one atomic step.
+-- Pop the next messages, up to a count, and record each as held by this consumer, in one
+-- atomic step.
 -- KEYS[1..l]     = the queue lists, priority by priority, each with one list per queue
 -- KEYS[l+1..l+q] = the queues' wake lists (one token per message published by taskpool)
 -- KEYS[n-3]      = the consumers alive (sorted set, liveness.lua)
@@ -10,13 +11,20 @@
 -- (an idle consumer woken by that token has taken it already, and passes '0'); ARGV[3] = this
 -- consumer's id; ARGV[4] = the longest list whose last message SORT reaches in constant time
 -- ('-1': any; Redis 7 seeks from the nearer end, 6.2 walks from the head); ARGV[5] = the size
--- in bytes above which a message is parked rather than handed to this script.
--- Returns {key, message, deliveries, tag} once popped and recorded (deliveries counts this one);
--- {key, message, 0} for a message whose tag it could not read (the worker reads it again, and
--- quarantines it or has kombu record it); {key, landing} for a message parked in the landing
--- list (the worker reads it there, then claims it under its tag: liveness.lua's claim); false
--- when every list is empty; -1, popping nothing, when this consumer is no longer alive (taken
--- for dead: what it records would never go back).
+-- in bytes above which a message is parked rather than handed to this script; ARGV[6] = the
+-- most messages to pop (the consumer's prefetch room; 1 when absent).
+-- Returns a list of what it popped, in the order popped (priority order, then queue order),
+-- each entry {key, message, deliveries, tag} once popped and recorded (deliveries counts this
+-- one); {key, message, 0} for a message whose tag it could not read (the worker reads it again,
+-- and quarantines it or has kombu record it); or {key, landing} for a message parked in the
+-- landing list (the worker reads it there, then claims it under its tag: liveness.lua's claim),
+-- always the last entry, as the landing list holds one. Returns false when every list is
+-- empty; -1, popping nothing, when this consumer is no longer alive (taken for dead: what it
+-- records would never go back).
+--
+-- Each message popped after the first takes a wake token too. One call for several messages
+-- is one round trip instead of several, for a worker's prefetch (Dramatiq fetches in batches
+-- too); what the worker does not start (it began stopping) it gives back, uncounted.
 --
 -- A record is <n>:<list key><m>:<wake key><message>, or @<n>:<list key><m>:<wake key><parked
 -- key> for a parked message: liveness.lua puts the message back where it came from when the
@@ -87,48 +95,68 @@ local parked = redis.call('HGET', held_key, landing)
 if parked then
   -- Parked by an earlier pop and not claimed (the worker lost the reply): hand it out again.
   local colon = string.find(parked, ':', 1, true)
-  return {string.sub(parked, colon + 1, colon + tonumber(string.sub(parked, 2, colon - 1))),
-    landing}
+  return {{string.sub(parked, colon + 1, colon + tonumber(string.sub(parked, 2, colon - 1))),
+    landing}}
 end
-for i = 1, lists do
+-- Pops the last message of the non-empty list KEYS[i]; returns its entry, and true when it
+-- was parked (the landing list is taken: the call stops there).
+local function pop_one(i, length, take_token)
   local key = KEYS[i]
-  local length = redis.call('LLEN', key)
+  -- Tokens track the messages waiting, so the next message still wakes a consumer of its own.
+  local wake = KEYS[lists + (i - 1) % queues + 1]
+  -- Where the message goes back to (liveness.lua): the head of every record.
+  local from = #key .. ':' .. key .. #wake .. ':' .. wake
+  -- A write that frees memory first: a full Redis (maxmemory, noeviction) refuses a script's
+  -- first write that may grow memory (the SORT below), and runs the rest of one that wrote.
+  redis.call('DEL', landing)
+  if take_token then
+    redis.call('RPOP', wake)
+  end
+  local item, copied = nil, false
+  if seek_limit < 0 or length <= seek_limit then
+    -- A Redis whose ACL or configuration refuses SORT (it is in @dangerous) or MEMORY gets
+    -- the message popped into the script, as a long queue on 6.2 does.
+    local stored = redis.pcall('SORT', key, 'BY', 'nosort', 'LIMIT', 0, 1, 'DESC', 'STORE',
+      landing)
+    copied = type(stored) == 'number'
+  end
+  if copied then
+    redis.call('LTRIM', key, 0, -2)
+    local size = redis.pcall('MEMORY', 'USAGE', landing, 'SAMPLES', 0)
+    if type(size) == 'number' and size > park_above then
+      redis.call('HSET', held_key, landing, '@' .. from .. landing)
+      return {key, landing}, true
+    end
+    item = redis.call('RPOP', landing)
+  else
+    item = redis.call('RPOP', key)
+  end
+  local tag = tag_of(item)
+  if not tag then
+    return {key, item, 0}, false
+  end
+  redis.call('HSET', held_key, tag, from .. item)
+  return {key, item, redis.call('HINCRBY', deliveries_key, tag, 1), tag}, false
+end
+
+local most = tonumber(ARGV[6] or '1')
+local popped = {}
+local take_token = ARGV[2] == '1'
+local i = 1
+while i <= lists and #popped < most do
+  local length = redis.call('LLEN', KEYS[i])
   if length > 0 then
-    -- Tokens track the messages waiting, so the next message still wakes a consumer of its own.
-    local wake = KEYS[lists + (i - 1) % queues + 1]
-    -- Where the message goes back to (liveness.lua): the head of every record.
-    local from = #key .. ':' .. key .. #wake .. ':' .. wake
-    -- A write that frees memory first: a full Redis (maxmemory, noeviction) refuses a script's
-    -- first write that may grow memory (the SORT below), and runs the rest of one that wrote.
-    redis.call('DEL', landing)
-    if ARGV[2] == '1' then
-      redis.call('RPOP', wake)
+    local entry, parked = pop_one(i, length, take_token)
+    popped[#popped + 1] = entry
+    take_token = true
+    if parked then
+      break
     end
-    local item, copied = nil, false
-    if seek_limit < 0 or length <= seek_limit then
-      -- A Redis whose ACL or configuration refuses SORT (it is in @dangerous) or MEMORY gets
-      -- the message popped into the script, as a long queue on 6.2 does.
-      local stored = redis.pcall('SORT', key, 'BY', 'nosort', 'LIMIT', 0, 1, 'DESC', 'STORE',
-        landing)
-      copied = type(stored) == 'number'
-    end
-    if copied then
-      redis.call('LTRIM', key, 0, -2)
-      local size = redis.pcall('MEMORY', 'USAGE', landing, 'SAMPLES', 0)
-      if type(size) == 'number' and size > park_above then
-        redis.call('HSET', held_key, landing, '@' .. from .. landing)
-        return {key, landing}
-      end
-      item = redis.call('RPOP', landing)
-    else
-      item = redis.call('RPOP', key)
-    end
-    local tag = tag_of(item)
-    if not tag then
-      return {key, item, 0}
-    end
-    redis.call('HSET', held_key, tag, from .. item)
-    return {key, item, redis.call('HINCRBY', deliveries_key, tag, 1), tag}
+  else
+    i = i + 1
   end
 end
-return false
+if #popped == 0 then
+  return false
+end
+return popped

@@ -6,6 +6,10 @@ as unacknowledged; a worker killed between the two takes the only copy with it. 
 
 Here one Lua script (``pop_and_record.lua``, registered once and called by its SHA) pops the
 next message in priority order *and* records it as held by the channel's consumer, atomically.
+It takes as many as the consumer's prefetch still allows (at most ``POP_BATCH``; one for a
+consumer without a prefetch count, as kombu's BRPOP), in one round trip, and the channel
+delivers them in order. Once the worker begins stopping, those not delivered yet go back to
+the front of their queues, uncounted.
 Who holds what, and the heartbeats that hand a dead consumer's messages back within seconds,
 are ``taskpool.liveness``'s.
 
@@ -94,6 +98,7 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 import redis
+from celery.worker import state as worker_state
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
@@ -130,6 +135,9 @@ PARK_ABOVE = 64 * 1024
 #: walks the list from the head; Redis 7 seeks from the nearer end). On 6.2 a longer one is
 #: popped into the script, big message or not.
 SEEK_LIMIT_6 = 4096
+#: The most messages one pop takes, within the consumer's prefetch room: a worker with
+#: Celery's default prefetch (4 per process) takes what it may hold in one round trip.
+POP_BATCH = 8
 #: The most tokens a wake list holds: as many idle consumers as a burst can wake at once. Tokens
 #: left by messages that stock consumers took cost a woken consumer one empty pop each.
 WAKE_CAP = 100
@@ -433,8 +441,11 @@ class Channel(kombu_redis.Channel):
         prefix = self.global_keyprefix or ""
         return [prefix + self._wake_key(q) for q in queues]
 
-    def _pop_for(self, queues: list[str], take_token: bool) -> tuple[list[str], list[Any], Heart]:
-        """The pop script's keys and arguments for ``queues``, and the consumer it records for."""
+    def _pop_for(
+        self, queues: list[str], take_token: bool, most: int = 1
+    ) -> tuple[list[str], list[Any], Heart]:
+        """The pop script's keys and arguments for ``queues`` (up to ``most`` messages), and
+        the consumer it records for."""
         self._check_server()
         heart = self._consumer()
         prefix = self.global_keyprefix or ""
@@ -446,8 +457,15 @@ class Channel(kombu_redis.Channel):
             prefix + self.deliveries_key,
             heart.landing_key,
         ]
-        args = [len(queues), int(take_token), heart.id, self._seek_limit, PARK_ABOVE]
+        args = [len(queues), int(take_token), heart.id, self._seek_limit, PARK_ABOVE, most]
         return keys, args, heart
+
+    def _room(self) -> int:
+        """How many messages the next pop may take: the prefetch room, at most ``POP_BATCH``;
+        one without a prefetch count, as kombu's BRPOP takes (a plain consumer's
+        ``drain_events`` then delivers one message a call, as on stock kombu)."""
+        room = self.qos.can_consume_max_estimate()
+        return 1 if room is None else max(1, min(room, POP_BATCH))
 
     # -- publishing: the message and its wake token, in one round trip ------------------
 
@@ -575,7 +593,7 @@ class Channel(kombu_redis.Channel):
             connection.send_command("BRPOP", *self._wake_keys(queues), wait)
         else:
             self._pending = Pending.POP
-            self._pop = keys, args, _ = self._pop_for(queues, take_token=True)
+            self._pop = keys, args, _ = self._pop_for(queues, True, self._room())
             connection.send_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
 
     def credit_returned(self) -> None:
@@ -620,8 +638,8 @@ class Channel(kombu_redis.Channel):
                 raise Empty()
             self._waiting = False
             self._wait_index = 0
-            if not self._deliver_popped(reply):
-                raise Empty()  # quarantined: the next pop goes at once
+            if not self._deliver_all(reply):
+                raise Empty()  # quarantined, or given back: the next pop goes at once
             return True
         finally:
             self._in_poll = None  # type: ignore[assignment]  # kombu declares it a Connection
@@ -643,7 +661,7 @@ class Channel(kombu_redis.Channel):
 
     def _pop_now(self, take_token: bool) -> Any:
         """Run the script at once for the queues of the command read; its reply."""
-        self._pop = keys, args, _ = self._pop_for(self._queues, take_token)
+        self._pop = keys, args, _ = self._pop_for(self._queues, take_token, self._room())
         return self._script(keys=keys, args=args)
 
     def _reply(self, command: str, **options: Any) -> Any:
@@ -665,14 +683,58 @@ class Channel(kombu_redis.Channel):
             self.client.connection.disconnect()  # reconnects on the next round
             raise
 
-    def _deliver_popped(self, reply: list[Any]) -> bool:
-        """Hand the popped message to kombu; False if it went to the quarantine instead.
+    def _deliver_all(self, entries: list[list[Any]]) -> bool:
+        """Hand the popped messages to kombu in order; False if none was delivered.
+
+        Each delivery may run its task then and there (Celery's solo pool). Once the worker
+        begins stopping, or the channel closes, the messages not delivered yet go back to the
+        front of their queues, uncounted, as a closing channel gives back what it did not run;
+        and so do they if a delivery raises.
+        """
+        delivered, heart, index = False, self._pop[2], 0
+        try:
+            while index < len(entries):
+                if index and not self._may_deliver():
+                    break
+                index += 1
+                delivered = self._deliver_popped(entries[index - 1], heart) or delivered
+        finally:
+            if index < len(entries):
+                self._give_back_popped(entries[index:], heart)
+        return delivered
+
+    def _may_deliver(self) -> bool:
+        """Whether a message popped with others may still be delivered now."""
+        stop, terminate = worker_state.should_stop, worker_state.should_terminate
+        stopping = any(flag is not None and flag is not False for flag in (stop, terminate))
+        return not (stopping or self._closing or self.closed)
+
+    def _give_back_popped(self, entries: list[list[Any]], heart: Heart | None) -> None:
+        """Put popped messages that were not delivered back at the front of their queues, the
+        last first so that they keep their order. One that cannot go back now stays held by
+        this consumer, and goes back when it leaves or is found silent."""
+        assert heart is not None  # a pop records for a consumer
+        try:
+            for entry in reversed(entries):
+                if len(entry) == 2:  # parked: recorded by its landing key, not counted
+                    heart.give_back(heart.landing_key, self.deliveries_key, True, front=True)
+                elif int(entry[2]):  # recorded under its tag
+                    tag = bytes_to_str(entry[3])
+                    heart.give_back(tag, self.deliveries_key, counted=False, front=True)
+                else:  # no tag could be read, so nothing recorded it: the pop only took it
+                    # Without a wake token: the next pop or wait finds it.
+                    heart.client.rpush(entry[0], entry[1])
+        except (redis.RedisError, *self.connection_errors) as exc:
+            log.warning("Could not give back %d popped message(s) now: %s", len(entries), exc)
+
+    def _deliver_popped(self, reply: list[Any], heart: Heart | None) -> bool:
+        """Hand one popped message to kombu; False if it went to the quarantine instead.
 
         Adapted from the delivery in kombu 5.7.0 ``kombu.transport.redis.Channel._brpop_read``
         (rotate the queue cycle, ``connection._deliver``): the message is read by ``_read``
         first, and one that cannot be read is not delivered.
         """
-        popped = self._read(reply, self._pop[2])
+        popped = self._read(reply, heart)
         if popped is None:
             return False
         dest, payload = popped
@@ -828,7 +890,7 @@ class Channel(kombu_redis.Channel):
                 keys, args, heart = self._pop_for([queue], take_token=True)
                 reply = self._script(keys=keys, args=args)
             self._maybe_update_queues_expire(client, queue)
-        popped = self._read(reply, heart) if reply else None
+        popped = self._read(reply[0], heart) if reply else None
         if popped is None:
             return None
         _, payload = popped

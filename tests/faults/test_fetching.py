@@ -12,6 +12,7 @@ import functools
 import os
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from taskpool.testing.redis_server import RedisServer
 from taskpool.testing.waiting import wait_for
 from tests.support.apps import client_app
 from tests.support.paths import REPO_ROOT
+from tests.support.script_calls import ScriptCalls
 
 PROBE = ("-I", "taskpool.testing.probe_tasks")
 FETCHING = {"TASKPOOL_WORKER_POOL": "fetching", "PYTHONPATH": str(REPO_ROOT)}
@@ -200,6 +202,23 @@ def test_processes_are_replaced_after_max_tasks_per_child(
     assert pids[0] != pids[3]
 
 
+def test_a_process_that_reaches_max_tasks_mid_batch_gives_back_the_rest_unrun(
+    redis_factory: Callable[..., RedisServer], worker_factory: Start
+) -> None:
+    """Tasks queued before the worker starts are popped four at a time; a process whose third
+    task is its last gives back the fourth, which its replacement runs."""
+    redis = redis_factory()
+    app = client_app(redis.url(), dispatch="celery")
+    results = [app.send_task("tasks.print_number", args=(n,)) for n in range(10)]
+    start(redis, worker_factory, "batched", 1, TASKPOOL_MAX_TASKS_PER_CHILD="3")
+    pids = [r.get(timeout=30)["pid"] for r in results]
+    assert sorted(Counter(pids).values()) == [1, 3, 3, 3], pids
+    assert pids == sorted(pids, key=pids.index)  # run in the order queued, process by process
+    client = redis_py.Redis(port=redis.port)
+    wait_for(functools.partial(nothing_held, client), 10, "every message to be acked")
+    assert client.llen("celery") == 0
+
+
 def test_a_process_past_max_memory_per_child_is_replaced_after_its_task(
     redis_factory: Callable[..., RedisServer], worker_factory: Start
 ) -> None:
@@ -279,10 +298,10 @@ def test_processes_that_cannot_start_are_restarted_with_a_growing_wait_not_in_a_
 def test_a_success_acks_its_message_in_the_script_that_stores_it_one_round_trip_less(
     redis_factory: Callable[..., RedisServer], worker_factory: Start
 ) -> None:
-    """Scripts Redis runs for 200 tiny tasks, on each pool: the prefork pool pops, stores the
-    result and acks (three per task); a fetching pool's process acks a success in the script
-    that stores it."""
-    per_task = {}
+    """The scripts Redis runs for 200 tiny tasks, on each pool: both store each result with one
+    script; the prefork pool then acks each message with another (liveness.lua), where a
+    fetching pool's process acks a success in the script that stores it."""
+    calls = {}
     for pool in ("prefork", "fetching"):
         redis = redis_factory()
         worker_factory(redis.url(), node_name(f"trips-{pool}"), TASKPOOL_WORKER_POOL=pool)
@@ -290,11 +309,30 @@ def test_a_success_acks_its_message_in_the_script_that_stores_it_one_round_trip_
         client = redis_py.Redis(port=redis.port)
         square = app.tasks["tasks.square"]
         assert square.delay(1).get(timeout=30) == 1
-        client.config_resetstat()
-        results = [square.delay(n) for n in range(200)]
-        assert [r.get(timeout=60) for r in results] == [n * n for n in range(200)]
+        with ScriptCalls(redis.port) as seen:
+            results = [square.delay(n) for n in range(200)]
+            assert [r.get(timeout=60) for r in results] == [n * n for n in range(200)]
+            wait_for(functools.partial(nothing_held, client), 10, "every message to be acked")
+        calls[pool] = seen.counts
+    assert calls["prefork"]["store"] == calls["fetching"]["store"] == 200, calls
+    assert calls["prefork"]["liveness"] >= 200, calls  # an ack each, and the heartbeats
+    assert calls["fetching"]["liveness"] < 40, calls  # the heartbeats only
+
+
+def test_a_process_that_finds_a_queue_waiting_pops_its_prefetch_in_one_call(
+    redis_factory: Callable[..., RedisServer], worker_factory: Start
+) -> None:
+    """400 tasks queued before the worker starts: each pop takes what the process may still
+    hold (Celery's prefetch, 4 per process), not one message a round trip; each task runs
+    once, and every message is acked."""
+    redis = redis_factory()
+    app = client_app(redis.url(), dispatch="celery")
+    client = redis_py.Redis(port=redis.port, decode_responses=True)
+    results = [app.send_task("probe.record", args=(n, 0.0)) for n in range(400)]
+    with ScriptCalls(redis.port) as seen:
+        start(redis, worker_factory, "batch")
+        assert [r.get(timeout=60) for r in results] == [n * n for n in range(400)]
         wait_for(functools.partial(nothing_held, client), 10, "every message to be acked")
-        stats = client.info("commandstats")
-        per_task[pool] = int(stats["cmdstat_evalsha"]["calls"]) / 200
-    assert per_task["prefork"] >= 2.9, per_task
-    assert per_task["fetching"] <= per_task["prefork"] - 0.8, per_task
+    assert seen.counts["pop"] <= 400 / 2, seen.counts
+    assert sorted(int(n) for n in client.lrange(STARTED, 0, -1)) == list(range(400))
+    assert client.llen("celery") == 0

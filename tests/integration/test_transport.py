@@ -735,14 +735,19 @@ def test_a_parked_message_goes_back_whole_and_marked_when_requeued_or_its_channe
 def pop(
     client: redis_py.Redis, consumer: str, queue_name: str, seek: int = -1, token: bool = True
 ) -> Any:
-    """The pop script's reply for one queue of one priority, as ``consumer``."""
+    """The pop script's entry for the one message it pops from one queue of one priority, as
+    ``consumer``, or its reply when it pops none."""
     keys = liveness.Keys()
     script = client.register_script(POP_AND_RECORD)
-    return script(
+    reply = script(
         keys=[queue_name, f"{queue_name}{SEP}wake", keys.consumers, keys.held(consumer),
               "unacked_deliveries", keys.landing(consumer)],
         args=[1, int(token), consumer, seek, transport.PARK_ABOVE],
     )  # fmt: skip
+    if isinstance(reply, list):
+        (entry,) = reply
+        return entry
+    return reply
 
 
 def test_a_parked_message_not_claimed_is_handed_out_again_and_a_dead_consumers_goes_back(
