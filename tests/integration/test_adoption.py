@@ -4,11 +4,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,23 @@ def proj(tmp_path_factory: pytest.TempPathFactory) -> UserProject:
     return install_project(tmp_path_factory.mktemp("proj"), files)
 
 
+@contextlib.contextmanager
+def project_worker(
+    proj: UserProject, url: str, tmp_path: Path, options: tuple[str, ...], **env: str
+) -> Iterator[CeleryWorker]:
+    """The project's worker (``celery -A proj worker -l info`` and ``options``) on its own
+    celeryconfig's broker ``url``, answering pings; stopped on the way out."""
+    worker = CeleryWorker(
+        proj.env(url, TASKPOOL_BROKER_URL="", **env), node_name("proj"), tmp_path / "worker.log",
+        command=[str(proj.python), "-m", "celery", "-A", "proj", "worker", *options, "-l", "info"],
+        cwd=proj.root,
+    )  # fmt: skip
+    try:
+        yield worker.start().wait_ready(client_app(url))
+    finally:
+        worker.stop()
+
+
 def test_the_projects_settings_module_is_taskpools_too(
     proj: UserProject, redis_server: RedisServer
 ) -> None:
@@ -106,23 +124,14 @@ def test_taskpool_concurrency_sizes_a_configured_apps_worker(
     proj: UserProject, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     url = redis_server.url(db=6)
-    worker = CeleryWorker(
-        proj.env(url, TASKPOOL_BROKER_URL="", TASKPOOL_CONCURRENCY="1"),
-        node_name("proj"), tmp_path / "worker.log",
-        command=[str(proj.python), "-m", "celery", "-A", "proj", "worker", "-P", "prefork",
-                 "--without-gossip", "--without-mingle", "-l", "info"],
-        cwd=proj.root,
-    )  # fmt: skip
-    try:
-        worker.start().wait_ready(client_app(url))
+    options = ("-P", "prefork", "--without-gossip", "--without-mingle")
+    with project_worker(proj, url, tmp_path, options, TASKPOOL_CONCURRENCY="1") as worker:
         done = proj.run(proj.python, "-c", CALL, redis_url=url, TASKPOOL_BROKER_URL="")
         status = proj.run(
             proj.python.parent / "taskpool", "-A", "proj", "status", "--json",
             redis_url=url, TASKPOOL_BROKER_URL="",
         )  # fmt: skip
         log = worker.log_tail()
-    finally:
-        worker.stop()
     assert done.returncode == 0, done.stderr + log
     assert done.stdout.split() == ["AsyncResult", "5"]
     assert "concurrency: 1 (prefork)" in log
@@ -144,18 +153,9 @@ def test_a_project_that_chooses_the_fetching_pool_in_its_settings_gets_it(
     """``taskpool_worker_pool = "fetching"`` in celeryconfig, and Celery's default worker
     options otherwise (gossip, mingle, a process per CPU)."""
     url = redis_server.url(db=7)
-    worker = CeleryWorker(
-        proj.env(url, TASKPOOL_BROKER_URL="", PROJECT_WORKER_POOL="fetching"),
-        node_name("projf"), tmp_path / "worker.log",
-        command=[str(proj.python), "-m", "celery", "-A", "proj", "worker", "-l", "info"],
-        cwd=proj.root,
-    )  # fmt: skip
-    try:
-        worker.start().wait_ready(client_app(url))
+    with project_worker(proj, url, tmp_path, (), PROJECT_WORKER_POOL="fetching") as worker:
         done = proj.run(proj.python, "-c", CALL, redis_url=url, TASKPOOL_BROKER_URL="")
         log = worker.log_tail()
-    finally:
-        worker.stop()
     assert done.returncode == 0, done.stderr + log
     assert done.stdout.split() == ["AsyncResult", "5"]
     assert "(fetching)" in log
