@@ -461,9 +461,16 @@ class Channel(kombu_redis.Channel):
         return keys, args, heart
 
     def _room(self) -> int:
-        """How many messages the next pop may take: the prefetch room, at most ``POP_BATCH``;
-        one without a prefetch count, as kombu's BRPOP takes (a plain consumer's
-        ``drain_events`` then delivers one message a call, as on stock kombu)."""
+        """How many messages the next pop may take: the prefetch room, at most ``POP_BATCH``.
+
+        One, as kombu's BRPOP takes, without a prefetch count (a plain consumer's
+        ``drain_events`` then delivers one message a call, as on stock kombu), and when
+        ``can_consume`` is narrowed on the QoS itself: Celery's ``worker_disable_prefetch``
+        does so to take a message only while a process is free, a limit the prefetch room
+        does not show.
+        """
+        if "can_consume" in vars(self.qos):
+            return 1
         room = self.qos.can_consume_max_estimate()
         return 1 if room is None else max(1, min(room, POP_BATCH))
 

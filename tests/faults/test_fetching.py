@@ -202,6 +202,31 @@ def test_processes_are_replaced_after_max_tasks_per_child(
     assert pids[0] != pids[3]
 
 
+@pytest.mark.parametrize("pool", ["prefork", "fetching"])
+def test_disable_prefetch_still_takes_a_message_only_while_a_process_is_free(
+    redis_factory: Callable[..., RedisServer], worker_factory: Start, pool: str
+) -> None:
+    """Celery's ``--disable-prefetch`` narrows ``can_consume`` to the free processes, a limit
+    the prefetch room does not show: a pop then takes one message, so a queue of slow tasks
+    waits in Redis rather than in a worker that cannot start them (the prefetch would hold 8)."""
+    redis = redis_factory()
+    app = client_app(redis.url(), dispatch="celery")
+    client = redis_py.Redis(port=redis.port, decode_responses=True)
+    results = [app.send_task("probe.record", args=(n, 0.3)) for n in range(12)]
+    worker_factory(
+        redis.url(), node_name(f"unprefetched-{pool}"), 2, (*PROBE, "--disable-prefetch"),
+        TASKPOOL_WORKER_POOL=pool, PYTHONPATH=str(REPO_ROOT),
+    )  # fmt: skip
+    held = []
+    deadline = time.monotonic() + 60
+    while not all(r.ready() for r in results) and time.monotonic() < deadline:
+        held.append(held_count(client))
+        time.sleep(0.02)
+    assert [r.get(timeout=5) for r in results] == [n * n for n in range(12)]
+    # Two running, and for a moment a third popped as one's ack is on its way.
+    assert 2 <= max(held) <= 3, held
+
+
 def test_a_process_that_reaches_max_tasks_mid_batch_gives_back_the_rest_unrun(
     redis_factory: Callable[..., RedisServer], worker_factory: Start
 ) -> None:
