@@ -13,7 +13,7 @@
 -- ('-1': any; Redis 7 seeks from the nearer end, 6.2 walks from the head); ARGV[5] = the size
 -- in bytes above which a message is parked rather than handed to this script; ARGV[6] = the
 -- most messages to pop (the consumer's prefetch room; 1 when absent).
--- Returns a list of what it popped, in the order popped (priority order, then queue order),
+-- Returns a list of what it popped, in the order popped (see the loop at the end),
 -- each entry {key, message, deliveries, tag} once popped and recorded (deliveries counts this
 -- one); {key, message, 0} for a message whose tag it could not read (the worker reads it again,
 -- and quarantines it or has kombu record it); or {key, landing} for a message parked in the
@@ -139,21 +139,29 @@ local function pop_one(i, length, take_token)
   return {key, item, redis.call('HINCRBY', deliveries_key, tag, 1), tag}, false
 end
 
+-- Message by message as BRPOP over the lists would take them, with kombu's queue cycle turned
+-- after each: the highest priority first, and within it the queues in turn, starting after the
+-- queue of the last message taken (the worker rotates its cycle the same way as it delivers).
 local most = tonumber(ARGV[6] or '1')
 local popped = {}
 local take_token = ARGV[2] == '1'
-local i = 1
-while i <= lists and #popped < most do
-  local length = redis.call('LLEN', KEYS[i])
-  if length > 0 then
-    local entry, parked = pop_one(i, length, take_token)
-    popped[#popped + 1] = entry
-    take_token = true
-    if parked then
+local level, first, parked = 0, 0, false
+while level < lists / queues and #popped < most and not parked do
+  local found = false
+  for step = 0, queues - 1 do
+    local q = (first + step) % queues
+    local i = level * queues + q + 1
+    local length = redis.call('LLEN', KEYS[i])
+    if length > 0 then
+      local entry
+      entry, parked = pop_one(i, length, take_token)
+      popped[#popped + 1] = entry
+      take_token, first, found = true, (q + 1) % queues, true
       break
     end
-  else
-    i = i + 1
+  end
+  if not found then
+    level = level + 1
   end
 end
 if #popped == 0 then

@@ -184,6 +184,34 @@ def drain_one(conn: Connection, queues: list[Queue], deadline: float) -> tuple[o
     return got[0], time.monotonic() - started
 
 
+@pytest.mark.parametrize("prefetch", [None, 8])
+def test_one_pop_takes_the_prefetch_room_in_kombus_order_and_no_more(
+    redis_server: RedisServer, client: redis_py.Redis, prefetch: int | None
+) -> None:
+    """Two queues of four and a consumer of both: with a prefetch count of 8, one read delivers
+    all eight, the queues in turn as kombu's queue cycle takes them one BRPOP at a time;
+    without one, each read delivers one message, as on stock kombu."""
+    first, second = Queue("first", routing_key="first"), Queue("second", routing_key="second")
+    publish(redis_server, first, [f"first {n}" for n in range(4)])
+    publish(redis_server, second, [f"second {n}" for n in range(4)])
+    got: list[object] = []
+    reads = 0
+    with connection(redis_server) as conn:
+        consumer = Consumer(conn, [first, second], accept=["json"])
+        consumer.register_callback(lambda body, message: got.append(body))
+        if prefetch is not None:
+            consumer.qos(prefetch_count=prefetch)
+        with consumer:
+            deadline = time.monotonic() + 10
+            while len(got) < 8 and time.monotonic() < deadline:
+                with contextlib.suppress(socket.timeout):
+                    conn.drain_events(timeout=0.5)
+                    reads += 1
+        assert held_count(client) == 8  # none acked: each went out under its own record
+    assert got == [f"{queue} {n}" for n in range(4) for queue in ("first", "second")]
+    assert reads == (1 if prefetch else 8)
+
+
 def test_an_idle_consumer_is_woken_at_once_for_its_second_queue_and_for_a_priority(
     redis_server: RedisServer, client: redis_py.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
