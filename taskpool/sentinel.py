@@ -9,6 +9,7 @@ from urllib.parse import unquote, urlsplit
 
 import redis
 from redis.sentinel import Sentinel
+from redis.utils import str_if_bytes
 
 from taskpool.urls import failover_hosts, mask_url, split_urls
 
@@ -77,5 +78,10 @@ def topology(
     return {
         "master_name": master,
         "primary": f"{host}:{port}",
-        "replicas": [f"{h}:{p}" for h, p in replicas],
+        "replicas": [f"{_text(h)}:{_text(p)}" for h, p in replicas],
     }
+
+
+def _text(value: Any) -> str:
+    """An address part as redis-py 8.2 types it (bytes, or a number) as text."""
+    return str(str_if_bytes(value))
