@@ -86,6 +86,9 @@ class _Store(_Base):
     """What taskpool changes in a Celery Redis backend; mixed in before it."""
 
     ResultConsumer = ResultConsumer
+    #: ``on_task_call`` subscribes on the result consumer's own connection and never uses the
+    #: producer it is given (``taskpool.quick_publish`` then needs none).
+    subscribes_without_producer = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

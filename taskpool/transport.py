@@ -113,6 +113,7 @@ from taskpool.settings import (
     DEFAULT_MAX_DELIVERIES,
     DEFAULT_MAX_MESSAGE_BYTES,
 )
+from taskpool.thread_connections import ThreadConnections
 from taskpool.urls import mask_url
 
 log = logging.getLogger(__name__)
@@ -317,6 +318,7 @@ class Channel(kombu_redis.Channel):
         self._seek_limit: int | None = None  # known once the server is checked
         self._wait: ReplicaWait | None = None  # made on first publish, if asked for
         self._pop: tuple[list[str], list[Any], Heart | None] = ([], [], None)  # the pop in flight
+        self._publishing = ThreadConnections()
         self._queues: list[str] = []  # those of the command in flight
         super().__init__(*args, **kwargs)
         self._uri = self.connection.client.as_uri(include_password=False)  # for messages
@@ -400,6 +402,7 @@ class Channel(kombu_redis.Channel):
         try:
             super().close()  # gives back what was taken and not run (QoS.restore_unacked)
         finally:
+            self._publishing.close()
             heart, self._heart = self._heart, None
             if heart is not None:
                 try:
@@ -507,9 +510,10 @@ class Channel(kombu_redis.Channel):
             wait.check(replicas, replies[-1], f"a message to {queue!r}")
 
     def _put_at_once(self, queue: str, message: Any) -> None:
-        """The message and its wake token in one write, on a connection of the pool, and its
-        three replies read: what the pipeline path sends, without redis-py's pipeline object
-        around it, which cost about half of a publish's client CPU (bench/README.md).
+        """The message and its wake token in one write, on this thread's publishing connection
+        (``taskpool.thread_connections``), and its three replies read: what the pipeline path
+        sends, without redis-py's pipeline object around it, which cost about half of a
+        publish's client CPU (bench/README.md).
 
         Adapted from kombu 5.7.0 ``kombu.transport.redis.Channel._put`` (the list by priority,
         the message's text) and from redis-py's pipeline (connection errors disconnect and are
@@ -524,8 +528,7 @@ class Channel(kombu_redis.Channel):
             ("LPUSH", wake, 1),
             ("LTRIM", wake, 0, WAKE_CAP - 1),
         )
-        pool = self._pool_client().connection_pool
-        connection = pool.get_connection()
+        connection = self._publishing.get(self._pool_client().connection_pool)
 
         def send() -> list[Exception]:
             connection.send_packed_command(connection.pack_commands(commands))
@@ -542,8 +545,6 @@ class Channel(kombu_redis.Channel):
         except BaseException:
             connection.disconnect()  # a reply may be left unread
             raise
-        finally:
-            pool.release(connection)
         if errors:
             raise errors[0]
 

@@ -79,6 +79,9 @@ def anonymous(text: str) -> tuple[str, Any]:
         ("tasks.square", (7,), {}),
         ("probe.power", (2,), {"exponent": 10}),
         ("tasks.print_number", ([1, {"a": [2.5, None, "é"]}],), {}),
+        ("probe.record", (2**70, -1.5e300), {}),
+        ("probe.record", (True, None, float("nan")), {}),
+        ("probe.record", (1, 0.5, "two\nlines"), {}),
     ],
 )
 def test_a_plain_calls_message_is_the_one_celery_sends_key_by_key(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
@@ -880,6 +881,41 @@ def test_a_publish_on_a_connection_redis_dropped_reconnects_and_sends_once(
         producer.publish({"n": 2}, routing_key=queue_name, serializer="json", retry=False)
     assert client.llen(queue_name) == 2
     assert client.llen(f"{queue_name}{SEP}wake") == 2
+
+
+def test_threads_publishing_on_one_channel_at_once_each_send_on_their_own_connection(
+    redis_server: RedisServer, client: redis_py.Redis, queue_name: str, queue: Queue
+) -> None:
+    """Each thread keeps a connection for its publishes (taskpool.thread_connections): one
+    shared by two threads would mix their replies. Closing the channel closes them all."""
+    threads, each = 6, 150
+    start = threading.Barrier(threads)
+    failures: list[BaseException] = []
+    with connection(redis_server) as conn:
+        channel = conn.default_channel
+        Producer(channel).publish({"n": -1}, routing_key=queue_name, declare=[queue])
+        baseline = len(client.client_list())
+
+        def send(thread: int) -> None:
+            try:
+                producer = Producer(channel)
+                start.wait(timeout=30)
+                for n in range(each):
+                    producer.publish({"n": thread * each + n}, routing_key=queue_name)
+            except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+                failures.append(exc)
+
+        workers = [threading.Thread(target=send, args=(t,)) for t in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=60)
+        assert not failures
+        assert len(client.client_list()) == baseline + threads  # the main thread's is kept too
+        texts = client.lrange(queue_name, 0, -1)
+        sent = [json.loads(base64.b64decode(json.loads(text)["body"])) for text in texts]
+        assert sorted(item["n"] for item in sent) == list(range(-1, threads * each))
+    wait_for(lambda: len(client.client_list()) == 1, timeout=10, what="connections closed")
 
 
 def test_a_redis_that_refuses_sort_and_memory_still_delivers_a_big_message(
