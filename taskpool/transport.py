@@ -531,6 +531,10 @@ class Channel(kombu_redis.Channel):
         connection = self._publishing.get(self._pool_client().connection_pool)
 
         def send() -> list[Exception]:
+            # Connected here if need be, as the pool connects what it hands out: a Sentinel's
+            # connection asks for the primary in connect(), and redis-py's send would connect
+            # without asking (to localhost).
+            connection.connect()
             connection.send_packed_command(connection.pack_commands(commands))
             errors: list[Exception] = []
             for _ in commands:
