@@ -25,8 +25,11 @@ An idle consumer must wait without taking a message, and a blocking pop takes on
 publish also pushes a token onto the queue's wake list (``<queue>\x06\x16wake``, capped at
 ``WAKE_CAP``), and an idle consumer waits with ``BRPOP`` on the wake lists of all its queues:
 Redis hands each token to one waiter, so one message wakes one consumer, whatever its queue or
-priority. The woken consumer runs the script in the same read, which pops from all its lists;
-each pop also takes one token, so tokens track the messages waiting. A token is only a hint: a
+priority. The wait is sent with the script after it, in one write: Redis runs the script as
+soon as the wait ends, woken or timed out, and the consumer reads both replies at once, one
+round trip for a message that arrives while it waits. The script pops from all its lists;
+each message popped after the first also takes one token (the first's woke the wait), so
+tokens track the messages waiting. A token is only a hint: a
 message published without one (by stock kombu) is found when the consumer's wait times out, and
 the waits grow while nothing arrives (``IDLE_WAITS``, up to a second, as kombu's BRPOP timeout).
 A wait whose pop finds nothing sends the next wait before it returns: an idle channel always has
@@ -50,9 +53,9 @@ POP_AFTER_  the same, and the channel   as POP, but nothing may be stale: the po
 ACK         acked or rejected a         again at once if the channel may take a message
             message since
 WAIT        BRPOP of the wake lists     a token, or none after ``IDLE_WAITS[i]`` s (the
-            for ``IDLE_WAITS[i]`` s     next wait is longer): the pop runs at once, in the
-                                        same read, if the channel may take a message; a
-                                        message: delivered, then POP; nothing: WAIT, sent
+            for ``IDLE_WAITS[i]`` s,    next wait is longer), and the pop's reply: a
+            and EVALSHA of the pop      message: delivered (given back if the channel may
+            script in the same write    no longer take it), then POP; nothing: WAIT, sent
                                         before the read returns
 ==========  ==========================  ==============================================
 
@@ -602,7 +605,17 @@ class Channel(kombu_redis.Channel):
         if self._waiting:
             self._pending = Pending.WAIT
             wait = IDLE_WAITS[self._wait_index]
-            connection.send_command("BRPOP", *self._wake_keys(queues), wait)
+            # The pop goes in the same write: Redis runs it as soon as the wait ends, without
+            # a round trip back here. A woken wait took the message's token already.
+            self._pop = keys, args, _ = self._pop_for(queues, False, self._room())
+            connection.send_packed_command(
+                connection.pack_commands(
+                    [
+                        ("BRPOP", *self._wake_keys(queues), wait),
+                        ("EVALSHA", self._script.sha, len(keys), *keys, *args),
+                    ]
+                )
+            )
         else:
             self._pending = Pending.POP
             self._pop = keys, args, _ = self._pop_for(queues, True, self._room())
@@ -635,11 +648,13 @@ class Channel(kombu_redis.Channel):
                 woken = reply is not None
                 # A wait that timed out makes the next one longer.
                 self._wait_index = 0 if woken else min(self._wait_index + 1, len(IDLE_WAITS) - 1)
-                reply = None
+                reply = self._reply("EVALSHA", **options)  # the pop sent with the wait
                 if self._may_pop():
-                    # Woken, the consumer took the message's token already.
-                    reply = self._pop_now(take_token=not woken)
                     wait_next = not reply
+                elif reply and reply != TAKEN_FOR_DEAD:
+                    # Taken as the channel closed or its consumer was cancelled: back they go.
+                    self._give_back_popped(reply, self._pop[2])
+                    reply = None
             elif not reply and pending is Pending.POP_AFTER_ACK and self._may_pop():
                 reply = self._pop_now(take_token=True)
             if reply == TAKEN_FOR_DEAD:

@@ -31,6 +31,7 @@ from taskpool.testing.redis_server import RedisServer
 from taskpool.testing.waiting import wait_for
 from taskpool.transport import POP_AND_RECORD, Transport, require_redis, seek_limit
 from tests.support.apps import client_app
+from tests.support.script_calls import ScriptCalls
 
 #: kombu's separator between a queue's name and its priority, and taskpool's wake list suffix.
 SEP = "\x06\x16"
@@ -236,6 +237,34 @@ def test_an_idle_consumer_is_woken_at_once_for_its_second_queue_and_for_a_priori
         assert body == "urgent" and took < 5
     assert held_count(client) == 0
     assert client.llen(f"first{SEP}wake") == 0 and client.llen(f"second{SEP}wake") == 0
+
+
+def test_a_woken_consumers_pop_was_sent_with_its_wait_on_the_same_connection(
+    redis_server: RedisServer, queue: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wait and the pop go in one write: Redis runs the pop as the wait ends, and the
+    consumer reads both replies in one round trip, where it used to read the token, then send
+    the pop on another connection and wait again."""
+    monkeypatch.setattr(transport, "IDLE_WAITS", (5.0,))  # longer than the test waits
+    got: list[object] = []
+
+    def record(body: object, message: Message) -> None:
+        got.append(body)
+        message.ack()
+
+    with connection(redis_server) as conn, Consumer(conn, [queue], callbacks=[record]):
+        with contextlib.suppress(socket.timeout):
+            conn.drain_events(timeout=0.5)  # the pop found nothing: now waiting
+        with ScriptCalls(redis_server.port) as calls:
+            publish(redis_server, queue, ["wake up"])
+            conn.drain_events(timeout=5)
+            assert got == ["wake up"]
+            with contextlib.suppress(socket.timeout):
+                conn.drain_events(timeout=0.3)  # sends the next wait
+    pops = [who for name, who in calls.sent if name == "pop"]
+    waits = [who for name, who in calls.sent if name == "BRPOP"]
+    assert pops and waits, calls.sent
+    assert pops[0] == waits[0], calls.sent  # the consumer's own connection
 
 
 def test_one_message_wakes_one_idle_consumer(

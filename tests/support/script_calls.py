@@ -19,19 +19,25 @@ SCRIPTS = {
     hashlib.sha1(text.encode()).hexdigest(): name
     for name, text in (("pop", POP_AND_RECORD), ("store", STORE_RESULT), ("liveness", LIVENESS))
 }
-#: A MONITOR line of an EVALSHA (run by a client, not from inside a script).
-EVALSHA = re.compile(rb'^[\d.]+ \[\d+ [^\]]+\] "(?i:evalsha)" "([0-9a-f]{40})"')
+#: A MONITOR line of an EVALSHA (run by a client, not from inside a script): who sent it, and
+#: the script's SHA1.
+EVALSHA = re.compile(rb'^[\d.]+ \[\d+ ([^\]]+)\] "(?i:evalsha)" "([0-9a-f]{40})"')
+#: A MONITOR line of a BRPOP, and who sent it.
+BRPOP = re.compile(rb'^[\d.]+ \[\d+ ([^\]]+)\] "(?i:brpop)"')
 #: Sent by ``__exit__`` so the listener knows it has seen everything before it.
 END = "taskpool-script-calls-end"
 
 
 class ScriptCalls:
     """Counts, by name (``pop``, ``store``, ``liveness``; ``other``), the scripts Redis runs
-    between entering and leaving, on a connection of its own that MONITORs."""
+    between entering and leaving, on a connection of its own that MONITORs; ``sent`` also
+    lists the BRPOPs, each entry with the client address that sent it."""
 
     def __init__(self, port: int) -> None:
         self.port = port
         self.counts: Counter[str] = Counter()
+        #: In the order Redis ran them, each script by name and each BRPOP, with who sent it.
+        self.sent: list[tuple[str, str]] = []
         self._client = redis_py.Redis(port=port)
         self._monitor = self._client.monitor()
         self._thread = threading.Thread(target=self._listen, daemon=True)
@@ -63,4 +69,8 @@ class ScriptCalls:
                 return
             found = EVALSHA.match(line)
             if found:
-                self.counts[SCRIPTS.get(found.group(1).decode(), "other")] += 1
+                name = SCRIPTS.get(found.group(2).decode(), "other")
+                self.counts[name] += 1
+                self.sent.append((name, found.group(1).decode()))
+            elif waited := BRPOP.match(line):
+                self.sent.append(("BRPOP", waited.group(1).decode()))
