@@ -108,6 +108,7 @@ from kombu.utils.encoding import bytes_to_str
 
 from taskpool import liveness, messages
 from taskpool.errors import BrokerUnsupported, UnreadableMessage, redis_full
+from taskpool.kept_connection import KeptConnection
 from taskpool.liveness import Heart
 from taskpool.quarantine import Entry, Quarantine, Recorded, message_quarantined
 from taskpool.replication import ReplicaWait
@@ -116,7 +117,6 @@ from taskpool.settings import (
     DEFAULT_MAX_DELIVERIES,
     DEFAULT_MAX_MESSAGE_BYTES,
 )
-from taskpool.thread_connections import ThreadConnections
 from taskpool.urls import mask_url
 
 log = logging.getLogger(__name__)
@@ -321,7 +321,7 @@ class Channel(kombu_redis.Channel):
         self._seek_limit: int | None = None  # known once the server is checked
         self._wait: ReplicaWait | None = None  # made on first publish, if asked for
         self._pop: tuple[list[str], list[Any], Heart | None] = ([], [], None)  # the pop in flight
-        self._publishing = ThreadConnections()
+        self._publishing = KeptConnection()
         self._queues: list[str] = []  # those of the command in flight
         super().__init__(*args, **kwargs)
         self._uri = self.connection.client.as_uri(include_password=False)  # for messages
@@ -513,15 +513,18 @@ class Channel(kombu_redis.Channel):
             wait.check(replicas, replies[-1], f"a message to {queue!r}")
 
     def _put_at_once(self, queue: str, message: Any) -> None:
-        """The message and its wake token in one write, on this thread's publishing connection
-        (``taskpool.thread_connections``), and its three replies read: what the pipeline path
+        """The message and its wake token in one write, on the channel's publishing connection
+        (``taskpool.kept_connection``), and its three replies read: what the pipeline path
         sends, without redis-py's pipeline object around it, which cost about half of a
         publish's client CPU (bench/README.md).
 
         Adapted from kombu 5.7.0 ``kombu.transport.redis.Channel._put`` (the list by priority,
         the message's text) and from redis-py's pipeline (connection errors disconnect and are
-        retried by the connection's retry policy; every reply is read before the first error
-        reply is raised, so the connection stays in step).
+        retried by the connection's retry policy; every reply is read before an error reply is
+        raised, so the connection stays in step). The message's own reply decides: once it is
+        in its queue, a wake token refused (an out-of-memory Redis) is logged, not raised, as a
+        raise would have the caller publish it a second time; a consumer finds it when its
+        wait times out.
         """
         prefix = self.global_keyprefix or ""
         key = prefix + self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
@@ -531,29 +534,33 @@ class Channel(kombu_redis.Channel):
             ("LPUSH", wake, 1),
             ("LTRIM", wake, 0, WAKE_CAP - 1),
         )
-        connection = self._publishing.get(self._pool_client().connection_pool)
+        with self._publishing.use(self._pool_client().connection_pool) as connection:
 
-        def send() -> list[Exception]:
-            # Connected here if need be, as the pool connects what it hands out: a Sentinel's
-            # connection asks for the primary in connect(), and redis-py's send would connect
-            # without asking (to localhost).
-            connection.connect()
-            connection.send_packed_command(connection.pack_commands(commands))
-            errors: list[Exception] = []
-            for _ in commands:
-                try:
-                    connection.read_response()
-                except redis.exceptions.ResponseError as exc:
-                    errors.append(exc)
-            return errors
+            def send() -> list[Exception | None]:
+                # Connected here if need be, as the pool connects what it hands out: a
+                # Sentinel's connection asks for the primary in connect(), and redis-py's send
+                # would connect without asking (to localhost).
+                connection.connect()
+                connection.send_packed_command(connection.pack_commands(commands))
+                errors: list[Exception | None] = []
+                for _ in commands:
+                    try:
+                        connection.read_response()
+                        errors.append(None)
+                    except redis.exceptions.ResponseError as exc:
+                        errors.append(exc)
+                return errors
 
-        try:
-            errors = connection.retry.call_with_retry(send, lambda _: connection.disconnect())
-        except BaseException:
-            connection.disconnect()  # a reply may be left unread
-            raise
-        if errors:
+            try:
+                errors = connection.retry.call_with_retry(send, lambda _: connection.disconnect())
+            except BaseException:
+                connection.disconnect()  # a reply may be left unread
+                raise
+        if errors[0] is not None:
             raise errors[0]
+        refused = next((error for error in errors if error is not None), None)
+        if refused is not None:
+            log.warning("A message to %r is in its queue without a wake token: %s", queue, refused)
 
     def _replica_wait(self) -> ReplicaWait | None:
         if not self.wait_replicas:

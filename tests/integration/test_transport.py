@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import gc
 import hashlib
 import json
 import os
@@ -912,11 +913,12 @@ def test_a_publish_on_a_connection_redis_dropped_reconnects_and_sends_once(
     assert client.llen(f"{queue_name}{SEP}wake") == 2
 
 
-def test_threads_publishing_on_one_channel_at_once_each_send_on_their_own_connection(
+def test_threads_publishing_on_one_channel_at_once_each_send_on_a_connection_of_its_own(
     redis_server: RedisServer, client: redis_py.Redis, queue_name: str, queue: Queue
 ) -> None:
-    """Each thread keeps a connection for its publishes (taskpool.thread_connections): one
-    shared by two threads would mix their replies. Closing the channel closes them all."""
+    """The channel keeps one connection for its publishes (taskpool.kept_connection); a
+    publish that finds it in use takes one of the pool's: one connection shared by two
+    threads at once would mix their replies. Closing the channel closes them all."""
     threads, each = 6, 150
     start = threading.Barrier(threads)
     failures: list[BaseException] = []
@@ -940,11 +942,57 @@ def test_threads_publishing_on_one_channel_at_once_each_send_on_their_own_connec
         for worker in workers:
             worker.join(timeout=60)
         assert not failures
-        assert len(client.client_list()) == baseline + threads  # the main thread's is kept too
+        assert len(client.client_list()) <= baseline + threads - 1  # the pool's, as many as met
         texts = client.lrange(queue_name, 0, -1)
         sent = [json.loads(base64.b64decode(json.loads(text)["body"])) for text in texts]
         assert sorted(item["n"] for item in sent) == list(range(-1, threads * each))
     wait_for(lambda: len(client.client_list()) == 1, timeout=10, what="connections closed")
+
+
+def test_threads_that_come_and_go_leave_no_connection_behind(
+    redis_server: RedisServer, client: redis_py.Redis, queue_name: str, queue: Queue
+) -> None:
+    """A thread (or greenlet) per request that publishes once must not leave a connection
+    open per thread until the garbage collector finds it: the channel keeps one."""
+    threads = 20
+    with connection(redis_server) as conn:
+        channel = conn.default_channel
+        producer = Producer(channel)
+        producer.publish({"n": -1}, routing_key=queue_name, declare=[queue])
+        baseline = len(client.client_list())
+        gc.disable()  # what is closed must be closed without it
+        try:
+            for n in range(threads):
+                worker = threading.Thread(
+                    target=producer.publish, args=({"n": n},), kwargs={"routing_key": queue_name}
+                )
+                worker.start()
+                worker.join(timeout=30)
+            assert len(client.client_list()) == baseline
+        finally:
+            gc.enable()
+        assert client.llen(queue_name) == threads + 1
+
+
+def test_a_message_in_its_queue_is_not_refused_for_its_wake_token(
+    redis_server: RedisServer,
+    client: redis_py.Redis,
+    queue_name: str,
+    queue: Queue,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Once the message is in, an error on the wake token alone is logged, not raised: a raise
+    has the caller publish the message again (kombu's retry, Celery's publish)."""
+    client.acl_setuser(
+        "sender", enabled=True, passwords=["+secret"], channels=["*"], commands=["+@all"],
+        keys=[queue_name, f"{queue_name}{SEP}[0-9]*", "_kombu.*"],  # its lists, not its wake list
+    )  # fmt: skip
+    url = f"redis://sender:secret@127.0.0.1:{redis_server.port}/0"
+    with Connection(url, transport=Transport) as conn, caplog.at_level("WARNING"):
+        Producer(conn).publish({"n": 1}, routing_key=queue_name, declare=[queue], retry=False)
+    assert client.llen(queue_name) == 1
+    assert client.llen(f"{queue_name}{SEP}wake") == 0
+    assert "without a wake token: this user has no permissions" in caplog.text
 
 
 def test_a_redis_that_refuses_sort_and_memory_still_delivers_a_big_message(
