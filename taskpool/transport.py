@@ -606,27 +606,29 @@ class Channel(kombu_redis.Channel):
             return super()._brpop_start(timeout)
         self._pool_client()  # registers the script for this pool
         connection = self.client.connection
-        self._in_poll = connection
-        self._brpop_sent_at = monotonic()  # type: ignore[assignment]  # kombu declares it None
         self._queues = queues
+        # What may raise (the server check, the consumer's first beat) runs before the channel
+        # counts a reply as pending: closing it would wait for one that was never asked for.
         if self._waiting:
-            self._pending = Pending.WAIT
+            pending = Pending.WAIT
             wait = IDLE_WAITS[self._wait_index]
             # The pop goes in the same write: Redis runs it as soon as the wait ends, without
             # a round trip back here. A woken wait took the message's token already.
             self._pop = keys, args, _ = self._pop_for(queues, False, self._room())
-            connection.send_packed_command(
-                connection.pack_commands(
-                    [
-                        ("BRPOP", *self._wake_keys(queues), wait),
-                        ("EVALSHA", self._script.sha, len(keys), *keys, *args),
-                    ]
-                )
+            packed = connection.pack_commands(
+                [
+                    ("BRPOP", *self._wake_keys(queues), wait),
+                    ("EVALSHA", self._script.sha, len(keys), *keys, *args),
+                ]
             )
         else:
-            self._pending = Pending.POP
+            pending = Pending.POP
             self._pop = keys, args, _ = self._pop_for(queues, True, self._room())
-            connection.send_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
+            packed = connection.pack_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
+        self._in_poll = connection
+        self._brpop_sent_at = monotonic()  # type: ignore[assignment]  # kombu declares it None
+        self._pending = pending
+        connection.send_packed_command(packed)
 
     def credit_returned(self) -> None:
         """An ack or a reject: a pending POP's empty reply may be stale (kombu may have held it
@@ -650,7 +652,12 @@ class Channel(kombu_redis.Channel):
             return super()._brpop_read(**options)
         wait_next = False
         try:
-            reply = self._reply(pending.command, **options)
+            try:
+                reply = self._reply(pending.command, **options)
+            except BaseException:
+                if pending is Pending.WAIT:  # the pop's reply is left unread behind it
+                    self.client.connection.disconnect()
+                raise
             if pending is Pending.WAIT:
                 woken = reply is not None
                 # A wait that timed out makes the next one longer.
