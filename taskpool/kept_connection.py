@@ -2,16 +2,15 @@
 
 Taking a connection from redis-py's pool and giving it back (its lock, its bookkeeping, its
 events) cost about a tenth of a publish's client CPU (bench/README.md). A channel keeps one
-connection for its publishes and skips that; before each publish it still checks, as the pool
-does, that the server has not closed the connection meanwhile.
+connection for its publishes and skips that; the publish still has the pool check it before
+each use (``ConnectionPool.ensure_connection``, as for a connection the pool hands out).
 
 One thread at a time uses it: a publish that finds it in use (threads, greenlets) takes a
 connection from the pool and gives it back, as kombu's publish does, so a channel never holds
 more than one connection outside its pool's ``max_connections``, however many threads come and
 go. The kept connection is made from the pool's own class and arguments (a Sentinel pool's
 connections still ask the Sentinels for the primary when they connect); it is made again for a
-new pool, after ``close`` and in a forked child (which leaves the parent's socket alone), and
-connects again by itself when it was dropped.
+new pool, after ``close`` and in a forked child (which leaves the parent's socket alone).
 """
 
 from __future__ import annotations
@@ -22,8 +21,6 @@ import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, NamedTuple
-
-import redis
 
 
 class _Kept(NamedTuple):
@@ -55,8 +52,6 @@ class KeptConnection:
                 pool.release(connection)
             return
         try:
-            if _stale(kept.connection):
-                kept.connection.disconnect()  # it connects again when next used
             yield kept.connection
         finally:
             kept.lock.release()
@@ -98,12 +93,3 @@ def _forget_all() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_all)
-
-
-def _stale(connection: Any) -> bool:
-    """Whether a kept connection was closed by the server, or holds data no one asked for, as
-    redis-py's pool checks (``ConnectionPool.ensure_connection``)."""
-    try:
-        return bool(connection.can_read())
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
-        return True

@@ -534,13 +534,15 @@ class Channel(kombu_redis.Channel):
             ("LPUSH", wake, 1),
             ("LTRIM", wake, 0, WAKE_CAP - 1),
         )
-        with self._publishing.use(self._pool_client().connection_pool) as connection:
+        pool = self._pool_client().connection_pool
+        with self._publishing.use(pool) as connection:
 
             def send() -> list[Exception | None]:
-                # Connected here if need be, as the pool connects what it hands out: a
-                # Sentinel's connection asks for the primary in connect(), and redis-py's send
-                # would connect without asking (to localhost).
-                connection.connect()
+                # Connected, and dropped first if the server closed it or it holds a reply no
+                # one asked for, as the pool checks what it hands out; not left to redis-py's
+                # send, which would connect a Sentinel's connection without asking for the
+                # primary (to localhost).
+                pool.ensure_connection(connection)
                 connection.send_packed_command(connection.pack_commands(commands))
                 errors: list[Exception | None] = []
                 for _ in commands:

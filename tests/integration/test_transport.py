@@ -913,6 +913,28 @@ def test_a_publish_on_a_connection_redis_dropped_reconnects_and_sends_once(
     assert client.llen(f"{queue_name}{SEP}wake") == 2
 
 
+def test_a_reply_left_unread_on_the_publishing_connection_is_not_taken_for_the_publishs(
+    redis_server: RedisServer, client: redis_py.Redis, queue_name: str, queue: Queue
+) -> None:
+    """The connection the channel keeps for its publishes is checked before each use as the
+    pool checks what it hands out: one that holds a reply no one asked for is made again, and
+    the publish reads its own replies (here the left reply is an error, and would be raised)."""
+    client.set(f"{queue_name}-text", "x")
+    with connection(redis_server) as conn:
+        channel = conn.default_channel
+        producer = Producer(channel)
+        producer.publish({"n": 1}, routing_key=queue_name, declare=[queue])
+        pool = channel.pool
+        with channel._publishing.use(pool) as kept:
+            kept.send_command("LPUSH", f"{queue_name}-text", "y")  # WRONGTYPE, left unread
+            wait_for(kept.can_read, timeout=10, what="the reply to arrive")
+        producer.publish({"n": 2}, routing_key=queue_name, retry=False)
+        with channel._publishing.use(pool) as kept:
+            assert not kept.can_read()
+    assert client.llen(queue_name) == 2
+    assert client.llen(f"{queue_name}{SEP}wake") == 2
+
+
 def test_threads_publishing_on_one_channel_at_once_each_send_on_a_connection_of_its_own(
     redis_server: RedisServer, client: redis_py.Redis, queue_name: str, queue: Queue
 ) -> None:

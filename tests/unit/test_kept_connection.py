@@ -12,10 +12,6 @@ class FakeConnection:
     def __init__(self, **kwargs: Any) -> None:
         self.kwargs = kwargs
         self.disconnects = 0
-        self.unread = False
-
-    def can_read(self) -> bool:
-        return self.unread
 
     def disconnect(self) -> None:
         self.disconnects += 1
@@ -53,14 +49,6 @@ def test_a_publish_that_finds_it_in_use_borrows_from_the_pool_and_gives_back() -
     assert pool.released == [inner]
     with kept.use(pool) as again:
         assert again is outer
-
-
-def test_a_connection_with_unasked_data_is_dropped_before_use() -> None:
-    kept, pool = KeptConnection(), FakePool()
-    with kept.use(pool) as connection:
-        connection.unread = True
-    with kept.use(pool) as same:
-        assert same is connection and connection.disconnects == 1
 
 
 def test_close_and_a_new_pool_replace_it_and_a_forked_child_leaves_the_parents_alone() -> None:
