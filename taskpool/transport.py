@@ -157,6 +157,23 @@ class _Pipeline:
         getattr(self.pipeline, name)(*args)
 
 
+def _sent(queue: str, replies: list[Any]) -> None:
+    """Judge a publish's replies: the message's own (first), then its wake token's, trim's and
+    expiry's. An error on the message is raised. Once the message is in its queue, an error on
+    the rest (an out-of-memory Redis, an ACL) is logged, not raised: a raise would have the
+    caller (kombu's retry, Celery's publish) send the message a second time, and a consumer
+    finds it without a token when its wait times out."""
+    if isinstance(replies[0], Exception):
+        raise replies[0]
+    refused = next((reply for reply in replies[1:] if isinstance(reply, Exception)), None)
+    if refused is not None:
+        log.warning(
+            "A message to %r is in its queue; Redis refused its wake token, trim or expiry: %s",
+            queue,
+            refused,
+        )
+
+
 def seek_limit(version: str) -> int:
     """The pop script's seek limit on a Redis of ``version`` (-1: none)."""
     return -1 if _version(version) >= (7, 0) else SEEK_LIMIT_6
@@ -508,9 +525,13 @@ class Channel(kombu_redis.Channel):
             self._ring(commands, queue)
             wait = self._replica_wait()
             replicas = wait.add(client, pipe) if wait else 0
-            replies = pipe.execute()
+            replies = pipe.execute(raise_on_error=False)
+        waited = replies.pop() if replicas else None
+        _sent(queue, replies)
         if wait and replicas:
-            wait.check(replicas, replies[-1], f"a message to {queue!r}")
+            if isinstance(waited, Exception):
+                raise waited
+            wait.check(replicas, waited, f"a message to {queue!r}")
 
     def _put_at_once(self, queue: str, message: Any) -> None:
         """The message and its wake token in one write, on the channel's publishing connection
@@ -521,10 +542,8 @@ class Channel(kombu_redis.Channel):
         Adapted from kombu 5.7.0 ``kombu.transport.redis.Channel._put`` (the list by priority,
         the message's text) and from redis-py's pipeline (connection errors disconnect and are
         retried by the connection's retry policy; every reply is read before an error reply is
-        raised, so the connection stays in step). The message's own reply decides: once it is
-        in its queue, a wake token refused (an out-of-memory Redis) is logged, not raised, as a
-        raise would have the caller publish it a second time; a consumer finds it when its
-        wait times out.
+        raised, so the connection stays in step); the replies are then judged as the pipeline
+        path's (``_sent``).
         """
         prefix = self.global_keyprefix or ""
         key = prefix + self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
@@ -537,32 +556,27 @@ class Channel(kombu_redis.Channel):
         pool = self._pool_client().connection_pool
         with self._publishing.use(pool) as connection:
 
-            def send() -> list[Exception | None]:
+            def send() -> list[Any]:
                 # Connected, and dropped first if the server closed it or it holds a reply no
                 # one asked for, as the pool checks what it hands out; not left to redis-py's
                 # send, which would connect a Sentinel's connection without asking for the
                 # primary (to localhost).
                 pool.ensure_connection(connection)
                 connection.send_packed_command(connection.pack_commands(commands))
-                errors: list[Exception | None] = []
+                replies: list[Any] = []
                 for _ in commands:
                     try:
-                        connection.read_response()
-                        errors.append(None)
+                        replies.append(connection.read_response())
                     except redis.exceptions.ResponseError as exc:
-                        errors.append(exc)
-                return errors
+                        replies.append(exc)
+                return replies
 
             try:
-                errors = connection.retry.call_with_retry(send, lambda _: connection.disconnect())
+                replies = connection.retry.call_with_retry(send, lambda _: connection.disconnect())
             except BaseException:
                 connection.disconnect()  # a reply may be left unread
                 raise
-        if errors[0] is not None:
-            raise errors[0]
-        refused = next((error for error in errors if error is not None), None)
-        if refused is not None:
-            log.warning("A message to %r is in its queue without a wake token: %s", queue, refused)
+        _sent(queue, replies)
 
     def _replica_wait(self) -> ReplicaWait | None:
         if not self.wait_replicas:

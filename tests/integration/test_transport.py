@@ -996,15 +996,18 @@ def test_threads_that_come_and_go_leave_no_connection_behind(
         assert client.llen(queue_name) == threads + 1
 
 
+@pytest.mark.parametrize("expires", [None, 60], ids=["at-once", "pipeline"])
 def test_a_message_in_its_queue_is_not_refused_for_its_wake_token(
     redis_server: RedisServer,
     client: redis_py.Redis,
     queue_name: str,
-    queue: Queue,
+    expires: int | None,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Once the message is in, an error on the wake token alone is logged, not raised: a raise
-    has the caller publish the message again (kombu's retry, Celery's publish)."""
+    has the caller publish the message again (kombu's retry, Celery's publish). On both
+    publish paths: an expiring queue's publish (kombu's x-expires) goes as a pipeline."""
+    queue = Queue(queue_name, expires=expires)
     client.acl_setuser(
         "sender", enabled=True, passwords=["+secret"], channels=["*"], commands=["+@all"],
         keys=[queue_name, f"{queue_name}{SEP}[0-9]*", "_kombu.*"],  # its lists, not its wake list
@@ -1014,7 +1017,11 @@ def test_a_message_in_its_queue_is_not_refused_for_its_wake_token(
         Producer(conn).publish({"n": 1}, routing_key=queue_name, declare=[queue], retry=False)
     assert client.llen(queue_name) == 1
     assert client.llen(f"{queue_name}{SEP}wake") == 0
-    assert "without a wake token: this user has no permissions" in caplog.text
+    assert "Redis refused its wake token, trim or expiry: this user has no permissions" in (
+        caplog.text
+    )
+    if expires:
+        assert 0 < client.pttl(queue_name) <= expires * 1000
 
 
 def test_a_redis_that_refuses_sort_and_memory_still_delivers_a_big_message(
