@@ -97,7 +97,7 @@ class Recorded:
 
     tag: bytes | str  # as Redis gave it: a tag that is not UTF-8 is still found
     held_key: str  # the consumer's held messages (taskpool.liveness), prefix included
-    deliveries_key: str  # without the prefix, as kombu names it
+    deliveries_key: str  # the delivery counts, prefix included
     parked_key: bytes | str  # where it is kept if it was parked (taskpool.liveness)
 
 
@@ -115,7 +115,7 @@ class Quarantine:
         Redis still runs (``quarantine.lua``)."""
         held, deliveries = self.prefix + HELD, "unacked_deliveries"  # unused without a record
         if recorded is not None:
-            held, deliveries = recorded.held_key, self.prefix + recorded.deliveries_key
+            held, deliveries = recorded.held_key, recorded.deliveries_key
         keys: list[bytes | str] = [self.entries_key, self.index_key, held, deliveries]
         if recorded is not None:
             keys.append(recorded.parked_key)

@@ -441,8 +441,9 @@ class Channel(kombu_redis.Channel):
 
     @property
     def deliveries_key(self) -> str:
-        """The delivery counts' hash, named after kombu's unacked hash."""
-        return f"{self.unacked_key}_deliveries"
+        """The delivery counts' hash, named after kombu's unacked hash, with the global key
+        prefix: the scripts that count and clear deliveries run on plain clients."""
+        return f"{self.global_keyprefix or ''}{self.unacked_key}_deliveries"
 
     def _reliable(self, queues: list[str]) -> bool:
         return all(q in self._acking_queues for q in queues)
@@ -471,13 +472,12 @@ class Channel(kombu_redis.Channel):
         the consumer it records for."""
         self._check_server()
         heart = self._consumer()
-        prefix = self.global_keyprefix or ""
         keys = [
             *self._keys(queues),
             *self._wake_keys(queues),
             heart.keys.consumers,
             heart.held_key,
-            prefix + self.deliveries_key,
+            self.deliveries_key,
             heart.landing_key,
         ]
         args = [len(queues), int(take_token), heart.id, self._seek_limit, PARK_ABOVE, most]

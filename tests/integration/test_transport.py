@@ -476,8 +476,10 @@ def test_prefixed_keys_take_the_reliable_path_too(
         assert message is not None and message.payload == "hello"
         assert held_count(client, "app1:") == 1 and held_count(client) == 0
         assert client.zcard("app1:taskpool.consumers") == 1
+        assert client.hlen("app1:unacked_deliveries") == 1
         message.ack()
         assert held_count(client, "app1:") == 0
+        assert client.keys("*deliveries") == []  # the count went with the ack
 
 
 @pytest.mark.parametrize(
