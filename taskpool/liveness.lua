@@ -22,9 +22,14 @@
 --   '1' if the delivery does not count (given back unrun), the wake cap, '1' to put it at the
 --   front of its queue rather than the back. Returns 1, or 0 when the message was no longer
 --   this consumer's.
--- leave: KEYS = the consumers alive, the held messages, the consumers' queues. ARGV = leave,
---   this consumer's id. Removes it when it holds nothing (what it still holds waits for the
---   sweep). Returns 1 or 0.
+-- leave: KEYS = the consumers alive, the held messages, the consumers' queues, the delivery
+--   counts. ARGV = leave, this consumer's id, the wake cap, then the tags whose outcome did not
+--   reach Redis (an ack or a requeue lost with its connection). For a consumer that closes
+--   after giving back what it delivered and did not run: what it still holds it never
+--   delivered (a pop whose reply a lost connection took) or ran without its outcome recorded.
+--   Each goes back to the front of its queue, as the sweep would one timeout later; a message
+--   never delivered does not count as a delivery. Removes the consumer. Returns how many went
+--   back.
 -- bury: KEYS = the consumers alive, the held messages, the consumers' queues. ARGV = bury, the
 --   consumer's id, the wake cap. For a consumer whose process is known dead: what the sweep does
 --   to a silent one, now. Returns how many messages went back.
@@ -126,12 +131,23 @@ if step == 'give_back' then
 end
 
 if step == 'leave' then
-  if redis.call('HLEN', KEYS[2]) == 0 then
-    redis.call('ZREM', KEYS[1], ARGV[2])
-    redis.call('HDEL', KEYS[3], ARGV[2])
-    return 1
+  local ran = {}
+  for i = 4, #ARGV do
+    ran[ARGV[i]] = true
   end
-  return 0
+  local cap = tonumber(ARGV[3])
+  local held = redis.call('HGETALL', KEYS[2])
+  for i = 1, #held, 2 do
+    -- A parked message not claimed yet is recorded by its landing key and was not counted.
+    if not ran[held[i]] and redis.call('HEXISTS', KEYS[4], held[i]) == 1 then
+      redis.call('HINCRBY', KEYS[4], held[i], -1)
+    end
+    restore(held[i + 1], cap, true)
+  end
+  redis.call('DEL', KEYS[2])
+  redis.call('ZREM', KEYS[1], ARGV[2])
+  redis.call('HDEL', KEYS[3], ARGV[2])
+  return #held / 2
 end
 
 -- Every message a dead consumer held back at the front of its queue, and the consumer gone.

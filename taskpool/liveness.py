@@ -116,7 +116,7 @@ class Heart:
         self._script = client.register_script(LIVENESS)
         self._stopped = threading.Event()
         self._nudged = threading.Event()
-        self._leave = False
+        self._leave: tuple[str, list[str]] | None = None  # deliveries key, tags that ran
         self._thread: threading.Thread | None = None
 
     def start(self) -> Heart:
@@ -181,29 +181,41 @@ class Heart:
         """Beat now, not at the next interval: the queues consumed changed."""
         self._nudged.set()
 
-    def stop(self, leave: bool) -> None:
-        """Stop beating; with ``leave``, also leave the consumers alive if nothing is held
-        (whatever is left waits for the sweep, one timeout later).
+    def stop(self, leave: bool, *, deliveries_key: str = "", ran: Iterable[str] = ()) -> None:
+        """Stop beating; with ``leave`` (a channel closing, after it gave back what it
+        delivered and did not run), also leave the consumers alive, and put back at the front
+        of its queue whatever the consumer still holds: messages whose pop reply was lost
+        with its connection (not counted as delivered), and those in ``ran`` (tags whose ack
+        or requeue was lost: counted). If that cannot reach Redis, the sweep does it one
+        timeout later.
 
         The beating thread leaves, and this waits for it at most STOP_WAIT seconds: a
         connection gone half-open (no reply, no reset) would otherwise hold a worker's
         shutdown or reconnection for its socket timeouts and retries.
         """
-        self._leave = leave
+        self._leave = (deliveries_key, list(ran)) if leave else None
         self._stopped.set()
         self._nudged.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=min(STOP_WAIT, self.timeout))
 
     def _leave_if_asked(self) -> None:
-        if not (self._leave and self.alive):
+        if self._leave is None or not self.alive:
             return
+        deliveries_key, ran = self._leave
+        keys = [self.keys.consumers, self.held_key, self.keys.queues, deliveries_key]
         try:
-            self._script(
-                keys=[self.keys.consumers, self.held_key, self.keys.queues], args=["leave", self.id]
-            )
+            back = int(self._script(keys=keys, args=["leave", self.id, self.wake_cap, *ran]))
         except Exception as exc:  # noqa: BLE001 - the sweep removes it one timeout later
             log.info("Consumer %s could not leave (%s); the sweep will", self.id, exc)
+            return
+        if back:
+            log.warning(
+                "Consumer %s closed holding %d message(s) whose pop reply or outcome was lost "
+                "with a connection: back at the front of their queues",
+                self.id,
+                back,
+            )
 
     def parked_key(self, tag: bytes | str) -> bytes | str:
         """Where this consumer keeps the message ``tag`` if it was parked."""

@@ -92,7 +92,7 @@ from __future__ import annotations
 import copy
 import enum
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -224,9 +224,10 @@ class QoS(kombu_redis.QoS):
         if heart is None:
             super().ack(delivery_tag)
             return
+        deliveries = self.channel.deliveries_key
         if delivery_tag in self.channel.acked_by_result:  # in Redis already (liveness.Running)
             self.channel.acked_by_result.discard(delivery_tag)
-        elif not heart.ack(delivery_tag, self.channel.deliveries_key):
+        elif not self._settle(delivery_tag, lambda: heart.ack(delivery_tag, deliveries)):
             log.warning(
                 "Acknowledged message %s after this consumer was taken for dead: it went back "
                 "to its queue meanwhile and may run twice",
@@ -244,8 +245,19 @@ class QoS(kombu_redis.QoS):
             super().reject(delivery_tag, requeue=True)
             return
         # kombu's requeue: to the back of the queue, and the delivery counts.
-        heart.give_back(delivery_tag, self.channel.deliveries_key, counted=True, front=False)
+        deliveries = self.channel.deliveries_key
+        self._settle(delivery_tag, lambda: heart.give_back(delivery_tag, deliveries, True, False))
         virtual.QoS.ack(self, delivery_tag)
+
+    def _settle(self, tag: str, step: Callable[[], bool]) -> bool:
+        """Run an ack or a requeue of ``tag``; one whose reply a connection error took is
+        remembered, so that closing the channel counts the message as delivered when it puts it
+        back (``Heart.stop``)."""
+        try:
+            return step()
+        except BaseException:
+            self.channel.outcome_lost.add(tag)
+            raise
 
     def restore_visible(self, *args: Any, **kwargs: Any) -> None:
         try:
@@ -328,6 +340,8 @@ class Channel(kombu_redis.Channel):
         self.held: dict[str, Heart] = {}
         #: Held messages whose task's stored success acked them in Redis (liveness.Running).
         self.acked_by_result: set[str] = set()
+        #: Held messages whose ack or requeue did not reach Redis (QoS._settle).
+        self.outcome_lost: set[str] = set()
         self._heart: Heart | None = None
         self._acking_queues: dict[str, int] = {}
         self._pending = Pending.KOMBU
@@ -426,7 +440,9 @@ class Channel(kombu_redis.Channel):
             heart, self._heart = self._heart, None
             if heart is not None:
                 try:
-                    heart.stop(leave=True)
+                    heart.stop(
+                        leave=True, deliveries_key=self.deliveries_key, ran=self.outcome_lost
+                    )
                 except (redis.RedisError, *self.connection_errors):
                     pass  # the connection is gone: what it held waits for the sweep
 

@@ -830,6 +830,64 @@ def test_a_parked_message_not_claimed_is_handed_out_again_and_a_dead_consumers_g
     assert pop(client, "lost", queue_name) == -1  # taken for dead: it pops nothing
 
 
+def test_a_pop_reply_lost_with_its_connection_goes_back_uncounted_when_the_channel_closes(
+    redis_server: RedisServer, client: redis_py.Redis, queue_name: str, queue: Queue
+) -> None:
+    """The read of a pop's reply timed out (a Redis too slow, here stopped) and the pop ran
+    after: the message is held and no one knows its tag. Closing the channel, as a worker's
+    reconnection does, puts it back at once, with no other consumer's sweep needed, and the
+    delivery that never happened does not count toward TASKPOOL_MAX_DELIVERIES."""
+    publish(redis_server, queue, [{"n": 1}, {"n": 2}])
+    options = {"socket_timeout": 1}
+    with (
+        Connection(redis_server.url(), transport=Transport, transport_options=options) as conn,
+        Consumer(conn, [queue], accept=["json"], callbacks=[lambda b, m: m.ack()]) as consumer,
+    ):
+        conn.drain_events(timeout=5)  # the first, as usual
+        channel = consumer.channel
+        os.kill(redis_server.pid, signal.SIGSTOP)
+        try:
+            conn.transport.cycle.on_poll_start()  # sends the next pop, as the event loop does
+            with pytest.raises(redis_py.exceptions.TimeoutError):
+                channel._brpop_read()
+        finally:
+            os.kill(redis_server.pid, signal.SIGCONT)
+        wait_for(lambda: held_count(client) == 1, timeout=10, what="the pop to run unread")
+        assert client.llen(queue_name) == 0
+    wait_for(lambda: client.llen(queue_name) == 1, timeout=10, what="the message to go back")
+    assert held_count(client) == 0 and consumers(client) == []
+    message = json.loads(client.lindex(queue_name, 0) or "")
+    assert message["properties"]["delivery_info"]["redelivered"] is True
+    assert json.loads(base64.b64decode(message["body"])) == {"n": 2}
+    assert int(client.hget("unacked_deliveries", message["properties"]["delivery_tag"]) or 0) == 0
+
+
+def test_an_ack_lost_on_its_way_leaves_the_message_counted_when_the_channel_closes(
+    redis_server: RedisServer, client: redis_py.Redis, queue_name: str, queue: Queue
+) -> None:
+    """An ack Redis did not take (here refused by an ACL changed meanwhile): the task ran, so
+    closing the channel puts the message back with its delivery counted."""
+    client.acl_setuser(
+        "worker", enabled=True, passwords=["+secret"], keys=["*"], channels=["*"],
+        commands=["+@all"],
+    )  # fmt: skip
+    publish(redis_server, queue, [{"n": 1}])
+    url = f"redis://worker:secret@127.0.0.1:{redis_server.port}/0"
+    with Connection(url, transport=Transport) as conn:
+        message = conn.default_channel.basic_get(queue_name, no_ack=False)
+        assert message is not None
+        client.acl_setuser("worker", enabled=True, commands=["-evalsha"])
+        try:
+            with pytest.raises(redis_py.exceptions.NoPermissionError):
+                message.ack()
+        finally:
+            client.acl_setuser("worker", enabled=True, commands=["+evalsha"])
+        assert held_count(client) == 1
+    wait_for(lambda: client.llen(queue_name) == 1, timeout=10, what="the message to go back")
+    assert held_count(client) == 0 and consumers(client) == []
+    assert client.hget("unacked_deliveries", message.delivery_tag) == "1"
+
+
 def test_on_redis_6_a_long_queue_hands_even_a_big_message_to_the_script(
     redis_server: RedisServer, client: redis_py.Redis, queue_name: str, queue: Queue
 ) -> None:
