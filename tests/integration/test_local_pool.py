@@ -152,13 +152,20 @@ def local_env(**settings: str) -> dict[str, str]:
 
 
 def start_script(tmp_path: Path, source: str, *argv: str) -> subprocess.Popen[str]:
-    """A script in the background, in a process group of its own (its pool processes too)."""
+    """A script in the background, in a process group of its own (its pool processes too),
+    with Ctrl-C's signal handled as a terminal leaves it: a shell's background job, which a CI
+    runner may be, starts with SIGINT ignored, and the script would inherit that."""
     script = tmp_path / "script.py"
     script.write_text(source)
     return subprocess.Popen(
         [sys.executable, str(script), *argv], cwd=tmp_path, env=local_env(),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=_default_sigint,
     )  # fmt: skip
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def stop_script(process: subprocess.Popen[str]) -> None:
