@@ -250,9 +250,9 @@ class QoS(kombu_redis.QoS):
         virtual.QoS.ack(self, delivery_tag)
 
     def _settle(self, tag: str, step: Callable[[], bool]) -> bool:
-        """Run an ack or a requeue of ``tag``; one whose reply a connection error took is
-        remembered, so that closing the channel counts the message as delivered when it puts it
-        back (``Heart.stop``)."""
+        """Run an ack or a requeue of ``tag``; one that raised (its connection lost, Redis
+        refusing it) is remembered, so that closing the channel counts the message as delivered
+        when it puts it back (``Heart.stop``)."""
         try:
             return step()
         except BaseException:
@@ -340,7 +340,7 @@ class Channel(kombu_redis.Channel):
         self.held: dict[str, Heart] = {}
         #: Held messages whose task's stored success acked them in Redis (liveness.Running).
         self.acked_by_result: set[str] = set()
-        #: Held messages whose ack or requeue did not reach Redis (QoS._settle).
+        #: Held messages whose ack or requeue raised (QoS._settle).
         self.outcome_lost: set[str] = set()
         self._heart: Heart | None = None
         self._acking_queues: dict[str, int] = {}
