@@ -130,26 +130,6 @@ if step == 'give_back' then
   return 1
 end
 
-if step == 'leave' then
-  local ran = {}
-  for i = 4, #ARGV do
-    ran[ARGV[i]] = true
-  end
-  local cap = tonumber(ARGV[3])
-  local held = redis.call('HGETALL', KEYS[2])
-  for i = 1, #held, 2 do
-    -- A parked message not claimed yet is recorded by its landing key and was not counted.
-    if not ran[held[i]] and redis.call('HEXISTS', KEYS[4], held[i]) == 1 then
-      redis.call('HINCRBY', KEYS[4], held[i], -1)
-    end
-    restore(held[i + 1], cap, true)
-  end
-  redis.call('DEL', KEYS[2])
-  redis.call('ZREM', KEYS[1], ARGV[2])
-  redis.call('HDEL', KEYS[3], ARGV[2])
-  return #held / 2
-end
-
 -- Every message a dead consumer held back at the front of its queue, and the consumer gone.
 local function bury(owners, queues, held, id, cap)
   redis.call('ZREM', owners, id)
@@ -163,6 +143,22 @@ local function bury(owners, queues, held, id, cap)
 end
 
 if step == 'bury' then
+  return bury(KEYS[1], KEYS[3], KEYS[2], ARGV[2], tonumber(ARGV[3]))
+end
+
+-- What a closing consumer still holds goes back as a dead one's does, the deliveries of the
+-- messages it never delivered uncounted first.
+if step == 'leave' then
+  local ran = {}
+  for i = 4, #ARGV do
+    ran[ARGV[i]] = true
+  end
+  for _, tag in ipairs(redis.call('HKEYS', KEYS[2])) do
+    -- A parked message not claimed yet is recorded by its landing key and was not counted.
+    if not ran[tag] and redis.call('HEXISTS', KEYS[4], tag) == 1 then
+      redis.call('HINCRBY', KEYS[4], tag, -1)
+    end
+  end
   return bury(KEYS[1], KEYS[3], KEYS[2], ARGV[2], tonumber(ARGV[3]))
 end
 

@@ -224,10 +224,11 @@ class QoS(kombu_redis.QoS):
         if heart is None:
             super().ack(delivery_tag)
             return
-        deliveries = self.channel.deliveries_key
         if delivery_tag in self.channel.acked_by_result:  # in Redis already (liveness.Running)
             self.channel.acked_by_result.discard(delivery_tag)
-        elif not self._settle(delivery_tag, lambda: heart.ack(delivery_tag, deliveries)):
+        elif not self._settle(
+            delivery_tag, lambda: heart.ack(delivery_tag, self.channel.deliveries_key)
+        ):
             log.warning(
                 "Acknowledged message %s after this consumer was taken for dead: it went back "
                 "to its queue meanwhile and may run twice",
