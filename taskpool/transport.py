@@ -145,6 +145,8 @@ POP_BATCH = 8
 #: The most tokens a wake list holds: as many idle consumers as a burst can wake at once. Tokens
 #: left by messages that stock consumers took cost a woken consumer one empty pop each.
 WAKE_CAP = 100
+#: Replies to a publish in one write: the message's LPUSH, the wake token's LPUSH and LTRIM.
+PUBLISH_REPLIES = 3
 
 
 class _Pipeline:
@@ -354,6 +356,8 @@ class Channel(kombu_redis.Channel):
         self._wait: ReplicaWait | None = None  # made on first publish, if asked for
         self._pop: tuple[list[str], list[Any], Heart | None] = ([], [], None)  # the pop in flight
         self._publishing = KeptConnection()
+        #: Per queue: the pool and its packed wake-token commands (_packed_wake).
+        self._wake_packs: dict[str, tuple[Any, bytes]] = {}
         self._queues: list[str] = []  # those of the command in flight
         super().__init__(*args, **kwargs)
         self._uri = self.connection.client.as_uri(include_password=False)  # for messages
@@ -533,8 +537,8 @@ class Channel(kombu_redis.Channel):
             super()._put(queue, message, _publish_batch=batch, **kwargs)
             self._ring(batch, queue)
             return
-        if not self.wait_replicas and not (self._expires and queue in self._expires):
-            self._put_at_once(queue, message)
+        if self._at_once(queue):
+            self._put_at_once(queue, message, kombu_redis.dumps(message))
             return
         with self.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
             commands = _Pipeline(pipe)
@@ -550,28 +554,37 @@ class Channel(kombu_redis.Channel):
                 raise waited
             wait.check(replicas, waited, f"a message to {queue!r}")
 
-    def _put_at_once(self, queue: str, message: Any) -> None:
-        """The message and its wake token in one write, on the channel's publishing connection
-        (``taskpool.kept_connection``), and its three replies read: what the pipeline path
-        sends, without redis-py's pipeline object around it, which cost about half of a
-        publish's client CPU (bench/README.md).
+    def put_encoded(self, queue: str, message: Any, text: str) -> bool:
+        """Publish ``text`` to ``queue``: ``message`` as kombu's ``_put`` stores it, encoded
+        already (``taskpool.envelope``), and its wake token, in one write. False, with nothing
+        sent, where a publish to ``queue`` takes the pipeline (replicas to wait for, an
+        expiring queue): the caller then publishes ``message`` with ``basic_publish``."""
+        if not self._at_once(queue):
+            return False
+        self._put_at_once(queue, message, text)
+        return True
 
-        Adapted from kombu 5.7.0 ``kombu.transport.redis.Channel._put`` (the list by priority,
-        the message's text) and from redis-py's pipeline (connection errors disconnect and are
-        retried by the connection's retry policy; every reply is read before an error reply is
-        raised, so the connection stays in step); the replies are then judged as the pipeline
-        path's (``_sent``).
+    def _at_once(self, queue: str) -> bool:
+        """Whether a publish to ``queue`` is one write, without the pipeline."""
+        return not self.wait_replicas and not (self._expires and queue in self._expires)
+
+    def _put_at_once(self, queue: str, message: Any, text: str) -> None:
+        """The message (``text``, its encoding) and its wake token in one write, on the
+        channel's publishing connection (``taskpool.kept_connection``), and its three replies
+        read: what the pipeline path sends, without redis-py's pipeline object around it,
+        which cost about half of a publish's client CPU (bench/README.md).
+
+        Adapted from kombu 5.7.0 ``kombu.transport.redis.Channel._put`` (the list by priority)
+        and from redis-py's pipeline (connection errors disconnect and are retried by the
+        connection's retry policy; every reply is read before an error reply is raised, so the
+        connection stays in step); the replies are then judged as the pipeline path's
+        (``_sent``). The wake token's two commands are packed once per queue and pool.
         """
         prefix = self.global_keyprefix or ""
         key = prefix + self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
-        wake = prefix + self._wake_key(queue)
-        commands = (
-            ("LPUSH", key, kombu_redis.dumps(message)),
-            ("LPUSH", wake, 1),
-            ("LTRIM", wake, 0, WAKE_CAP - 1),
-        )
         pool = self._pool_client().connection_pool
         with self._publishing.use(pool) as connection:
+            wake = self._packed_wake(queue, pool, connection)
 
             def send() -> list[Any]:
                 # Connected, and dropped first if the server closed it or it holds a reply no
@@ -579,9 +592,11 @@ class Channel(kombu_redis.Channel):
                 # send, which would connect a Sentinel's connection without asking for the
                 # primary (to localhost).
                 pool.ensure_connection(connection)
-                connection.send_packed_command(connection.pack_commands(commands))
+                packed = connection.pack_command("LPUSH", key, text)
+                packed[-1] += wake  # the last piece is short: one write, one copy of it
+                connection.send_packed_command(packed)
                 replies: list[Any] = []
-                for _ in commands:
+                for _ in range(PUBLISH_REPLIES):
                     try:
                         replies.append(connection.read_response())
                     except redis.exceptions.ResponseError as exc:
@@ -594,6 +609,16 @@ class Channel(kombu_redis.Channel):
                 connection.disconnect()  # a reply may be left unread
                 raise
         _sent(queue, replies)
+
+    def _packed_wake(self, queue: str, pool: Any, connection: Any) -> bytes:
+        """The wake token's LPUSH and LTRIM for ``queue``, packed as ``pool``'s connections
+        pack them."""
+        kept = self._wake_packs.get(queue)
+        if kept is None or kept[0] is not pool:
+            wake = (self.global_keyprefix or "") + self._wake_key(queue)
+            commands = (("LPUSH", wake, 1), ("LTRIM", wake, 0, WAKE_CAP - 1))
+            kept = self._wake_packs[queue] = (pool, b"".join(connection.pack_commands(commands)))
+        return kept[1]
 
     def _replica_wait(self) -> ReplicaWait | None:
         if not self.wait_replicas:

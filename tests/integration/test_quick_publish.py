@@ -97,6 +97,7 @@ def test_a_plain_calls_message_is_the_one_celery_sends_key_by_key(
     first = task.delay(*args, **kwargs)  # Celery's path, which leaves the template
     quick = task.delay(*args, **kwargs)
     assert celery_sends == [name, name], "the second delay went Celery's way"
+    assert quick_publish._templates[task].envelope is not None  # stored through its envelope
     texts = queued(client)
     assert len(texts) == 3
     ids = [json.loads(text)["headers"]["id"] for text in texts]

@@ -14,7 +14,7 @@ import pytest
 import redis as redis_py
 from kombu import Connection, Exchange, Producer, Queue
 
-from taskpool import Settings
+from taskpool import Settings, quick_publish
 from taskpool.errors import NotReplicated
 from taskpool.health import BrokerHealth
 from taskpool.status import read_status, render_status
@@ -89,11 +89,23 @@ def test_a_publish_that_waits_for_a_replica_is_on_the_replica_when_it_returns(
     app = settings_app(settings)
     square = app.tasks["tasks.square"]
     replica = redis_at(cluster.topology()["replicas"][0])
+    primary = redis_at(cluster.topology()["primary"])
+
+    def waits() -> int:
+        return int(primary.info("commandstats").get("cmdstat_wait", {}).get("calls", 0))
+
     try:
         square.apply_async((3,), dispatch="celery")
         assert replica.llen("celery") == 1  # no sleep: WAIT returned once the replica had it
+        # The next plain call takes the quick publish (quick_publish.py), which must wait too.
+        before = waits()
+        square.apply_async((4,), dispatch="celery")
+        assert quick_publish.queue_of(square) == "celery"  # a template holds: the quick path
+        assert waits() == before + 1
+        assert replica.llen("celery") == 2
     finally:
         replica.close()
+        primary.close()
 
 
 def the_replica(cluster: Cluster) -> RedisServer:
