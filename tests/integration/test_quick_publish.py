@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import redis as redis_py
 from celery import Celery, Task, signals
+from celery.result import EagerResult
 
 from taskpool import dispatch, quick_publish
 from taskpool.testing import probe_tasks  # noqa: F401 - probe.power on every app
@@ -144,6 +145,30 @@ def test_a_changed_configuration_is_followed_at_the_next_call(
         "(2,)",
         "(3,)",
         "(4,)",
+    ]
+
+
+def test_task_always_eager_set_between_quick_calls_is_followed_at_the_next_call(
+    app: Celery, client: redis_py.Redis, celery_sends: list[str]
+) -> None:
+    """``route`` keeps ``task_always_eager`` while the configuration stays as it was: set, or
+    updated back, the next call follows it."""
+    square = app.tasks["tasks.square"]
+    square.delay(1)
+    square.delay(2)  # quick
+    app.conf.task_always_eager = True
+    eager = square.delay(3)
+    assert isinstance(eager, EagerResult) and eager.get(timeout=5) == 9
+    app.conf.update(task_always_eager=False)
+    square.delay(4)
+    square.delay(5)  # quick again
+    assert celery_sends == ["tasks.square", "tasks.square"]
+    texts = queued(client)
+    assert [json.loads(text)["headers"]["argsrepr"] for text in texts] == [
+        "(1,)",
+        "(2,)",
+        "(4,)",
+        "(5,)",
     ]
 
 

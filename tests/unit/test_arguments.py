@@ -63,6 +63,12 @@ def test_arguments_over_the_limit_are_refused_with_their_size() -> None:
     assert "TASKPOOL_MAX_MESSAGE_BYTES" in str(caught.value)
 
 
+def test_a_flat_tuple_of_numbers_over_a_small_limit_is_refused_too() -> None:
+    check_call("tasks.square", tuple(range(20)), {}, 1000)
+    with pytest.raises(ArgumentTooLarge):
+        check_call("tasks.square", tuple(range(100)), {}, 200)
+
+
 def test_the_limit_counts_json_escapes_not_just_characters() -> None:
     check_call("tasks.square", ("\x00" * 100,), {}, 1000)
     with pytest.raises(ArgumentTooLarge):
