@@ -167,22 +167,29 @@ def no_worker(
     Every choice but ``raise`` is logged at WARNING once, when the queue is first found with no
     worker.
     """
-    why = f"no live worker consumes queue {queue!r} on {mask_url(str(app.conf.broker_url))}"
     if settings.no_worker == "raise":
         raise NoWorker(
-            f"{why}: {start_a_worker(app)} with that queue, or set TASKPOOL_NO_WORKER=local "
-            "to run such calls on the local pool, or wait to leave them queued"
+            f"{_unserved(app, queue)}: {start_a_worker(app)} with that queue, or set "
+            "TASKPOOL_NO_WORKER=local to run such calls on the local pool, or wait to leave them "
+            "queued"
         )
     if settings.no_worker == "local" and mode == "auto":
+        why = _unserved(app, queue)
         if warn:
             log.warning("%s; running its tasks on the local pool until one beats", why)
         return Route("local", mode, why, store=True)
     if warn:
         log.warning(
             "%s; its tasks wait in the queue until a worker starts (TASKPOOL_NO_WORKER=%s)",
-            why, settings.no_worker,
+            _unserved(app, queue), settings.no_worker,
         )  # fmt: skip
-    return Route("broker", mode, why)
+    # Every call to an unserved queue comes here: its reason leaves out the broker's URL, which
+    # costs a tenth of such a call to read from Celery's configuration and mask.
+    return Route("broker", mode, f"no live worker consumes queue {queue!r}; its tasks wait")
+
+
+def _unserved(app: Celery, queue: str) -> str:
+    return f"no live worker consumes queue {queue!r} on {mask_url(str(app.conf.broker_url))}"
 
 
 #: A task's own routing attributes, which Celery's ``send_task`` puts under a call's options
