@@ -1,9 +1,12 @@
-"""The Redis connection a channel keeps for its publishes, beside its pool.
+"""The Redis connection a channel keeps for its publishes, and a result store for its writes,
+beside their pool.
 
 Taking a connection from redis-py's pool and giving it back (its lock, its bookkeeping, its
-events) cost about a tenth of a publish's client CPU (bench/README.md). A channel keeps one
-connection for its publishes and skips that; the publish still has the pool check it before
-each use (``ConnectionPool.ensure_connection``, as for a connection the pool hands out).
+events, its check of deprecated arguments) cost about a tenth of a publish's client CPU
+(bench/README.md), and about as much of a fetching pool process's result write. A channel
+keeps one connection for its publishes, and a result store one for its result script, and skip
+that; each use still has the pool check the connection first
+(``ConnectionPool.ensure_connection``, as for a connection the pool hands out).
 
 One thread at a time uses it: a publish that finds it in use (threads, greenlets) takes a
 connection from the pool and gives it back, as kombu's publish does, so a channel never holds
@@ -18,9 +21,11 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NamedTuple
+
+import redis
 
 
 class _Kept(NamedTuple):
@@ -55,6 +60,40 @@ class KeptConnection:
             yield kept.connection
         finally:
             kept.lock.release()
+
+    def send(self, pool: Any, pack: Callable[[Any], list[bytes]], replies: int) -> list[Any]:
+        """Send what ``pack`` packs on a connection of ``pool``'s server (``use``), in one write,
+        and read ``replies`` replies, an error reply as its exception (in its place: every reply
+        is read, so the connection stays in step).
+
+        Adapted from redis-py 8.2.0's pipeline: a connection error disconnects and the whole is
+        sent again under the connection's retry policy; any other failure disconnects, since a
+        reply may be left unread.
+        """
+        with self.use(pool) as connection:
+
+            def send() -> list[Any]:
+                # Connected, and dropped first if the server closed it or it holds a reply no
+                # one asked for, as the pool checks what it hands out; not left to redis-py's
+                # send, which would connect a Sentinel's connection without asking for the
+                # primary (to localhost).
+                pool.ensure_connection(connection)
+                connection.send_packed_command(pack(connection))
+                read: list[Any] = []
+                for _ in range(replies):
+                    try:
+                        read.append(connection.read_response())
+                    except redis.exceptions.ResponseError as exc:
+                        read.append(exc)
+                return read
+
+            try:
+                return list(
+                    connection.retry.call_with_retry(send, lambda _: connection.disconnect())
+                )
+            except BaseException:
+                connection.disconnect()
+                raise
 
     def _make(self, pool: Any) -> _Kept:
         with self._making:

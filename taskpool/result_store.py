@@ -50,6 +50,7 @@ from redis.exceptions import NoScriptError
 from taskpool import dispatch
 from taskpool.errors import RedisFull, redis_full
 from taskpool.fallback import refuse_canvas
+from taskpool.kept_connection import KeptConnection
 from taskpool.liveness import ACK, RUNNING, Running
 from taskpool.replication import ReplicaWait
 from taskpool.result_consumer import ResultConsumer
@@ -104,6 +105,7 @@ class _Store(_Base):
         conf = self.app.conf
         self._acks = self._wait is None and str(conf.broker_url) == str(conf.result_backend)
         self._script: Any = None
+        self._kept = KeptConnection()  # for result writes and reads (_command)
 
     def on_task_call(self, producer: Any, task_id: str) -> None:
         """Adapted from Celery 5.7.0 ``celery.backends.redis.RedisBackend.on_task_call``:
@@ -205,7 +207,7 @@ class _Store(_Base):
                 if acking is not None:
                     keys += acking.ack_keys()
                     args.append(acking.tag)
-                return int(self._script(keys=keys, args=args))
+                return self._run_script(keys, args)
             sha = self._script.sha
             return int(self._replicated(lambda pipe: pipe.evalsha(sha, 1, key, value, ttl)))
         except redis.exceptions.ResponseError as exc:
@@ -215,6 +217,32 @@ class _Store(_Base):
                 f"Redis at {mask_url(str(self.url))} is full (used memory over maxmemory, "
                 "policy noeviction): the result is not stored yet; retried with back-off"
             ) from exc
+
+    def _run_script(self, keys: list[Any], args: list[Any]) -> int:
+        """The result script's answer, run on the store's kept connection (``_command``).
+
+        Adapted from redis-py 8.2.0 ``redis.commands.core.Script.__call__``: a script the
+        server does not hold (a restart, a failover, a flush) is loaded and run again."""
+        for _ in range(2):
+            try:
+                return int(self._command("EVALSHA", self._script.sha, len(keys), *keys, *args))
+            except NoScriptError:
+                self._script.sha = self.client.script_load(STORE_RESULT)
+        raise NoScriptError("the result store lost the result script twice in a row")
+
+    def get(self, key: Any) -> Any:
+        """Adapted from Celery 5.7.0 ``celery.backends.redis.RedisBackend.get``: on the kept
+        connection (``_command``), as every ``.get()`` of a result stored already reads it."""
+        return self._command("GET", key)
+
+    def _command(self, *command: Any) -> Any:
+        """One command's reply (an error reply raised), on a connection the store keeps
+        (``taskpool.kept_connection``) rather than one taken from the pool and given back."""
+        pool = self.client.connection_pool
+        (reply,) = self._kept.send(pool, lambda connection: connection.pack_command(*command), 1)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
 
     def exception_safe_to_retry(self, exc: Exception) -> bool:
         # A full Redis may free memory soon (a consumer catching up, keys expiring): a worker

@@ -574,40 +574,20 @@ class Channel(kombu_redis.Channel):
         read: what the pipeline path sends, without redis-py's pipeline object around it,
         which cost about half of a publish's client CPU (bench/README.md).
 
-        Adapted from kombu 5.7.0 ``kombu.transport.redis.Channel._put`` (the list by priority)
-        and from redis-py's pipeline (connection errors disconnect and are retried by the
-        connection's retry policy; every reply is read before an error reply is raised, so the
-        connection stays in step); the replies are then judged as the pipeline path's
-        (``_sent``). The wake token's two commands are packed once per queue and pool.
+        Adapted from kombu 5.7.0 ``kombu.transport.redis.Channel._put`` (the list by
+        priority); the replies are judged as the pipeline path's (``_sent``). The wake token's
+        two commands are packed once per queue and pool.
         """
         prefix = self.global_keyprefix or ""
         key = prefix + self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
         pool = self._pool_client().connection_pool
-        with self._publishing.use(pool) as connection:
-            wake = self._packed_wake(queue, pool, connection)
 
-            def send() -> list[Any]:
-                # Connected, and dropped first if the server closed it or it holds a reply no
-                # one asked for, as the pool checks what it hands out; not left to redis-py's
-                # send, which would connect a Sentinel's connection without asking for the
-                # primary (to localhost).
-                pool.ensure_connection(connection)
-                packed = connection.pack_command("LPUSH", key, text)
-                packed[-1] += wake  # the last piece is short: one write, one copy of it
-                connection.send_packed_command(packed)
-                replies: list[Any] = []
-                for _ in range(PUBLISH_REPLIES):
-                    try:
-                        replies.append(connection.read_response())
-                    except redis.exceptions.ResponseError as exc:
-                        replies.append(exc)
-                return replies
+        def pack(connection: Any) -> list[bytes]:
+            packed: list[bytes] = connection.pack_command("LPUSH", key, text)
+            packed[-1] += self._packed_wake(queue, pool, connection)  # short: one write
+            return packed
 
-            try:
-                replies = connection.retry.call_with_retry(send, lambda _: connection.disconnect())
-            except BaseException:
-                connection.disconnect()  # a reply may be left unread
-                raise
+        replies = self._publishing.send(pool, pack, PUBLISH_REPLIES)
         _sent(queue, replies)
 
     def _packed_wake(self, queue: str, pool: Any, connection: Any) -> bytes:

@@ -227,3 +227,28 @@ def test_a_plain_celery_app_can_name_the_store_in_its_result_backend(
     finally:
         app.backend.client.connection_pool.disconnect()
         app.close()
+
+
+def test_a_result_write_survives_a_lost_script_and_a_closed_connection(
+    redis_server: RedisServer,
+) -> None:
+    """The result script runs on a connection the store keeps (taskpool.kept_connection): a
+    Redis that lost the script (a restart, a failover) has it loaded again, and a connection the
+    server closed is made again, each write stored once."""
+    app = client_app(redis_server.url(), dispatch="celery")
+    admin = redis.Redis.from_url(redis_server.url())
+    try:
+        ids = [str(uuid.uuid4()) for _ in range(3)]
+        _store(app, ids[0], 1, states.SUCCESS)
+        admin.script_flush()
+        admin.config_resetstat()
+        _store(app, ids[1], 2, states.SUCCESS)
+        assert calls(admin, "script|load") + calls(admin, "script") == 1  # loaded once again
+        assert admin.client_kill_filter(_type="normal", skipme=True) >= 1  # the kept one too
+        _store(app, ids[2], 3, states.SUCCESS)
+        app.backend._cache.clear()  # read Redis, not the client's cache of successes
+        assert [app.backend.get_task_meta(task_id)["result"] for task_id in ids] == [1, 2, 3]
+        published = calls(admin, "evalsha")
+        assert published == 3, published  # 2: NOSCRIPT, then the reload's; 3: one, reconnected
+    finally:
+        admin.close()
