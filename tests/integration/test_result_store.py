@@ -230,13 +230,15 @@ def test_a_plain_celery_app_can_name_the_store_in_its_result_backend(
 
 
 def test_a_result_write_survives_a_lost_script_and_a_closed_connection(
-    redis_server: RedisServer,
+    redis_factory: Callable[..., RedisServer],
 ) -> None:
     """The result script runs on a connection the store keeps (taskpool.kept_connection): a
     Redis that lost the script (a restart, a failover) has it loaded again, and a connection the
-    server closed is made again, each write stored once."""
-    app = client_app(redis_server.url(), dispatch="celery")
-    admin = redis.Redis.from_url(redis_server.url())
+    server closed is made again, each write stored once. A Redis of its own: the session's has
+    other tests' consumers beating with scripts."""
+    server = redis_factory()
+    app = client_app(server.url(), dispatch="celery")
+    admin = redis.Redis.from_url(server.url())
     try:
         ids = [str(uuid.uuid4()) for _ in range(3)]
         _store(app, ids[0], 1, states.SUCCESS)
