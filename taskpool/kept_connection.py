@@ -4,8 +4,8 @@ beside their pool.
 Taking a connection from redis-py's pool and giving it back (its lock, its bookkeeping, its
 events, its check of deprecated arguments) cost about a tenth of a publish's client CPU
 (bench/README.md), and about as much of a fetching pool process's result write. A channel
-keeps one connection for its publishes, and a result store one for its result script, and skip
-that; each use still has the pool check the connection first
+keeps one connection for its publishes, and a result store one for its result script and its
+reads, and skip that; each use still has the pool check the connection first
 (``ConnectionPool.ensure_connection``, as for a connection the pool hands out).
 
 One thread at a time uses it: a publish that finds it in use (threads, greenlets) takes a
