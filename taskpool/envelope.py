@@ -75,7 +75,7 @@ class Envelope:
 
     def fill(self, **values: str | None) -> str:
         """The stored text of the message with these ``FIELDS``' values."""
-        return self.form.format(*(quoted(values[name]) for name in FIELDS))
+        return self.text(*(values[name] for name in FIELDS))
 
     def text(self, *values: str | None) -> str:
         """``fill`` by position, in ``FIELDS`` order: the publish's own, quicker call."""
