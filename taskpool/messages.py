@@ -69,6 +69,9 @@ def _read(raw: bytes, max_inflated: int) -> dict[str, Any]:
     headers = payload.get("headers") or {}
     if "task" in headers:
         _check_task(headers, body if payload.get("content-type") == JSON else None)
+        # A bracket count of the whole text bounds the headers' depth: most need no walk.
+        if _brackets(raw) > MAX_NESTING:
+            _check_nesting(headers, "headers")
     return payload
 
 
@@ -151,7 +154,6 @@ def _inflate(data: bytes, compression: object, limit: int) -> bytes:
 def _check_task(headers: dict[str, Any], body: bytes | None) -> None:
     """What Celery's Request reads in the worker's main process (protocol 2)."""
     _check_task_fields(headers)
-    _check_nesting(headers, "headers")
     if body is not None:
         _check_task_body(body, headers)
 
@@ -189,7 +191,7 @@ def _check_task_body(body: bytes, headers: dict[str, Any]) -> None:
             f"the task message's body {_kind(decoded)} is not [args, kwargs, embed]"
         )
     # A bracket count bounds the depth: most bodies need no walk.
-    if body.count(b"[") + body.count(b"{") > MAX_NESTING:
+    if _brackets(body) > MAX_NESTING:
         _check_nesting(decoded[0], "args")
         _check_nesting(decoded[1], "kwargs")
 
@@ -206,6 +208,12 @@ def _check_nesting(value: list[Any] | dict[str, Any], name: str) -> None:
             )
         items = container.values() if isinstance(container, dict) else container
         stack += [(item, level + 1) for item in items if isinstance(item, (list, dict))]
+
+
+def _brackets(text: bytes) -> int:
+    """The lists and objects opened in JSON ``text``, strings' brackets too: at least the
+    depth of any value in it."""
+    return text.count(b"[") + text.count(b"{")
 
 
 def _is_limit(value: object) -> bool:

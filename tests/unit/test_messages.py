@@ -14,7 +14,8 @@ import pytest
 
 from taskpool import messages
 from taskpool.errors import UnreadableMessage
-from taskpool.messages import read
+from taskpool.messages import MAX_NESTING, read
+from tests.support.values import nested
 
 LIMIT = 1000
 
@@ -123,6 +124,10 @@ def test_a_message_that_is_no_task_message_is_checked_as_an_envelope_only() -> N
         (raw(message(b"[[")), "body is not JSON"),
         (raw(message(b"[" * 5000 + b"]" * 5000)), "body is JSON nested too deep"),
         (
+            changed(lambda m: m["headers"].update(custom=nested(MAX_NESTING + 1, dict))),
+            f"headers nest deeper than {MAX_NESTING} levels",
+        ),
+        (
             raw(message(zlib.compress(bytes(LIMIT + 1)), compression="application/x-gzip")),
             f"inflates past {LIMIT:,} bytes (TASKPOOL_MAX_MESSAGE_BYTES)",
         ),
@@ -135,6 +140,13 @@ def test_an_unreadable_message_is_refused_naming_what_is_wrong(data: bytes, reas
     with pytest.raises(UnreadableMessage) as caught:
         read(data, max_inflated=LIMIT)
     assert reason in str(caught.value)
+
+
+def test_headers_full_of_brackets_in_strings_but_shallow_are_read() -> None:
+    """The bracket count that spares most messages the walk of their headers only bounds the
+    depth: past it, the headers are walked, and shallow ones pass."""
+    payload = message(note="[{" * MAX_NESTING, custom=nested(MAX_NESTING - 1, dict))
+    assert read(raw(payload), max_inflated=LIMIT) == payload
 
 
 def test_a_bomb_is_not_inflated_past_the_bound() -> None:
