@@ -285,7 +285,7 @@ class TaskPool(BasePool):
         """Celery's request for the task in ``entry``, acking and rejecting through ``heart``,
         the consumer of the process that popped it; None if its message was not copied."""
         task = entry["task"]
-        copy = task.get("message")
+        copy = fetching_process.message_copy(task)
         if copy is None or copy["headers"].get("task") not in self.app.tasks:
             log.error("Process running task %s died; its message is unknown here", task["id"])
             return None
@@ -494,7 +494,7 @@ def _revoke_by_stamps(
 
 
 def _stamped(task: dict[str, Any], revoked: dict[str, Any]) -> bool:
-    stamps = ((task.get("message") or {}).get("headers") or {}).get("stamps") or {}
+    stamps = _headers(task).get("stamps") or {}
     return any(
         set(map(str, maybe_list(stamps.get(name)) or [])) & set(map(str, maybe_list(values)))
         for name, values in revoked.items()
@@ -577,8 +577,13 @@ def _status(exitcode: int | None) -> str:
     return f"signal {-exitcode}" if exitcode and exitcode < 0 else f"exitcode {exitcode}"
 
 
+def _headers(task: dict[str, Any]) -> dict[str, Any]:
+    """The headers of the message of a slot's ``task``; empty if it was not copied."""
+    return (fetching_process.message_copy(task) or {}).get("headers") or {}
+
+
 def _name(task: dict[str, Any]) -> str:
-    return str(((task.get("message") or {}).get("headers") or {}).get("task", "?"))
+    return str(_headers(task).get("task", "?"))
 
 
 def _signal(pid: int, signum: int) -> None:

@@ -29,6 +29,7 @@ from celery.exceptions import SecurityWarning, SoftTimeLimitExceeded
 from celery.platforms import EX_OK
 from celery.worker import state
 from kombu.asynchronous import set_event_loop
+from kombu.utils.json import loads
 
 from taskpool.liveness import RUNNING, Heart, Running
 from taskpool.slots import SLOT_SIZE, Slots
@@ -153,8 +154,9 @@ class ProcessPool(solo.TaskPool):
         limits = self.place.limits
         if limits.max_tasks and self._done >= limits.max_tasks:
             return True
-        used = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-        return bool(limits.max_memory_kib and used > limits.max_memory_kib)
+        if not limits.max_memory_kib:
+            return False
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > limits.max_memory_kib  # KiB
 
     def _get_info(self) -> dict[str, Any]:
         info = super()._get_info()
@@ -215,9 +217,14 @@ def acked_with_result(message: Any, heart: Heart | None, args: tuple[Any, ...]) 
 MESSAGE_ROOM = SLOT_SIZE - 2048
 
 
-def copied(message: Any) -> dict[str, Any]:
-    """What the parent needs to rebuild the message (``taskpool.fetching.rebuilt``). A body
-    too big for the slot keeps only its callbacks, errbacks, chain and chord (no arguments)."""
+def copied(message: Any) -> str | dict[str, Any]:
+    """What the parent needs to rebuild the message (``message_copy``): the text it was
+    stored as, which its channel kept (``taskpool.transport.Channel.last_text``), if it fits in
+    the slot; else its parts, and of a body too big for the slot only its callbacks, errbacks,
+    chain and chord (no arguments)."""
+    kept = getattr(message.channel, "last_text", None)
+    if kept is not None and kept[0] == message.delivery_tag and len(kept[1]) <= MESSAGE_ROOM:
+        return kept[1].decode()  # UTF-8: taskpool.messages read it so
     body = message.body
     if isinstance(body, memoryview):
         body = body.tobytes()
@@ -235,6 +242,25 @@ def copied(message: Any) -> dict[str, Any]:
         "headers": message.headers, "properties": message.properties,
         "delivery_info": message.delivery_info,
     }  # fmt: skip
+
+
+def message_copy(task: dict[str, Any]) -> dict[str, Any] | None:
+    """The parts of the message a slot's ``task`` copied (``copied``), read from its stored
+    text if that is what was copied; None if none was."""
+    copy = task.get("message")
+    if not isinstance(copy, str):
+        return copy
+    stored = loads(copy)  # kombu's envelope, as taskpool.messages read it in the process
+    properties = stored["properties"]
+    return {
+        "body": stored.get("body") or "",
+        "body_encoding": properties.get("body_encoding") or "utf-8",
+        "content_type": stored.get("content-type"),
+        "content_encoding": stored.get("content-encoding"),
+        "headers": stored.get("headers") or {},
+        "properties": properties,
+        "delivery_info": properties["delivery_info"],
+    }
 
 
 def _without_arguments(body: str, message: Any) -> str:

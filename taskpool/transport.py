@@ -341,6 +341,10 @@ class Channel(kombu_redis.Channel):
         #: The messages popped and not yet acked, rejected or given back, by who holds them:
         #: this channel's consumer when it popped them (a new one after it was taken for dead).
         self.held: dict[str, Heart] = {}
+        #: The tag and stored text of the message handed on last: a fetching pool's process
+        #: copies the text into its slot as the task starts, within that delivery
+        #: (``taskpool.fetching_process.copied``), rather than encode the message again.
+        self.last_text: tuple[str, bytes] | None = None
         #: Held messages whose task's stored success acked them in Redis (liveness.Running).
         self.acked_by_result: set[str] = set()
         #: Held messages whose ack or requeue raised (QoS._settle).
@@ -892,6 +896,7 @@ class Channel(kombu_redis.Channel):
             return None
         if recorded is not None and heart is not None:
             self.held[bytes_to_str(recorded.tag)] = heart
+        self.last_text = (payload["properties"]["delivery_tag"], raw)
         return queue, payload
 
     def _quarantine(
