@@ -126,11 +126,7 @@ class ResultConsumer(celery_redis.ResultConsumer):
         if meta["status"] not in states.READY_STATES:
             return
         task_id = meta["task_id"]
-        waiting = [
-            result
-            for mapping in self._pending_results
-            for result in list(mapping.get(task_id, {}).values())
-        ]
+        waiting = self._waiting(task_id)
         if not waiting:
             # Kept for a result that is added to the pending ones after it arrived.
             self._pending_messages.put(task_id, meta)
@@ -140,6 +136,35 @@ class ResultConsumer(celery_redis.ResultConsumer):
             if bucket is not None:
                 bucket.append(result)  # hands it to its waiter
         self.cancel_for(task_id)
+
+    def on_wait_for_pending(self, result: Any, **kwargs: Any) -> None:
+        """Celery's read of the result a wait begins with, without handing a success or
+        failure that no ``on_message`` callback and no other result waits for to
+        ``on_state_change``: Celery's ``on_state_change`` buffers such a state for a waiter yet
+        to come, and Celery's read takes it back out at once. Any other state, or with a
+        background drainer (gevent, eventlet), Celery's own, which finds the state read here
+        in the result's cache and reads nothing again."""
+        if self.eager or self.on_message:
+            super().on_wait_for_pending(result, **kwargs)
+            return
+        if not all(map(self._settled, result._iter_meta(**kwargs))):
+            super().on_wait_for_pending(result, **kwargs)
+
+    def _settled(self, meta: dict[str, Any] | None) -> bool:
+        """Whether ``on_state_change`` would hand ``meta`` to no one, no callback being set."""
+        if meta is None or meta["status"] not in states.READY_STATES:
+            return True
+        if meta["status"] not in (states.SUCCESS, states.FAILURE):
+            return False  # kept in the buffer by Celery's read (a revoke's waiters)
+        return not self._waiting(meta["task_id"])
+
+    def _waiting(self, task_id: str) -> list[Any]:
+        """The results waiting on ``task_id``."""
+        return [
+            result
+            for mapping in self._pending_results
+            for result in list(mapping.get(task_id, {}).values())
+        ]
 
     def _reconnect_pubsub(self) -> None:
         # Celery's reconnect drops the pubsub and the pool's connections (pool.reset()) without

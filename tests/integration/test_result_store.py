@@ -146,6 +146,37 @@ def test_a_result_stored_before_the_subscription_took_effect_is_found(
     assert time.monotonic() - started < NO_HANG / 2
 
 
+def test_a_stored_result_read_reaches_every_result_waiting_on_it_and_leaves_nothing_buffered(
+    redis_server: RedisServer,
+) -> None:
+    """Celery's read of a stored result hands its state to any other result waiting on the
+    same task (a ``then`` callback, another thread's wait) and buffers it, then takes a success
+    or failure back out of the buffer. The read that has no one to hand it to skips both; a
+    read that has someone still hands it over."""
+    app = client_app(redis_server.url(), dispatch="celery")
+    backend = app.backend
+    plain = redis.Redis.from_url(redis_server.url())
+
+    def stored(status: str, value: Any) -> str:
+        task_id = str(uuid.uuid4())
+        meta = {"status": status, "result": value, "task_id": task_id, "traceback": None}
+        plain.set(backend.get_key_for_task(task_id), backend.encode(meta))  # no PUBLISH
+        return task_id
+
+    assert app.AsyncResult(stored(states.SUCCESS, 49)).get(timeout=NO_HANG) == 49
+    failed = stored(states.FAILURE, backend.prepare_exception(ValueError("no")))
+    with pytest.raises(ValueError, match="no"):
+        app.AsyncResult(failed).get(timeout=NO_HANG)
+    assert not backend._pending_messages and backend._pending_messages.total == 0
+
+    shared = stored(states.SUCCESS, 64)
+    other, called = app.AsyncResult(shared), []
+    other.then(called.append)  # waits on the task without reading
+    assert app.AsyncResult(shared).get(timeout=NO_HANG) == 64
+    assert called == [other] and other.result == 64
+    assert not backend._pending_messages
+
+
 def test_a_result_stored_while_the_wait_reconnects_is_found(
     redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
