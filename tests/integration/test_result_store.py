@@ -170,7 +170,8 @@ def test_a_stored_result_read_reaches_every_result_waiting_on_it_and_leaves_noth
     assert not backend._pending_messages and backend._pending_messages.total == 0
 
     shared = stored(states.SUCCESS, 64)
-    other, called = app.AsyncResult(shared), []
+    other = app.AsyncResult(shared)
+    called: list[Any] = []
     other.then(called.append)  # waits on the task without reading
     assert app.AsyncResult(shared).get(timeout=NO_HANG) == 64
     assert called == [other] and other.result == 64
