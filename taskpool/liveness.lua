@@ -101,6 +101,14 @@ local function restore(record, cap, front)
   redis.call('LTRIM', wake, 0, cap - 1)
 end
 
+-- A delivery that did not happen taken off the message's count; a count that comes to nothing
+-- is removed, as an ack removes it: a message given back and then purged leaves no count.
+local function uncount(deliveries, tag)
+  if redis.call('HINCRBY', deliveries, tag, -1) <= 0 then
+    redis.call('HDEL', deliveries, tag)
+  end
+end
+
 if step == 'claim' then
   local record = redis.call('HGET', KEYS[1], KEYS[3])
   if not record then
@@ -124,7 +132,7 @@ if step == 'give_back' then
   end
   redis.call('HDEL', KEYS[1], ARGV[2])
   if ARGV[3] == '1' then
-    redis.call('HINCRBY', KEYS[2], ARGV[2], -1)
+    uncount(KEYS[2], ARGV[2])
   end
   restore(record, tonumber(ARGV[4]), ARGV[5] == '1')
   return 1
@@ -156,7 +164,7 @@ if step == 'leave' then
   for _, tag in ipairs(redis.call('HKEYS', KEYS[2])) do
     -- A parked message not claimed yet is recorded by its landing key and was not counted.
     if not ran[tag] and redis.call('HEXISTS', KEYS[4], tag) == 1 then
-      redis.call('HINCRBY', KEYS[4], tag, -1)
+      uncount(KEYS[4], tag)
     end
   end
   return bury(KEYS[1], KEYS[3], KEYS[2], ARGV[2], tonumber(ARGV[3]))
