@@ -9,6 +9,9 @@ their own. What differs:
 - A client subscribes to a result's channel when it sends the task, as Celery's does, only while
   it holds fewer than a hundred subscriptions; past that, when it waits for a result not stored
   yet (``taskpool.result_consumer``): sending thousands of tasks builds no backlog to read.
+- A client's read of a result also reads, in the same round trip, the successes of the next
+  tasks it sent and still holds results for (``taskpool.read_ahead``): reading many results in
+  turn costs a round trip for every few dozen, not for each.
 - ``apply_chord`` first asks where calls go: a chord prepares the result store before its
   header's tasks are sent, and with no Redis that ends in Celery's "the Celery application must
   be restarted". Off the broker, the chord is refused at once, as groups and chains are.
@@ -52,6 +55,7 @@ from taskpool.errors import RedisFull, redis_full
 from taskpool.fallback import refuse_canvas
 from taskpool.kept_connection import KeptConnection
 from taskpool.liveness import ACK, RUNNING, Running
+from taskpool.read_ahead import LARGEST, ReadAhead
 from taskpool.replication import ReplicaWait
 from taskpool.result_consumer import ResultConsumer
 from taskpool.settings import settings_of
@@ -105,13 +109,47 @@ class _Store(_Base):
         conf = self.app.conf
         self._acks = self._wait is None and str(conf.broker_url) == str(conf.result_backend)
         self._script: Any = None
-        self._kept = KeptConnection()  # for result writes and reads (_command)
+        self._kept = KeptConnection()  # for result writes and reads (_commands)
+        self._read_ahead = ReadAhead()
 
     def on_task_call(self, producer: Any, task_id: str) -> None:
         """Adapted from Celery 5.7.0 ``celery.backends.redis.RedisBackend.on_task_call``:
-        ``subscribe_at_send``, bounded, in place of ``consume_from``."""
+        ``subscribe_at_send``, bounded, in place of ``consume_from``; the task may be read
+        ahead (``taskpool.read_ahead``)."""
         if not task_join_will_block():  # as Celery's: a task's own calls subscribe to nothing
+            self._read_ahead.sent(task_id)
             self.result_consumer.subscribe_at_send(task_id)
+
+    def remove_pending_result(self, result: Any) -> Any:
+        # Celery calls it once a result is read, and from AsyncResult.__del__.
+        self._read_ahead.forget(result.id)
+        return super().remove_pending_result(result)
+
+    def forget(self, task_id: str) -> None:
+        self._read_ahead.forget(task_id)
+        super().forget(task_id)
+
+    def _get_task_meta_for(self, task_id: str) -> dict[str, Any]:
+        """Adapted from Celery 5.7.0
+        ``celery.backends.base.BaseKeyValueStoreBackend._get_task_meta_for``: a success read
+        ahead for the task is taken without a read; otherwise the read of its result also reads
+        ahead the next tasks sent (``taskpool.read_ahead``), in the same round trip."""
+        meta = self._read_ahead.take(task_id)
+        if meta is not None:
+            return meta
+        key = self.get_key_for_task(task_id)
+        ahead = self._read_ahead.next_ids(task_id)
+        if ahead:
+            ranges = [("GETRANGE", self.get_key_for_task(i), 0, LARGEST) for i in ahead]
+            value, *found = self._commands([("GET", key), *ranges])
+            self._read_ahead.found(ahead, found, self.decode_result)
+            if isinstance(value, Exception):
+                raise value
+        else:
+            value = self.get(key)
+        if not value:
+            return {"status": states.PENDING, "result": None}
+        return self.decode_result(value)
 
     def apply_chord(self, header_result_args: Any, body: Any, **options: Any) -> Any:
         route = dispatch.route(self.app, None)
@@ -255,6 +293,14 @@ class _Store(_Base):
         if isinstance(reply, Exception):
             raise reply
         return reply
+
+    def _commands(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """The replies to ``commands``, sent in one write on the kept connection, an error
+        reply as its exception in its place."""
+        pool = self.client.connection_pool
+        return self._kept.send(
+            pool, lambda connection: connection.pack_commands(commands), len(commands)
+        )
 
     def exception_safe_to_retry(self, exc: Exception) -> bool:
         # A full Redis may free memory soon (a consumer catching up, keys expiring): a worker

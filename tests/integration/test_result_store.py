@@ -4,6 +4,7 @@ and the guarantees of Celery's that it keeps."""
 
 from __future__ import annotations
 
+import gc
 import time
 import uuid
 from collections.abc import Callable
@@ -14,6 +15,7 @@ import redis
 from celery import Celery, states
 from celery.backends import asynchronous as celery_asynchronous
 
+from taskpool.read_ahead import LARGEST
 from taskpool.result_consumer import SUBSCRIBED_AT_SEND
 from taskpool.result_store import RedisStore
 from taskpool.testing.celery_worker import node_name
@@ -65,7 +67,7 @@ def test_a_task_sent_is_subscribed_to_as_on_stock_celery_until_its_result_is_rea
     assert channels(stats) == []
 
 
-def test_sending_past_the_bound_subscribes_to_no_more_and_a_stored_result_is_one_read(
+def test_sending_past_the_bound_subscribes_to_no_more_and_stored_results_are_read_ahead(
     redis_factory: Callable[..., RedisServer], worker_factory: Callable[..., object]
 ) -> None:
     app, stats = worker_and_client(redis_factory, worker_factory, "one-read")
@@ -80,7 +82,9 @@ def test_sending_past_the_bound_subscribes_to_no_more_and_a_stored_result_is_one
 
     stats.config_resetstat()
     assert [result.get(timeout=NO_HANG) for result in results] == [i * i for i in range(n)]
-    assert calls(stats, "get") == n
+    # Each read once, most read ahead with the one before them (taskpool.read_ahead).
+    assert calls(stats, "get") + calls(stats, "getrange") == n
+    assert calls(stats, "get") < n / 10
     assert calls(stats, "subscribe") == 0
     assert calls(stats, "unsubscribe") == SUBSCRIBED_AT_SEND
     assert channels(stats) == []
@@ -286,3 +290,84 @@ def test_a_result_write_survives_a_lost_script_and_a_closed_connection(
         assert published == 3, published  # 2: NOSCRIPT, then the reload's; 3: one, reconnected
     finally:
         admin.close()
+
+
+def stored(app: Celery, stats: redis.Redis, results: list[Any]) -> None:
+    keys = [app.backend.get_key_for_task(result.id) for result in results]
+    wait_until(lambda: stats.exists(*keys) == len(keys), "all stored")
+
+
+def test_results_read_in_any_order_are_each_read_once_and_right(
+    redis_factory: Callable[..., RedisServer], worker_factory: Callable[..., object]
+) -> None:
+    app, stats = worker_and_client(redis_factory, worker_factory, "any-order")
+    square = app.tasks["tasks.square"]
+    results = [square.delay(i) for i in range(300)]
+    stored(app, stats, results)
+
+    stats.config_resetstat()
+    order = list(range(300))[::-1][:100] + list(range(200))  # from the end, then the start
+    assert [results[i].get(timeout=NO_HANG) for i in order] == [i * i for i in order]
+    assert calls(stats, "get") + calls(stats, "getrange") == 300
+
+
+def test_only_a_success_is_kept_from_a_read_ahead(
+    redis_factory: Callable[..., RedisServer], worker_factory: Callable[..., object]
+) -> None:
+    """A failure, a result too large to read ahead and one not stored yet are each read when
+    asked for; the success read ahead with them is not read again."""
+    app, stats = worker_and_client(redis_factory, worker_factory, "kept")
+    tasks = app.tasks
+    first = tasks["tasks.square"].delay(2)
+    failed = tasks["tasks.square"].delay("two")
+    large = app.AsyncResult(str(uuid.uuid4()))
+    app.backend.on_task_call(None, large.id)  # as its send does; its result stored below
+    meta = {"status": states.SUCCESS, "result": "h" * LARGEST, "task_id": large.id}
+    stats.set(app.backend.get_key_for_task(large.id), app.backend.encode(meta))
+    success = tasks["tasks.square"].delay(3)
+    stored(app, stats, [first, failed, success])
+    slow = tasks["tasks.sum_of_squares"].delay(20_000_000)  # about two seconds
+    read_ahead = app.backend._read_ahead
+    read_ahead._size = 8  # each of them read ahead with the first
+
+    assert first.get(timeout=NO_HANG) == 4
+    assert list(read_ahead._kept) == [success.id]
+    reads = calls(stats, "get") + calls(stats, "getrange")
+    assert success.get(timeout=NO_HANG) == 9
+    assert calls(stats, "get") + calls(stats, "getrange") == reads  # not read again
+    with pytest.raises(TypeError, match="expected an int, got str"):
+        failed.get(timeout=NO_HANG)
+    assert large.get(timeout=NO_HANG) == "h" * LARGEST
+    assert slow.get(timeout=NO_HANG) == sum(i * i for i in range(20_000_000))
+
+
+def test_a_result_read_ahead_and_then_forgotten_is_forgotten(
+    redis_factory: Callable[..., RedisServer], worker_factory: Callable[..., object]
+) -> None:
+    app, stats = worker_and_client(redis_factory, worker_factory, "forgotten")
+    square = app.tasks["tasks.square"]
+    first, second = square.delay(5), square.delay(6)
+    stored(app, stats, [first, second])
+    app.backend._read_ahead._size = 8
+
+    assert first.get(timeout=NO_HANG) == 25  # reads the second ahead
+    second.forget()
+    assert second.state == states.PENDING  # as on stock Celery: its result is gone
+    assert not stats.exists(app.backend.get_key_for_task(second.id))
+
+
+def test_a_client_that_drops_its_results_keeps_nothing_for_them(
+    redis_factory: Callable[..., RedisServer], worker_factory: Callable[..., object]
+) -> None:
+    app, stats = worker_and_client(redis_factory, worker_factory, "dropped")
+    square = app.tasks["tasks.square"]
+    kept = [square.delay(i) for i in range(50)]
+    stored(app, stats, kept)
+    for i in range(200):
+        square.delay(i)  # its result dropped at once
+    app.backend._read_ahead._size = 8
+    assert kept[0].get(timeout=NO_HANG) == 0  # reads ahead the next ones still held
+    del kept
+    gc.collect()
+    read_ahead = app.backend._read_ahead
+    assert (dict(read_ahead._sent), read_ahead._kept) == ({}, {})
