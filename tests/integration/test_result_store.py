@@ -45,6 +45,11 @@ def worker_and_client(
     return client_app(server.url(), dispatch="celery"), redis.Redis.from_url(server.url())
 
 
+def stored(app: Celery, stats: redis.Redis, results: list[Any]) -> None:
+    keys = [app.backend.get_key_for_task(result.id) for result in results]
+    wait_until(lambda: stats.exists(*keys) == len(keys), "all stored")
+
+
 def channels(stats: redis.Redis) -> list[bytes | str]:
     return list(stats.pubsub_channels("celery-task-meta-*"))
 
@@ -77,8 +82,7 @@ def test_sending_past_the_bound_subscribes_to_no_more_and_stored_results_are_rea
     stats.config_resetstat()
     results = [square.delay(i) for i in range(n)]
     assert calls(stats, "subscribe") == SUBSCRIBED_AT_SEND  # stock Celery: one per task
-    keys = [app.backend.get_key_for_task(result.id) for result in results]
-    wait_until(lambda: stats.exists(*keys) == len(keys), "all stored")  # not read by the client
+    stored(app, stats, results)  # not read by the client
 
     stats.config_resetstat()
     assert [result.get(timeout=NO_HANG) for result in results] == [i * i for i in range(n)]
@@ -95,8 +99,7 @@ def test_past_the_bound_a_result_not_stored_yet_is_subscribed_to_when_waited_for
 ) -> None:
     app, stats = worker_and_client(redis_factory, worker_factory, "waits")
     held = [app.tasks["tasks.square"].delay(i) for i in range(SUBSCRIBED_AT_SEND)]
-    keys = [app.backend.get_key_for_task(result.id) for result in held]
-    wait_until(lambda: stats.exists(*keys) == len(keys), "all stored")
+    stored(app, stats, held)
 
     slow = app.tasks["tasks.sum_of_squares"].delay(3_000_000)  # a fraction of a second
     assert len(channels(stats)) == SUBSCRIBED_AT_SEND  # not subscribed to when sent
@@ -123,8 +126,7 @@ def test_reading_results_yields_to_no_one_as_a_thread(
 
     assert [square.delay(i).get(timeout=NO_HANG) for i in range(20)] == [i * i for i in range(20)]
     many = [square.delay(i) for i in range(SUBSCRIBED_AT_SEND + 50)]
-    keys = [app.backend.get_key_for_task(result.id) for result in many]
-    wait_until(lambda: stats.exists(*keys) == len(keys), "all stored")
+    stored(app, stats, many)
     assert [result.get(timeout=NO_HANG) for result in many] == [i * i for i in range(len(many))]
     assert slept == []
 
@@ -161,19 +163,19 @@ def test_a_stored_result_read_reaches_every_result_waiting_on_it_and_leaves_noth
     backend = app.backend
     plain = redis.Redis.from_url(redis_server.url())
 
-    def stored(status: str, value: Any) -> str:
+    def stored_id(status: str, value: Any) -> str:
         task_id = str(uuid.uuid4())
         meta = {"status": status, "result": value, "task_id": task_id, "traceback": None}
         plain.set(backend.get_key_for_task(task_id), backend.encode(meta))  # no PUBLISH
         return task_id
 
-    assert app.AsyncResult(stored(states.SUCCESS, 49)).get(timeout=NO_HANG) == 49
-    failed = stored(states.FAILURE, backend.prepare_exception(ValueError("no")))
+    assert app.AsyncResult(stored_id(states.SUCCESS, 49)).get(timeout=NO_HANG) == 49
+    failed = stored_id(states.FAILURE, backend.prepare_exception(ValueError("no")))
     with pytest.raises(ValueError, match="no"):
         app.AsyncResult(failed).get(timeout=NO_HANG)
     assert not backend._pending_messages and backend._pending_messages.total == 0
 
-    shared = stored(states.SUCCESS, 64)
+    shared = stored_id(states.SUCCESS, 64)
     other = app.AsyncResult(shared)
     called: list[Any] = []
     other.then(called.append)  # waits on the task without reading
@@ -290,11 +292,6 @@ def test_a_result_write_survives_a_lost_script_and_a_closed_connection(
         assert published == 3, published  # 2: NOSCRIPT, then the reload's; 3: one, reconnected
     finally:
         admin.close()
-
-
-def stored(app: Celery, stats: redis.Redis, results: list[Any]) -> None:
-    keys = [app.backend.get_key_for_task(result.id) for result in results]
-    wait_until(lambda: stats.exists(*keys) == len(keys), "all stored")
 
 
 def test_results_read_in_any_order_are_each_read_once_and_right(
