@@ -12,6 +12,9 @@ yet, so ``.get()`` of a stored result is one GET. Such a wait subscribes, confir
 subscription (a PING answered on the same connection after it), then reads the result again:
 a result stored before the subscription took effect is found by that read, one stored after is
 published to it. Nothing is missed, and each result costs what stock Celery's does at most.
+Such a wait also subscribes to the next tasks the client sent (``SUBSCRIBED_AHEAD``, within the
+bound): a client reading faster than the workers store finds their results kept for it, by
+that read or on the channel, in Celery's buffer of results no one waits for yet.
 
 With a background drainer (gevent, eventlet) every wait relies on it draining all the time:
 there the consumer subscribes when the task is sent, as stock Celery does.
@@ -58,6 +61,10 @@ MIN_CONFIRM = 0.05
 #: does: the backlog a client that sends without reading can build (about 50 µs each to read).
 SUBSCRIBED_AT_SEND = 100
 
+#: Tasks sent next that a wait subscribes to with the one it waits for, within
+#: ``SUBSCRIBED_AT_SEND`` subscriptions held (``_ahead``).
+SUBSCRIBED_AHEAD = 16
+
 #: Seconds a wait without a timeout rides out a result store that stopped answering.
 OUTAGE_PATIENCE = 30.0
 #: Back-off between reconnects while riding one out: from the first to the longest.
@@ -81,7 +88,7 @@ class ResultConsumer(celery_redis.ResultConsumer):
         #: Whether to subscribe to every task when it is sent, as stock Celery does.
         self.eager = isinstance(self.drainer, greenletDrainer)
         #: Result keys waited for and not subscribed to yet.
-        self._waited: set[str] = set()
+        self._waited: set[bytes] = set()
         self._pings = itertools.count()
 
     def subscribe_at_send(self, task_id: str) -> None:
@@ -269,6 +276,7 @@ class ResultConsumer(celery_redis.ResultConsumer):
             self._waited.difference_update(keys)
             if not keys:
                 return False
+            keys += self._ahead(len(keys))
             if self._pubsub is None:
                 self._pubsub = self.backend.client.pubsub(ignore_subscribe_messages=True)
             # Counted as subscribed first: a cancel_for from another thread meanwhile is left
@@ -284,6 +292,17 @@ class ResultConsumer(celery_redis.ResultConsumer):
             for value in found:
                 self.on_state_change(self.backend.decode_result(value), None)
             return bool(found)
+
+    def _ahead(self, waited: int) -> list[bytes]:
+        """Keys of the tasks sent next, to subscribe to with ``waited`` keys: a client that
+        waits for results the workers have not stored yet finds those of the next tasks on
+        the channel, or stored by the read after subscribing, and kept for their waits
+        (Celery's buffer of results no one waits for yet), not read one by one
+        (``taskpool.read_ahead``)."""
+        room = min(SUBSCRIBED_AHEAD, SUBSCRIBED_AT_SEND - len(self.subscribed_to) - waited)
+        if room <= 0:
+            return []
+        return [self.backend.get_key_for_task(i) for i in self.backend.read_ahead.pending(room)]
 
     def _confirm(self, pubsub: Any, timeout: float) -> bool:
         """Wait until Redis has applied the subscriptions sent so far, handling the messages

@@ -10,8 +10,9 @@ their own. What differs:
   it holds fewer than a hundred subscriptions; past that, when it waits for a result not stored
   yet (``taskpool.result_consumer``): sending thousands of tasks builds no backlog to read.
 - A client's read of a result also reads, in the same round trip, the successes of the next
-  tasks it sent and still holds results for (``taskpool.read_ahead``): reading many results in
-  turn costs a round trip for every few dozen, not for each.
+  tasks it sent and still holds results for, and a wait that must subscribe also subscribes to
+  theirs (``taskpool.read_ahead``): reading many results in turn costs a round trip for every
+  few dozen, not for each, whether the workers have stored them or not yet.
 - ``apply_chord`` first asks where calls go: a chord prepares the result store before its
   header's tasks are sent, and with no Redis that ends in Celery's "the Celery application must
   be restarted". Off the broker, the chord is refused at once, as groups and chains are.
@@ -110,23 +111,23 @@ class _Store(_Base):
         self._acks = self._wait is None and str(conf.broker_url) == str(conf.result_backend)
         self._script: Any = None
         self._kept = KeptConnection()  # for result writes and reads (_commands)
-        self._read_ahead = ReadAhead()
+        self.read_ahead = ReadAhead()
 
     def on_task_call(self, producer: Any, task_id: str) -> None:
         """Adapted from Celery 5.7.0 ``celery.backends.redis.RedisBackend.on_task_call``:
         ``subscribe_at_send``, bounded, in place of ``consume_from``; the task may be read
         ahead (``taskpool.read_ahead``)."""
         if not task_join_will_block():  # as Celery's: a task's own calls subscribe to nothing
-            self._read_ahead.sent(task_id)
+            self.read_ahead.sent(task_id)
             self.result_consumer.subscribe_at_send(task_id)
 
     def remove_pending_result(self, result: Any) -> Any:
         # Celery calls it once a result is read, and from AsyncResult.__del__.
-        self._read_ahead.forget(result.id)
+        self.read_ahead.forget(result.id)
         return super().remove_pending_result(result)
 
     def forget(self, task_id: str) -> None:
-        self._read_ahead.forget(task_id)
+        self.read_ahead.forget(task_id)
         super().forget(task_id)
 
     def _get_task_meta_for(self, task_id: str) -> dict[str, Any]:
@@ -134,19 +135,21 @@ class _Store(_Base):
         ``celery.backends.base.BaseKeyValueStoreBackend._get_task_meta_for``: a success read
         ahead for the task is taken without a read; otherwise the read of its result also reads
         ahead the next tasks sent (``taskpool.read_ahead``), in the same round trip."""
-        meta = self._read_ahead.take(task_id)
+        meta = self.read_ahead.take(task_id)
         if meta is not None:
             return meta
         key = self.get_key_for_task(task_id)
-        ahead = self._read_ahead.next_ids(task_id)
+        ahead = self.read_ahead.next_ids(task_id)
         if ahead:
             ranges = [("GETRANGE", self.get_key_for_task(i), 0, LARGEST) for i in ahead]
             value, *found = self._commands([("GET", key), *ranges])
-            self._read_ahead.found(ahead, found, self.decode_result)
+            self.read_ahead.found(ahead, found, self.decode_result)
             if isinstance(value, Exception):
                 raise value
         else:
             value = self.get(key)
+            if value:
+                self.read_ahead.stored()
         if not value:
             return {"status": states.PENDING, "result": None}
         return self.decode_result(value)

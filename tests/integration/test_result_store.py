@@ -324,7 +324,7 @@ def test_only_a_success_is_kept_from_a_read_ahead(
     success = tasks["tasks.square"].delay(3)
     stored(app, stats, [first, failed, success])
     slow = tasks["tasks.sum_of_squares"].delay(20_000_000)  # about two seconds
-    read_ahead = app.backend._read_ahead
+    read_ahead = app.backend.read_ahead
     read_ahead._size = 8  # each of them read ahead with the first
 
     assert first.get(timeout=NO_HANG) == 4
@@ -345,7 +345,7 @@ def test_a_result_read_ahead_and_then_forgotten_is_forgotten(
     square = app.tasks["tasks.square"]
     first, second = square.delay(5), square.delay(6)
     stored(app, stats, [first, second])
-    app.backend._read_ahead._size = 8
+    app.backend.read_ahead._size = 8
 
     assert first.get(timeout=NO_HANG) == 25  # reads the second ahead
     second.forget()
@@ -362,9 +362,25 @@ def test_a_client_that_drops_its_results_keeps_nothing_for_them(
     stored(app, stats, kept)
     for i in range(200):
         square.delay(i)  # its result dropped at once
-    app.backend._read_ahead._size = 8
+    app.backend.read_ahead._size = 8
     assert kept[0].get(timeout=NO_HANG) == 0  # reads ahead the next ones still held
     del kept
     gc.collect()
-    read_ahead = app.backend._read_ahead
+    read_ahead = app.backend.read_ahead
     assert (dict(read_ahead._sent), read_ahead._kept) == ({}, {})
+
+
+def test_a_client_ahead_of_the_workers_subscribes_to_the_next_results_with_the_one_it_waits_for(
+    redis_factory: Callable[..., RedisServer], worker_factory: Callable[..., object]
+) -> None:
+    app, stats = worker_and_client(redis_factory, worker_factory, "trailing")
+    held = [app.tasks["tasks.square"].delay(i) for i in range(SUBSCRIBED_AT_SEND)]
+    slow = [app.tasks["tasks.sum_of_squares"].delay(1_000_000 + i) for i in range(40)]
+    assert [result.get(timeout=NO_HANG) for result in held] == [i * i for i in range(len(held))]
+
+    stats.config_resetstat()
+    got = [result.get(timeout=NO_HANG) for result in slow]
+    assert got == [sum(i * i for i in range(1_000_000 + n)) for n in range(40)]
+    # Each subscription takes the next tasks too: one for each wait would be about 40.
+    assert 0 < calls(stats, "subscribe") <= 10
+    wait_until(lambda: not channels(stats), "unsubscribed")

@@ -63,7 +63,22 @@ def test_how_many_are_read_ahead_follows_what_is_found() -> None:
     assert sizes == [1, 2, 4, 8, 16, 32, MOST, MOST]
     ids = ahead.next_ids("none")
     ahead.found(ids, [b""] * len(ids), json.loads)  # none stored yet: the workers are behind
-    assert len(ahead.next_ids("none")) == MOST // 2
+    ids = ahead.next_ids("none")
+    assert len(ids) == MOST // 2
+    while ids:
+        ahead.found(ids, [b""] * len(ids), json.loads)
+        ids = ahead.next_ids("none")
+    assert ahead.next_ids("none") == []  # none read ahead while the client is ahead of them
+    ahead.stored()  # until a read finds its own result stored
+    assert len(ahead.next_ids("none")) == 1
+
+
+def test_the_tasks_sent_first_are_handed_out_once_each() -> None:
+    ahead = sent(5)
+    assert ahead.pending(2) == ["t0", "t1"]
+    ahead.forget("t2")
+    assert ahead.pending(9) == ["t3", "t4"]
+    assert ahead.pending(1) == []
 
 
 def test_nothing_more_is_read_ahead_while_as_many_as_kept_are_unasked(monkeypatch: Any) -> None:
@@ -85,3 +100,21 @@ def test_a_task_forgotten_is_neither_read_ahead_nor_kept() -> None:
     ahead.forget("t1")
     assert ahead.take("t0") is None and ahead._kept == {}
     assert ahead.next_ids("none") == ["t2"]
+
+
+def test_a_task_not_stored_yet_goes_back_first_in_line() -> None:
+    ahead = sent(4)
+    ahead._size = 3
+    ids = ahead.next_ids("none")
+    ahead.found(ids, [b"", success(1), b""], json.loads)
+    assert ahead.pending(9) == ["t0", "t2", "t3"]
+
+
+def test_a_task_forgotten_while_it_is_read_ahead_is_not_kept_nor_put_back() -> None:
+    ahead = sent(3)
+    ahead._size = 2
+    ids = ahead.next_ids("none")
+    ahead.forget("t0")  # its AsyncResult gone while the read was on its way
+    ahead.forget("t1")
+    ahead.found(ids, [b"", success(1)], json.loads)
+    assert (ahead._kept, ahead.pending(9), ahead._out) == ({}, ["t2"], set())
